@@ -1,0 +1,309 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Dtype(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DTYPE_UNSPECIFIED: _ClassVar[Dtype]
+    DTYPE_FLOAT16: _ClassVar[Dtype]
+    DTYPE_BFLOAT16: _ClassVar[Dtype]
+    DTYPE_FLOAT32: _ClassVar[Dtype]
+    DTYPE_FLOAT64: _ClassVar[Dtype]
+    DTYPE_INT32: _ClassVar[Dtype]
+    DTYPE_INT64: _ClassVar[Dtype]
+    DTYPE_BOOL: _ClassVar[Dtype]
+
+class ModelFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODEL_FORMAT_UNSPECIFIED: _ClassVar[ModelFormat]
+    MODEL_FORMAT_TORCHSCRIPT: _ClassVar[ModelFormat]
+    MODEL_FORMAT_TORCH_EXPORT: _ClassVar[ModelFormat]
+
+class DerivativeMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DERIVATIVE_MODE_UNSPECIFIED: _ClassVar[DerivativeMode]
+    DERIVATIVE_MODE_AUTO: _ClassVar[DerivativeMode]
+    DERIVATIVE_MODE_FORWARD: _ClassVar[DerivativeMode]
+    DERIVATIVE_MODE_REVERSE: _ClassVar[DerivativeMode]
+DTYPE_UNSPECIFIED: Dtype
+DTYPE_FLOAT16: Dtype
+DTYPE_BFLOAT16: Dtype
+DTYPE_FLOAT32: Dtype
+DTYPE_FLOAT64: Dtype
+DTYPE_INT32: Dtype
+DTYPE_INT64: Dtype
+DTYPE_BOOL: Dtype
+MODEL_FORMAT_UNSPECIFIED: ModelFormat
+MODEL_FORMAT_TORCHSCRIPT: ModelFormat
+MODEL_FORMAT_TORCH_EXPORT: ModelFormat
+DERIVATIVE_MODE_UNSPECIFIED: DerivativeMode
+DERIVATIVE_MODE_AUTO: DerivativeMode
+DERIVATIVE_MODE_FORWARD: DerivativeMode
+DERIVATIVE_MODE_REVERSE: DerivativeMode
+
+class Tensor(_message.Message):
+    __slots__ = ("dtype", "shape", "data")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    dtype: Dtype
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, dtype: _Optional[_Union[Dtype, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class NamedTensor(_message.Message):
+    __slots__ = ("name", "tensor")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    tensor: Tensor
+    def __init__(self, name: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class FunctionRef(_message.Message):
+    __slots__ = ("model_id", "archive", "method")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    archive: bytes
+    method: str
+    def __init__(self, model_id: _Optional[str] = ..., archive: _Optional[bytes] = ..., method: _Optional[str] = ...) -> None: ...
+
+class PhaseTimings(_message.Message):
+    __slots__ = ("decode_seconds", "load_seconds", "forward_seconds", "derivative_seconds", "encode_seconds", "total_seconds")
+    DECODE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DERIVATIVE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ENCODE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    decode_seconds: float
+    load_seconds: float
+    forward_seconds: float
+    derivative_seconds: float
+    encode_seconds: float
+    total_seconds: float
+    def __init__(self, decode_seconds: _Optional[float] = ..., load_seconds: _Optional[float] = ..., forward_seconds: _Optional[float] = ..., derivative_seconds: _Optional[float] = ..., encode_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ...) -> None: ...
+
+class DerivativeMetrics(_message.Message):
+    __slots__ = ("mode", "mode_reason", "input_size", "output_size", "passes", "vectorized", "fallback_reason", "timing", "peak_memory_bytes", "memory_method", "nonfinite_count", "warnings", "device")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    MODE_REASON_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PASSES_FIELD_NUMBER: _ClassVar[int]
+    VECTORIZED_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
+    PEAK_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_METHOD_FIELD_NUMBER: _ClassVar[int]
+    NONFINITE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    mode: DerivativeMode
+    mode_reason: str
+    input_size: int
+    output_size: int
+    passes: int
+    vectorized: bool
+    fallback_reason: str
+    timing: PhaseTimings
+    peak_memory_bytes: int
+    memory_method: str
+    nonfinite_count: int
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    device: str
+    def __init__(self, mode: _Optional[_Union[DerivativeMode, str]] = ..., mode_reason: _Optional[str] = ..., input_size: _Optional[int] = ..., output_size: _Optional[int] = ..., passes: _Optional[int] = ..., vectorized: _Optional[bool] = ..., fallback_reason: _Optional[str] = ..., timing: _Optional[_Union[PhaseTimings, _Mapping]] = ..., peak_memory_bytes: _Optional[int] = ..., memory_method: _Optional[str] = ..., nonfinite_count: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ...) -> None: ...
+
+class ParameterInfo(_message.Message):
+    __slots__ = ("name", "shape", "dtype")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: Dtype
+    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[Dtype, str]] = ...) -> None: ...
+
+class InputInfo(_message.Message):
+    __slots__ = ("name", "dtype", "shape", "has_shape")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    HAS_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dtype: Dtype
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    has_shape: bool
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[Dtype, str]] = ..., shape: _Optional[_Iterable[int]] = ..., has_shape: _Optional[bool] = ...) -> None: ...
+
+class MethodInfo(_message.Message):
+    __slots__ = ("name", "inputs")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    inputs: _containers.RepeatedCompositeFieldContainer[InputInfo]
+    def __init__(self, name: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[InputInfo, _Mapping]]] = ...) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("model_id", "format", "archive_size_bytes", "methods", "parameters")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVE_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    format: ModelFormat
+    archive_size_bytes: int
+    methods: _containers.RepeatedCompositeFieldContainer[MethodInfo]
+    parameters: _containers.RepeatedCompositeFieldContainer[ParameterInfo]
+    def __init__(self, model_id: _Optional[str] = ..., format: _Optional[_Union[ModelFormat, str]] = ..., archive_size_bytes: _Optional[int] = ..., methods: _Optional[_Iterable[_Union[MethodInfo, _Mapping]]] = ..., parameters: _Optional[_Iterable[_Union[ParameterInfo, _Mapping]]] = ...) -> None: ...
+
+class UploadModelRequest(_message.Message):
+    __slots__ = ("chunk", "expected_model_id")
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    chunk: bytes
+    expected_model_id: str
+    def __init__(self, chunk: _Optional[bytes] = ..., expected_model_id: _Optional[str] = ...) -> None: ...
+
+class UploadModelResponse(_message.Message):
+    __slots__ = ("model", "already_present")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_PRESENT_FIELD_NUMBER: _ClassVar[int]
+    model: ModelInfo
+    already_present: bool
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., already_present: _Optional[bool] = ...) -> None: ...
+
+class GetModelRequest(_message.Message):
+    __slots__ = ("model_id",)
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    def __init__(self, model_id: _Optional[str] = ...) -> None: ...
+
+class GetModelResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: ModelInfo
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+
+class DeleteModelRequest(_message.Message):
+    __slots__ = ("model_id",)
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    def __init__(self, model_id: _Optional[str] = ...) -> None: ...
+
+class DeleteModelResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class JvpRequest(_message.Message):
+    __slots__ = ("function", "primals", "tangents", "wrt")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    PRIMALS_FIELD_NUMBER: _ClassVar[int]
+    TANGENTS_FIELD_NUMBER: _ClassVar[int]
+    WRT_FIELD_NUMBER: _ClassVar[int]
+    function: FunctionRef
+    primals: _containers.RepeatedCompositeFieldContainer[Tensor]
+    tangents: _containers.RepeatedCompositeFieldContainer[Tensor]
+    wrt: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., primals: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tangents: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class JvpResponse(_message.Message):
+    __slots__ = ("outputs", "tuple_output", "jvp", "metrics")
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    TUPLE_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    JVP_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    outputs: _containers.RepeatedCompositeFieldContainer[Tensor]
+    tuple_output: bool
+    jvp: _containers.RepeatedCompositeFieldContainer[Tensor]
+    metrics: DerivativeMetrics
+    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., jvp: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ...) -> None: ...
+
+class VjpRequest(_message.Message):
+    __slots__ = ("function", "primals", "cotangents", "wrt")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    PRIMALS_FIELD_NUMBER: _ClassVar[int]
+    COTANGENTS_FIELD_NUMBER: _ClassVar[int]
+    WRT_FIELD_NUMBER: _ClassVar[int]
+    function: FunctionRef
+    primals: _containers.RepeatedCompositeFieldContainer[Tensor]
+    cotangents: _containers.RepeatedCompositeFieldContainer[Tensor]
+    wrt: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., primals: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., cotangents: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class VjpResponse(_message.Message):
+    __slots__ = ("outputs", "tuple_output", "vjp", "metrics")
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    TUPLE_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    VJP_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    outputs: _containers.RepeatedCompositeFieldContainer[Tensor]
+    tuple_output: bool
+    vjp: _containers.RepeatedCompositeFieldContainer[Tensor]
+    metrics: DerivativeMetrics
+    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., vjp: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ...) -> None: ...
+
+class JacobianRequest(_message.Message):
+    __slots__ = ("function", "inputs", "wrt", "mode")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    WRT_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    function: FunctionRef
+    inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
+    wrt: _containers.RepeatedScalarFieldContainer[int]
+    mode: DerivativeMode
+    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ..., mode: _Optional[_Union[DerivativeMode, str]] = ...) -> None: ...
+
+class JacobianResponse(_message.Message):
+    __slots__ = ("outputs", "tuple_output", "jacobian", "metrics")
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    TUPLE_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    JACOBIAN_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    outputs: _containers.RepeatedCompositeFieldContainer[Tensor]
+    tuple_output: bool
+    jacobian: _containers.RepeatedCompositeFieldContainer[Tensor]
+    metrics: DerivativeMetrics
+    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., jacobian: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ...) -> None: ...
+
+class ParameterGradientsRequest(_message.Message):
+    __slots__ = ("function", "inputs", "cotangents", "parameters")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    COTANGENTS_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    function: FunctionRef
+    inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
+    cotangents: _containers.RepeatedCompositeFieldContainer[Tensor]
+    parameters: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., cotangents: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., parameters: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ParameterGradientsResponse(_message.Message):
+    __slots__ = ("outputs", "tuple_output", "gradients", "metrics")
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    TUPLE_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    outputs: _containers.RepeatedCompositeFieldContainer[Tensor]
+    tuple_output: bool
+    gradients: _containers.RepeatedCompositeFieldContainer[NamedTensor]
+    metrics: DerivativeMetrics
+    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., gradients: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,131 @@
+"""Server configuration: one frozen object built from flags and ``JACSERVE_*`` variables.
+
+Every flag ``--some-option`` has an environment variable ``JACSERVE_SOME_OPTION``; a
+flag given on the command line wins over the variable, which wins over the default.
+
+>>> config = parse_config(["--port", "6000"], environ={"JACSERVE_MAX_WORKERS": "4"})
+>>> config.port, config.max_workers, config.host
+(6000, 4, '127.0.0.1')
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+
+__all__ = ["ServerConfig", "add_server_flags", "config_from_flags", "parse_config"]
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Settings of a jacserve server (sizes in bytes)."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_port: int | None = 9464  # None disables the Prometheus endpoint; 0 picks a free port
+    max_workers: int = 8
+    max_concurrent_rpcs: int = 64
+    max_message_bytes: int = 512 * MiB
+    max_archive_bytes: int = 1024 * MiB
+    max_loaded_bytes: int = 4096 * MiB
+    max_tensor_elements: int = 1 << 28
+    model_dir: str | None = None  # None: a temporary folder removed at shutdown
+    grace_seconds: float = 5.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        for name in ("max_workers", "max_concurrent_rpcs", "max_message_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535; got {self.port}")
+        if self.max_message_bytes >= 1 << 31:
+            raise ValueError(
+                f"max_message_bytes must be below 2 GiB (a gRPC limit); got {self.max_message_bytes}"
+            )
+
+
+_HELP = {
+    "host": "interface to listen on (0.0.0.0 for all)",
+    "port": "gRPC port (0 picks a free one)",
+    "metrics_port": "Prometheus /metrics port; 'off' disables it, 0 picks a free one",
+    "max_workers": "threads serving RPCs",
+    "max_concurrent_rpcs": "RPCs in flight before new ones get RESOURCE_EXHAUSTED",
+    "max_message_bytes": "largest gRPC message sent or received",
+    "max_archive_bytes": "largest model archive, compressed or uncompressed",
+    "max_loaded_bytes": "memory budget of the loaded-model cache",
+    "max_tensor_elements": "most elements one request tensor may have",
+    "model_dir": "folder that keeps uploaded archives across restarts (default: temporary)",
+    "grace_seconds": "seconds in-flight RPCs get to finish on SIGTERM",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+}
+
+
+def _metrics_port(text: str) -> int | None:
+    return None if text.lower() in ("off", "none") else int(text)
+
+
+def _converter(name: str, default: object) -> type | object:
+    if name == "metrics_port":
+        return _metrics_port
+    return str if default is None else type(default)
+
+
+DESCRIPTION = "Serve JVPs, VJPs, Jacobians and parameter gradients over gRPC."
+EPILOG = "Example: jacserve serve --host 0.0.0.0 --port 50051 --metrics-port 9464"
+
+
+def add_server_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add one flag per :class:`ServerConfig` field; flags left out are absent from the result."""
+    for f in fields(ServerConfig):
+        env = "JACSERVE_" + f.name.upper()
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=_converter(f.name, f.default),
+            help=f"{_HELP[f.name]} (env {env}; default {f.default})",
+            default=argparse.SUPPRESS,
+        )
+    return parser
+
+
+def config_from_flags(
+    flags: Mapping[str, object], environ: Mapping[str, str], parser: argparse.ArgumentParser
+) -> ServerConfig:
+    """Merge parsed flags over ``JACSERVE_*`` variables over defaults.
+
+    Raises:
+        SystemExit: through ``parser.error`` for malformed variables or values.
+    """
+    values = {f.name: flags[f.name] for f in fields(ServerConfig) if f.name in flags}
+    for f in fields(ServerConfig):
+        env = "JACSERVE_" + f.name.upper()
+        if f.name not in values and env in environ:
+            try:
+                values[f.name] = _converter(f.name, f.default)(environ[env])
+            except ValueError:
+                parser.error(f"{env}={environ[env]!r} is not a valid {f.name}")
+    try:
+        return ServerConfig(**values)
+    except ValueError as exc:
+        parser.error(str(exc))
+        raise  # unreachable: parser.error exits
+
+
+def parse_config(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> ServerConfig:
+    """Build a :class:`ServerConfig` from ``jacserve serve`` flags and environment variables.
+
+    Raises:
+        SystemExit: on unknown flags or malformed values (argparse's behaviour).
+    """
+    parser = add_server_flags(
+        argparse.ArgumentParser(prog="jacserve serve", description=DESCRIPTION, epilog=EPILOG)
+    )
+    flags = vars(parser.parse_args(argv))
+    return config_from_flags(flags, os.environ if environ is None else environ, parser)

@@ -1,0 +1,210 @@
+"""Preparing a model method for torch.func: checked inputs, fresh copies, tuple outputs.
+
+NOTE: [TorchScript executor]
+TorchScript's profiling executor re-optimizes a loaded module after its first calls, and
+forward-mode derivatives through the re-optimized graph come back wrong with no error
+from the second call on (PyTorch issue 84681; measured here: off by 0.42 on a
+Linear+Tanh model). :func:`safe_execution` turns executor optimization off. The setting
+is per thread, so every engine entry point enters it on the calling thread.
+
+NOTE: [Input copies]
+A model may modify its inputs in place. Every call into the model gets clones of the
+inputs, made inside the transformed function so that clones are themselves traced by
+torch.func; the caller's tensors are never written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+from jacserve.server.errors import InvalidArgument, JacserveError, ModelExecutionError
+
+__all__ = [
+    "BoundMethod",
+    "Outputs",
+    "check_like",
+    "numel",
+    "resolve_wrt",
+    "safe_execution",
+    "to_output_tuple",
+    "user_code",
+]
+
+Outputs = tuple[torch.Tensor, ...]
+_MAX_ERROR_CHARS = 500
+
+
+@contextlib.contextmanager
+def safe_execution() -> Iterator[None]:
+    """Run TorchScript without executor optimization. See NOTE: [TorchScript executor].
+
+    >>> with safe_execution():
+    ...     pass
+    """
+    with torch.jit.optimized_execution(False):
+        yield
+
+
+def _summarize(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    # TorchScript errors put a traceback of the scripted code first and the cause last.
+    text = lines[-1] if "TorchScript interpreter" in str(exc) else lines[0]
+    return text[:_MAX_ERROR_CHARS]
+
+
+@contextlib.contextmanager
+def user_code(what: str) -> Iterator[None]:
+    """Turn any non-jacserve exception raised in the block into a :class:`ModelExecutionError`.
+
+    Args:
+        what: the action, for the message (for example ``"calling method 'forward'"``).
+
+    >>> with user_code("calling method 'forward'"):  # doctest: +IGNORE_EXCEPTION_DETAIL
+    ...     raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (1x4 and 3x4)")
+    Traceback (most recent call last):
+    ModelExecutionError: calling method 'forward' raised RuntimeError: mat1 and mat2 ...
+    """
+    try:
+        yield
+    except JacserveError:
+        raise
+    except Exception as exc:
+        raise ModelExecutionError(
+            f"{what} raised {type(exc).__name__}: {_summarize(exc)}. "
+            "Check the number, shapes and dtypes of the inputs against the model"
+        ) from exc
+
+
+def numel(tensors: Sequence[torch.Tensor]) -> int:
+    """Total number of elements of a sequence of tensors.
+
+    >>> numel([torch.zeros(2, 3), torch.zeros(())])
+    7
+    """
+    return sum(t.numel() for t in tensors)
+
+
+def resolve_wrt(inputs: Sequence[torch.Tensor], wrt: Sequence[int] | None) -> tuple[int, ...]:
+    """Validate ``wrt`` against ``inputs``; ``None`` or empty means every floating input.
+
+    Raises:
+        InvalidArgument: an index out of range or repeated, a non-floating input, or no
+            floating input at all.
+
+    >>> resolve_wrt([torch.zeros(2), torch.zeros(2, dtype=torch.int64)], None)
+    (0,)
+    """
+    if not wrt:
+        chosen = tuple(i for i, t in enumerate(inputs) if t.is_floating_point())
+        if not chosen:
+            dtypes = ", ".join(str(t.dtype).removeprefix("torch.") for t in inputs) or "none"
+            raise InvalidArgument(
+                f"expected at least one floating-point input to differentiate; got dtypes [{dtypes}]"
+            )
+        return chosen
+    chosen = tuple(int(i) for i in wrt)
+    if len(set(chosen)) != len(chosen):
+        raise InvalidArgument(f"wrt must not repeat an input index; got {list(chosen)}")
+    for i in chosen:
+        if not 0 <= i < len(inputs):
+            raise InvalidArgument(
+                f"wrt index {i} is out of range for {len(inputs)} inputs (valid: 0..{len(inputs) - 1})"
+            )
+        if not inputs[i].is_floating_point():
+            raise InvalidArgument(
+                f"input {i} has dtype {str(inputs[i].dtype).removeprefix('torch.')} and cannot be "
+                "differentiated; leave it out of wrt (it is still passed to the model)"
+            )
+    return chosen
+
+
+def check_like(
+    kind: str, values: Sequence[torch.Tensor], references: Sequence[torch.Tensor], of: str
+) -> None:
+    """Check that ``values`` match ``references`` in count, shape and dtype.
+
+    Args:
+        kind: what the values are, for messages (``"tangents"``).
+        values: the tensors to check.
+        references: what each must look like.
+        of: what the references are, for messages (``"differentiated input"``).
+
+    Raises:
+        InvalidArgument: naming the first mismatch.
+
+    >>> check_like("tangents", [torch.zeros(3)], [torch.zeros(2)], "differentiated input")
+    Traceback (most recent call last):
+    ...
+    jacserve.server.errors.InvalidArgument: tangents[0]: expected shape [2] and dtype float32 like differentiated input 0; got shape [3] and dtype float32
+    """
+    if len(values) != len(references):
+        raise InvalidArgument(
+            f"expected {len(references)} {kind} (one per {of}); got {len(values)}"
+        )
+    for i, (value, ref) in enumerate(zip(values, references, strict=True)):
+        if value.shape != ref.shape or value.dtype != ref.dtype:
+            raise InvalidArgument(
+                f"{kind}[{i}]: expected shape {list(ref.shape)} and dtype "
+                f"{str(ref.dtype).removeprefix('torch.')} like {of} {i}; got shape "
+                f"{list(value.shape)} and dtype {str(value.dtype).removeprefix('torch.')}"
+            )
+
+
+def to_output_tuple(result: Any, method: str) -> tuple[Outputs, bool]:
+    """Normalize a method's return value to a tuple of tensors and whether it was a tuple.
+
+    Raises:
+        InvalidArgument: when the method returns something other than tensors.
+
+    >>> to_output_tuple(torch.zeros(1), "forward")[1]
+    False
+    """
+    is_tuple = isinstance(result, tuple | list)
+    outputs = tuple(result) if is_tuple else (result,)
+    for i, out in enumerate(outputs):
+        if not isinstance(out, torch.Tensor):
+            raise InvalidArgument(
+                f"method {method!r} must return a tensor or a tuple of tensors; "
+                f"output {i} is a {type(out).__name__}"
+            )
+    return outputs, is_tuple
+
+
+class BoundMethod:
+    """``g(*diff_inputs) -> tuple of outputs``, the other inputs held fixed.
+
+    Each call passes the model clones of every input (see NOTE: [Input copies]) and
+    records in :attr:`tuple_output` whether the method returned a tuple.
+
+    >>> g = BoundMethod(lambda a, b: a * b, [torch.ones(2), torch.full((2,), 3.0)], [1], "f")
+    >>> g(torch.full((2,), 2.0)), g.tuple_output
+    ((tensor([2., 2.]),), False)
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        inputs: Sequence[torch.Tensor],
+        wrt: Sequence[int],
+        method: str,
+    ) -> None:
+        self._fn = fn
+        self._inputs = tuple(inputs)
+        self._wrt = tuple(wrt)
+        self.method = method
+        self.tuple_output = False
+
+    def __call__(self, *diff_inputs: torch.Tensor) -> Outputs:
+        args = list(self._inputs)
+        for position, value in zip(self._wrt, diff_inputs, strict=True):
+            args[position] = value
+        outputs, self.tuple_output = to_output_tuple(
+            self._fn(*(a.clone() for a in args)), self.method
+        )
+        return outputs

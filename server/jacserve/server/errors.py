@@ -1,0 +1,50 @@
+"""Domain errors of the server side, free of gRPC.
+
+The codec, registry and engine raise these; the service maps each class to one gRPC
+status code in a single place (:mod:`jacserve.server.service`)::
+
+    JacserveError
+    ├── InvalidArgument      → INVALID_ARGUMENT
+    │   └── ModelExecutionError   (the user's program raised on the given inputs)
+    ├── NotFound             → NOT_FOUND
+    ├── ResourceExhausted    → RESOURCE_EXHAUSTED
+    └── FailedPrecondition   → FAILED_PRECONDITION
+
+>>> str(NotFound("model 'abc' is not registered"))
+"model 'abc' is not registered"
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FailedPrecondition",
+    "InvalidArgument",
+    "JacserveError",
+    "ModelExecutionError",
+    "NotFound",
+    "ResourceExhausted",
+]
+
+
+class JacserveError(Exception):
+    """Base class: an error whose message is meant for the caller."""
+
+
+class InvalidArgument(JacserveError):
+    """The request is malformed or does not fit the model (shapes, dtypes, indices)."""
+
+
+class ModelExecutionError(InvalidArgument):
+    """The uploaded program raised while running on the caller's inputs."""
+
+
+class NotFound(JacserveError):
+    """A model id that is not registered."""
+
+
+class ResourceExhausted(JacserveError):
+    """A size cap was exceeded (archive bytes, tensor elements, cache capacity)."""
+
+
+class FailedPrecondition(JacserveError):
+    """The request is well-formed but the model cannot serve it (for example no parameters)."""

@@ -1,0 +1,169 @@
+"""Loading archives into callable models with the metadata clients see.
+
+>>> import io, torch
+>>> buffer = io.BytesIO()
+>>> torch.jit.save(torch.jit.script(torch.nn.Linear(3, 2)), buffer)
+>>> model = load_model(buffer.getvalue(), ArchiveFormat.TORCHSCRIPT)
+>>> [m.name for m in model.methods], [p.name for p in model.parameters_info]
+(['forward'], ['weight', 'bias'])
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from jacserve.server.errors import InvalidArgument
+from jacserve.server.registry.archive import ArchiveFormat
+
+__all__ = ["InputInfo", "LoadedModel", "MethodInfo", "ParameterInfo", "load_model"]
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    """One positional input of a method; dtype and shape are ``None`` where unrecorded."""
+
+    name: str
+    dtype: torch.dtype | None = None
+    shape: tuple[int, ...] | None = None  # -1 marks a dynamic dimension
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """A callable method and its inputs."""
+
+    name: str
+    inputs: tuple[InputInfo, ...]
+
+
+@dataclass(frozen=True)
+class ParameterInfo:
+    """A named parameter of the model."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+class LoadedModel:
+    """A loaded archive: its methods, parameters, and an estimate of its memory."""
+
+    def __init__(self, fmt: ArchiveFormat, module: torch.nn.Module, methods: Sequence[MethodInfo]):
+        self.format = fmt
+        self.module = module
+        self.methods = tuple(methods)
+        self.parameters = {
+            name: p for name, p in module.named_parameters() if p.is_floating_point()
+        }
+        for p in self.parameters.values():
+            p.requires_grad_(True)  # set once here; the engine never toggles it
+        self.parameters_info = tuple(
+            ParameterInfo(name, tuple(p.shape), p.dtype) for name, p in self.parameters.items()
+        )
+        tensors = [*module.parameters(), *module.buffers()]
+        self.nbytes = sum(t.numel() * t.element_size() for t in tensors)
+
+    def method(self, name: str) -> tuple[Callable[..., Any], MethodInfo]:
+        """Return the callable for ``name`` and its description.
+
+        Raises:
+            InvalidArgument: when the model has no such method.
+        """
+        for info in self.methods:
+            if info.name == name:
+                fn = self.module if name == "forward" else getattr(self.module, name)
+                return fn, info
+        available = ", ".join(m.name for m in self.methods)
+        raise InvalidArgument(f"the model has no method {name!r}; its methods are: {available}")
+
+    def check_inputs(self, method: MethodInfo, inputs: Sequence[torch.Tensor]) -> None:
+        """Check input count, and dtypes and static shapes where the archive records them.
+
+        Raises:
+            InvalidArgument: naming the first input that does not fit.
+        """
+        required = sum(1 for i in method.inputs if i.required)
+        if not required <= len(inputs) <= len(method.inputs):
+            expected = (
+                str(required)
+                if required == len(method.inputs)
+                else f"{required} to {len(method.inputs)}"
+            )
+            names = ", ".join(i.name for i in method.inputs)
+            raise InvalidArgument(
+                f"method {method.name!r} takes {expected} inputs ({names}); got {len(inputs)}"
+            )
+        for index, (spec, tensor) in enumerate(zip(method.inputs, inputs, strict=False)):
+            if spec.dtype is not None and tensor.dtype != spec.dtype:
+                raise InvalidArgument(
+                    f"input {index} ({spec.name}): expected dtype "
+                    f"{str(spec.dtype).removeprefix('torch.')}; got "
+                    f"{str(tensor.dtype).removeprefix('torch.')}"
+                )
+            if spec.shape is not None and (
+                len(spec.shape) != tensor.dim()
+                or any(d not in (-1, s) for d, s in zip(spec.shape, tensor.shape, strict=True))
+            ):
+                raise InvalidArgument(
+                    f"input {index} ({spec.name}): expected shape {list(spec.shape)} "
+                    f"(-1 = any size); got {list(tensor.shape)}"
+                )
+
+
+def _torchscript_methods(module: torch.jit.ScriptModule) -> list[MethodInfo]:
+    methods = []
+    for name in module._c._method_names():
+        if name.startswith("__"):
+            continue
+        arguments = getattr(module, name).schema.arguments[1:]  # drop self
+        inputs = tuple(
+            InputInfo(name=a.name, required=not a.has_default_value()) for a in arguments
+        )
+        methods.append(MethodInfo(name, inputs))
+    return methods
+
+
+def _export_methods(program: torch.export.ExportedProgram) -> list[MethodInfo]:
+    user_inputs = set(program.graph_signature.user_inputs)
+    inputs = []
+    for node in program.graph.nodes:
+        if node.op != "placeholder" or node.name not in user_inputs:
+            continue
+        value = node.meta.get("val")
+        if isinstance(value, torch.Tensor):
+            shape = tuple(d if isinstance(d, int) else -1 for d in value.shape)
+            inputs.append(InputInfo(node.name, value.dtype, shape))
+        else:
+            inputs.append(InputInfo(node.name))
+    return [MethodInfo("forward", tuple(inputs))]
+
+
+def load_model(data: bytes, fmt: ArchiveFormat) -> LoadedModel:
+    """Load an archive of a known format onto the CPU.
+
+    TorchScript modules are put in eval mode; torch.export programs run as exported.
+
+    Raises:
+        InvalidArgument: when torch cannot load the archive.
+    """
+    try:
+        if fmt is ArchiveFormat.TORCHSCRIPT:
+            module = torch.jit.load(io.BytesIO(data), map_location="cpu")
+            module.eval()
+            return LoadedModel(fmt, module, _torchscript_methods(module))
+        program = torch.export.load(io.BytesIO(data))
+        return LoadedModel(fmt, program.module(), _export_methods(program))
+    except InvalidArgument:
+        raise
+    except Exception as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise InvalidArgument(
+            f"could not load the archive as {fmt.value}: {type(exc).__name__}: {first_line}. "
+            "Re-save it with the same torch version as the server "
+            f"({torch.__version__})"
+        ) from exc

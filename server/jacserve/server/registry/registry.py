@@ -1,0 +1,212 @@
+"""The model registry: archives by content hash on disk, loaded models in a byte-bounded LRU.
+
+>>> import io, tempfile, torch
+>>> buffer = io.BytesIO()
+>>> torch.jit.save(torch.jit.script(torch.nn.Linear(3, 2)), buffer)
+>>> registry = ModelRegistry(tempfile.mkdtemp())
+>>> info, already_present = registry.add(buffer.getvalue())
+>>> registry.get(info.model_id).format.value, already_present
+('torchscript', False)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pathlib
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from jacserve.server.errors import InvalidArgument, NotFound, ResourceExhausted
+from jacserve.server.registry.archive import ArchiveFormat, detect_format
+from jacserve.server.registry.loading import LoadedModel, MethodInfo, ParameterInfo, load_model
+
+__all__ = ["ModelInfo", "ModelRegistry", "model_id_of"]
+
+_LOG = logging.getLogger(__name__)
+_MODEL_ID = re.compile(r"[0-9a-f]{64}")
+_SUFFIX = ".archive"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Metadata of a registered model."""
+
+    model_id: str
+    format: ArchiveFormat
+    archive_size_bytes: int
+    loaded_size_bytes: int
+    methods: tuple[MethodInfo, ...]
+    parameters: tuple[ParameterInfo, ...]
+
+
+def model_id_of(data: bytes) -> str:
+    """The model id of an archive: the lowercase hex SHA-256 of its bytes.
+
+    >>> model_id_of(b"")[:16]
+    'e3b0c44298fc1c14'
+    """
+    return hashlib.sha256(data).hexdigest()
+
+
+class ModelRegistry:
+    """Content-addressed store of model archives with a byte-bounded cache of loaded models.
+
+    Archives live in ``directory`` as ``<model id>.archive`` (so a restarted server with
+    the same directory still has them); loaded models are kept in memory, least recently
+    used first out, while their estimated size (archive + parameters + buffers) stays
+    under ``max_loaded_bytes``. All methods are thread-safe.
+
+    Args:
+        directory: where archives are stored; created if missing.
+        max_archive_bytes: largest archive accepted, compressed or uncompressed.
+        max_loaded_bytes: memory budget of the loaded-model cache.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        max_archive_bytes: int = 1 << 30,
+        max_loaded_bytes: int = 4 << 30,
+    ) -> None:
+        self._directory = pathlib.Path(directory)
+        self._directory.mkdir(parents=True, exist_ok=True)
+        self._max_archive_bytes = max_archive_bytes
+        self._max_loaded_bytes = max_loaded_bytes
+        self._lock = threading.Lock()
+        self._infos: dict[str, ModelInfo] = {}
+        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._loaded_bytes = 0
+        self._restore()
+
+    @property
+    def max_archive_bytes(self) -> int:
+        """Largest archive the registry accepts."""
+        return self._max_archive_bytes
+
+    def _restore(self) -> None:
+        for path in sorted(self._directory.glob(f"*{_SUFFIX}")):
+            try:
+                self.add(path.read_bytes())
+            except Exception:
+                _LOG.exception("skipping stored archive %s that no longer loads", path.name)
+
+    def add(self, data: bytes, *, expected_id: str = "") -> tuple[ModelInfo, bool]:
+        """Register an archive; returns its info and whether it was already registered.
+
+        Raises:
+            InvalidArgument: not a loadable TorchScript or torch.export archive, or
+                ``expected_id`` does not match the bytes.
+            ResourceExhausted: the archive or its loaded form is above the caps.
+        """
+        if len(data) > self._max_archive_bytes:
+            raise ResourceExhausted(
+                f"archive is {len(data)} bytes, above the server's limit of "
+                f"{self._max_archive_bytes} (--max-archive-bytes)"
+            )
+        model_id = model_id_of(data)
+        if expected_id and expected_id != model_id:
+            raise InvalidArgument(
+                f"archive bytes hash to {model_id}, not the expected {expected_id}; "
+                "the upload was corrupted or truncated, send it again"
+            )
+        with self._lock:
+            if model_id in self._infos:
+                return self._infos[model_id], True
+        fmt = detect_format(data, max_uncompressed_bytes=self._max_archive_bytes)
+        model = load_model(data, fmt)
+        size = len(data) + model.nbytes
+        if size > self._max_loaded_bytes:
+            raise ResourceExhausted(
+                f"model needs about {size} bytes once loaded, above the server's cache budget of "
+                f"{self._max_loaded_bytes} (--max-loaded-bytes)"
+            )
+        info = ModelInfo(model_id, fmt, len(data), size, model.methods, model.parameters_info)
+        path = self._directory / f"{model_id}{_SUFFIX}"
+        if not path.exists():
+            partial = path.with_suffix(f".partial-{threading.get_ident()}")
+            partial.write_bytes(data)
+            partial.replace(path)
+        with self._lock:
+            if model_id in self._infos:
+                return self._infos[model_id], True
+            self._infos[model_id] = info
+            self._cache(model_id, model, size)
+        return info, False
+
+    def _cache(self, model_id: str, model: LoadedModel, size: int) -> None:
+        """Insert into the LRU and evict the least recently used; caller holds the lock."""
+        self._loaded[model_id] = model
+        self._loaded_bytes += size
+        while self._loaded_bytes > self._max_loaded_bytes and len(self._loaded) > 1:
+            evicted, _ = self._loaded.popitem(last=False)
+            self._loaded_bytes -= self._infos[evicted].loaded_size_bytes
+            _LOG.info("evicted model %s from the loaded-model cache", evicted)
+
+    def _known(self, model_id: str) -> ModelInfo:
+        if not _MODEL_ID.fullmatch(model_id):
+            raise InvalidArgument(
+                f"model_id must be the 64 lowercase hex characters returned by UploadModel; "
+                f"got {model_id!r}"
+            )
+        info = self._infos.get(model_id)
+        if info is None:
+            raise NotFound(
+                f"model {model_id} is not registered; upload it first (UploadModel / Client.upload)"
+            )
+        return info
+
+    def info(self, model_id: str) -> ModelInfo:
+        """Metadata of a registered model.
+
+        Raises:
+            InvalidArgument: malformed id. NotFound: unknown id.
+        """
+        with self._lock:
+            return self._known(model_id)
+
+    def list(self) -> list[ModelInfo]:
+        """Metadata of every registered model, sorted by id."""
+        with self._lock:
+            return [self._infos[k] for k in sorted(self._infos)]
+
+    def delete(self, model_id: str) -> None:
+        """Forget a model and remove its archive.
+
+        Raises:
+            InvalidArgument: malformed id. NotFound: unknown id.
+        """
+        with self._lock:
+            info = self._known(model_id)
+            del self._infos[model_id]
+            if self._loaded.pop(model_id, None) is not None:
+                self._loaded_bytes -= info.loaded_size_bytes
+        (self._directory / f"{model_id}{_SUFFIX}").unlink(missing_ok=True)
+
+    def get(self, model_id: str) -> LoadedModel:
+        """The loaded model for an id, loading it from its archive if it was evicted.
+
+        Raises:
+            InvalidArgument: malformed id. NotFound: unknown id.
+        """
+        with self._lock:
+            info = self._known(model_id)
+            model = self._loaded.get(model_id)
+            if model is not None:
+                self._loaded.move_to_end(model_id)
+                return model
+        data = (self._directory / f"{model_id}{_SUFFIX}").read_bytes()
+        model = load_model(data, info.format)
+        with self._lock:
+            if model_id in self._infos and model_id not in self._loaded:
+                self._cache(model_id, model, info.loaded_size_bytes)
+            return self._loaded.get(model_id, model)
+
+    def cache_stats(self) -> tuple[int, int]:
+        """Number of loaded models and their estimated bytes."""
+        with self._lock:
+            return len(self._loaded), self._loaded_bytes
