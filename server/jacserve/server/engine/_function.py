@@ -24,6 +24,7 @@ import torch
 from jacserve.server.errors import InvalidArgument, JacserveError, ModelExecutionError
 
 __all__ = [
+    "DERIVATIVE_HINT",
     "BoundMethod",
     "Outputs",
     "check_like",
@@ -36,6 +37,10 @@ __all__ = [
 
 Outputs = tuple[torch.Tensor, ...]
 _MAX_ERROR_CHARS = 500
+_CALL_HINT = "Check the number, shapes and dtypes of the inputs against the model"
+DERIVATIVE_HINT = (
+    "An op in the model may have no derivative formula; try the other mode, or rewrite it"
+)
 
 
 @contextlib.contextmanager
@@ -55,15 +60,16 @@ def _summarize(exc: BaseException) -> str:
         return type(exc).__name__
     # TorchScript errors put a traceback of the scripted code first and the cause last.
     text = lines[-1] if "TorchScript interpreter" in str(exc) else lines[0]
-    return text[:_MAX_ERROR_CHARS]
+    return text.removeprefix(f"{type(exc).__name__}: ").rstrip(".")[:_MAX_ERROR_CHARS]
 
 
 @contextlib.contextmanager
-def user_code(what: str) -> Iterator[None]:
+def user_code(what: str, hint: str = _CALL_HINT) -> Iterator[None]:
     """Turn any non-jacserve exception raised in the block into a :class:`ModelExecutionError`.
 
     Args:
         what: the action, for the message (for example ``"calling method 'forward'"``).
+        hint: what the caller can do about it.
 
     >>> with user_code("calling method 'forward'"):  # doctest: +IGNORE_EXCEPTION_DETAIL
     ...     raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (1x4 and 3x4)")
@@ -76,8 +82,7 @@ def user_code(what: str) -> Iterator[None]:
         raise
     except Exception as exc:
         raise ModelExecutionError(
-            f"{what} raised {type(exc).__name__}: {_summarize(exc)}. "
-            "Check the number, shapes and dtypes of the inputs against the model"
+            f"{what} raised {type(exc).__name__}: {_summarize(exc)}. {hint}"
         ) from exc
 
 

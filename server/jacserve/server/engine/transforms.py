@@ -31,6 +31,7 @@ from torch.func import vjp as func_vjp
 from torch.func import vmap
 
 from jacserve.server.engine._function import (
+    DERIVATIVE_HINT,
     BoundMethod,
     Outputs,
     check_like,
@@ -182,9 +183,12 @@ def _batched(
     batches: tuple[torch.Tensor, ...],
     chunk_size: int | None,
 ) -> tuple[torch.Tensor, ...]:
-    """Apply ``single`` to each row of ``batches``: one vmap call, or a loop if vmap fails."""
+    """Apply ``single`` to each row of ``batches``: one checked vmap call, else a loop.
+
+    See NOTE: [Vectorization check].
+    """
     try:
-        return vmap(single, chunk_size=chunk_size)(*batches)
+        stacked = vmap(single, chunk_size=chunk_size)(*batches)
     except Exception as exc:
         if _missing_forward_rule(exc):
             raise
@@ -193,8 +197,50 @@ def _batched(
             "computed the passes one at a time",
             vectorized=False,
         )
+    else:
+        if _agrees_with_one_unbatched_pass(single, batches, stacked):
+            return stacked
+        run.fall_back(
+            "the vectorized passes disagreed with an unbatched check pass (a batching-rule "
+            "bug in torch for an op of this model); computed the passes one at a time",
+            vectorized=False,
+        )
     rows = [single(*(b[k] for b in batches)) for k in range(batches[0].shape[0])]
     return tuple(torch.stack(parts) for parts in zip(*rows, strict=True))
+
+
+# NOTE: [Vectorization check]
+# vmap relies on a batching rule per op, and a wrong rule gives a wrong Jacobian with no
+# error: in torch 2.13, vmap over the VJP of torch.cdist (and so torch.func.jacrev) is
+# off by O(1). Derivative passes are linear in their basis vector, so one unbatched pass
+# on a random combination w of the basis vectors must equal the same combination of the
+# vectorized results. That costs one extra pass; a mismatch beyond sqrt(eps) of the
+# results' scale sends the request down the loop path, which uses no batching rules.
+def _agrees_with_one_unbatched_pass(
+    single: Callable[..., tuple[torch.Tensor, ...]],
+    batches: tuple[torch.Tensor, ...],
+    stacked: tuple[torch.Tensor, ...],
+) -> bool:
+    count = batches[0].shape[0]
+    if count < 2:
+        return True
+    generator = torch.Generator().manual_seed(count)
+    weights = torch.rand(count, generator=generator, dtype=torch.float64) * 2 - 1
+
+    def combine(batch: torch.Tensor, absolute: bool = False) -> torch.Tensor:
+        w = weights.to(device=batch.device, dtype=batch.dtype)
+        return torch.tensordot(w.abs() if absolute else w, batch.abs() if absolute else batch, 1)
+
+    checks = single(*(combine(b) for b in batches))
+    for check, batch in zip(checks, stacked, strict=True):
+        expected = combine(batch)
+        scale = combine(batch, absolute=True)
+        tolerance = torch.finfo(batch.dtype).eps ** 0.5
+        finite = torch.isfinite(expected) & torch.isfinite(check)
+        error = (check - expected).abs()
+        if bool((error > tolerance * (scale + 1e-30))[finite].any()):
+            return False
+    return True
 
 
 def _blocks_from_forward(
@@ -262,23 +308,16 @@ def jvp(
     g = BoundMethod(fn, primals, chosen, method)
     plan = ModePlan("forward", 1, "jvp: one forward-mode pass")
     with _engine_call(primals) as (run, peak):
-        with user_code(f"differentiating method {method!r}"), stopwatch() as t_derivative:
+        with (
+            user_code(f"differentiating method {method!r}", DERIVATIVE_HINT),
+            stopwatch() as t_derivative,
+        ):
             try:
                 outputs, values = func_jvp(g, diff, tangents)
             except Exception as exc:
                 if not _missing_forward_rule(exc):
                     raise
-                run.fall_back(
-                    f"no forward-mode rule ({str(exc).splitlines()[0][:200]}); "
-                    "computed J·v as the VJP of the VJP",
-                    vectorized=True,
-                )
-                plan = ModePlan("reverse", 2, "jvp: reverse-over-reverse (no forward-mode rule)")
-                outputs, pullback = func_vjp(g, *diff)
-                _check_floating_outputs(outputs, method)
-                zeros = tuple(torch.zeros_like(o) for o in outputs)
-                _, pullback_of_pullback = func_vjp(pullback, zeros)
-                values = pullback_of_pullback(tangents)[0]
+                outputs, values, plan = _jvp_in_reverse_mode(run, g, diff, tangents, exc)
         run.derivative_seconds = t_derivative.seconds
     _check_floating_outputs(outputs, method)
     return _finish(
@@ -291,6 +330,38 @@ def jvp(
         tuple_output=g.tuple_output,
         values=values,
     )
+
+
+def _jvp_in_reverse_mode(
+    run: _Run, g: BoundMethod, diff: Outputs, tangents: Outputs, cause: Exception
+) -> tuple[Outputs, Outputs, ModePlan]:
+    """J·v without forward mode: the VJP of the VJP (2 passes), else the reverse Jacobian."""
+    reason = f"no forward-mode rule ({str(cause).splitlines()[0][:200]})"
+    outputs, pullback = func_vjp(g, *diff)
+    _check_floating_outputs(outputs, g.method)
+    try:
+        zeros = tuple(torch.zeros_like(o) for o in outputs)
+        _, pullback_of_pullback = func_vjp(pullback, zeros)
+        values = pullback_of_pullback(tangents)[0]
+        run.fall_back(f"{reason}; computed J·v as the VJP of the VJP", vectorized=True)
+        return outputs, values, ModePlan("reverse", 2, "jvp: reverse-over-reverse")
+    except Exception as exc:
+        if not isinstance(exc, NotImplementedError | RuntimeError):
+            raise
+    blocks = _reverse_jacobian(run, g, diff, outputs, None)
+    values = tuple(
+        sum(
+            blocks[i * len(diff) + j].reshape(out.numel(), -1) @ t.reshape(-1)
+            for j, t in enumerate(tangents)
+        ).reshape(out.shape)
+        for i, out in enumerate(outputs)
+    )
+    run.fall_back(
+        f"{reason}, and no double-backward rule; computed J·v from the reverse-mode Jacobian",
+        vectorized=run.vectorized,
+    )
+    m = numel(outputs)
+    return outputs, values, ModePlan("reverse", m, f"jvp: {m} reverse passes (full Jacobian)")
 
 
 def vjp(
@@ -330,7 +401,10 @@ def vjp(
         run.forward_seconds = t_forward.seconds
         _check_floating_outputs(outputs, method)
         check_like("cotangents", list(cotangents), outputs, "output")
-        with user_code(f"differentiating method {method!r}"), stopwatch() as t_derivative:
+        with (
+            user_code(f"differentiating method {method!r}", DERIVATIVE_HINT),
+            stopwatch() as t_derivative,
+        ):
             values = pullback(tuple(cotangents))
         run.derivative_seconds = t_derivative.seconds
     return _finish(
@@ -407,7 +481,10 @@ def jacobian(
             plan = plan_mode(n, m, mode)
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
-        with user_code(f"differentiating method {method!r}"), stopwatch() as t_derivative:
+        with (
+            user_code(f"differentiating method {method!r}", DERIVATIVE_HINT),
+            stopwatch() as t_derivative,
+        ):
             blocks = None
             if plan.mode == "forward":
                 try:
@@ -519,7 +596,10 @@ def parameter_gradients(
                 )
             cotangents = (torch.ones_like(outputs[0]),)
         check_like("cotangents", list(cotangents), outputs, "output")
-        with user_code(f"differentiating method {method!r}"), stopwatch() as t_derivative:
+        with (
+            user_code(f"differentiating method {method!r}", DERIVATIVE_HINT),
+            stopwatch() as t_derivative,
+        ):
             values = _grads_or_zeros(run, outputs, leaves, names, tuple(cotangents))
         run.derivative_seconds = t_derivative.seconds
     return _finish(

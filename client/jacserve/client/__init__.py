@@ -1,0 +1,56 @@
+"""The jacserve Python SDK: upload PyTorch programs and get their derivatives over gRPC.
+
+>>> from jacserve.client import Client
+>>> Client.__name__
+'Client'
+"""
+
+from jacserve.client._client import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TARGET, Client
+from jacserve.client._results import (
+    DerivativeMetrics,
+    GradientsResult,
+    InputInfo,
+    JacobianResult,
+    JvpResult,
+    MethodInfo,
+    ModelInfo,
+    ParameterInfo,
+    VjpResult,
+)
+from jacserve.client.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    JacserveError,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_TARGET",
+    "Client",
+    "DeadlineExceeded",
+    "DerivativeMetrics",
+    "FailedPrecondition",
+    "GradientsResult",
+    "InputInfo",
+    "Internal",
+    "InvalidArgument",
+    "JacobianResult",
+    "JacserveError",
+    "JvpResult",
+    "MethodInfo",
+    "ModelInfo",
+    "NotFound",
+    "ParameterInfo",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "Unavailable",
+    "VjpResult",
+]

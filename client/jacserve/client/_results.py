@@ -1,0 +1,188 @@
+"""Typed results of the client's calls, with torch tensors laid out like torch.autograd.functional."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+
+from jacserve.codec import dtype_from_wire
+from jacserve.v1 import jacobian_service_pb2 as pb
+
+__all__ = [
+    "DerivativeMetrics",
+    "GradientsResult",
+    "InputInfo",
+    "JacobianResult",
+    "JvpResult",
+    "MethodInfo",
+    "ModelInfo",
+    "ParameterInfo",
+    "TensorOrTuple",
+    "VjpResult",
+]
+
+TensorOrTuple = Union[torch.Tensor, tuple[torch.Tensor, ...]]  # noqa: UP007 (runtime alias)
+Jacobian = Union[torch.Tensor, tuple[torch.Tensor, ...], tuple[tuple[torch.Tensor, ...], ...]]  # noqa: UP007
+
+_MODES = {pb.DERIVATIVE_MODE_FORWARD: "forward", pb.DERIVATIVE_MODE_REVERSE: "reverse"}
+_FORMATS = {
+    pb.MODEL_FORMAT_TORCHSCRIPT: "torchscript",
+    pb.MODEL_FORMAT_TORCH_EXPORT: "torch_export",
+}
+
+
+@dataclass(frozen=True)
+class DerivativeMetrics:
+    """How the server computed a derivative: mode and why, passes, time per phase, memory.
+
+    ``timing`` maps ``decode``, ``load``, ``forward``, ``derivative``, ``encode`` and
+    ``total`` to seconds measured on the server.
+    """
+
+    mode: str
+    mode_reason: str
+    input_size: int
+    output_size: int
+    passes: int
+    vectorized: bool
+    fallback_reason: str
+    timing: dict[str, float]
+    peak_memory_bytes: int
+    memory_method: str
+    nonfinite_count: int
+    warnings: tuple[str, ...]
+    device: str
+
+    @classmethod
+    def from_wire(cls, m: pb.DerivativeMetrics) -> DerivativeMetrics:
+        """Build from a ``jacserve.v1.DerivativeMetrics`` message."""
+        t = m.timing
+        return cls(
+            mode=_MODES.get(m.mode, "unspecified"),
+            mode_reason=m.mode_reason,
+            input_size=m.input_size,
+            output_size=m.output_size,
+            passes=m.passes,
+            vectorized=m.vectorized,
+            fallback_reason=m.fallback_reason,
+            timing={
+                "decode": t.decode_seconds,
+                "load": t.load_seconds,
+                "forward": t.forward_seconds,
+                "derivative": t.derivative_seconds,
+                "encode": t.encode_seconds,
+                "total": t.total_seconds,
+            },
+            peak_memory_bytes=m.peak_memory_bytes,
+            memory_method=m.memory_method,
+            nonfinite_count=m.nonfinite_count,
+            warnings=tuple(m.warnings),
+            device=m.device,
+        )
+
+
+@dataclass(frozen=True)
+class JvpResult:
+    """``output`` and ``jvp`` (J·v), each a tensor or a tuple like the model's output."""
+
+    output: TensorOrTuple
+    jvp: TensorOrTuple
+    metrics: DerivativeMetrics
+
+
+@dataclass(frozen=True)
+class VjpResult:
+    """``output`` and ``vjp`` (uᵀ·J): a tensor for a single primal, else one per ``wrt`` input."""
+
+    output: TensorOrTuple
+    vjp: TensorOrTuple
+    metrics: DerivativeMetrics
+
+
+@dataclass(frozen=True)
+class JacobianResult:
+    """``output`` and ``jacobian``, structured as ``torch.autograd.functional.jacobian``.
+
+    A tensor when both the inputs and the output are single tensors; a tuple when one of
+    them is a tuple; a tuple of tuples ``[output][input]`` when both are. Each block has
+    shape ``output.shape + input.shape``.
+    """
+
+    output: TensorOrTuple
+    jacobian: Jacobian
+    metrics: DerivativeMetrics
+
+
+@dataclass(frozen=True)
+class GradientsResult:
+    """``output`` and ``gradients``: parameter name → gradient tensor."""
+
+    output: TensorOrTuple
+    gradients: dict[str, torch.Tensor]
+    metrics: DerivativeMetrics
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    """A method input; ``dtype``/``shape`` are ``None`` where the archive does not record them."""
+
+    name: str
+    dtype: torch.dtype | None
+    shape: tuple[int, ...] | None
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """A callable method of a model."""
+
+    name: str
+    inputs: tuple[InputInfo, ...]
+
+
+@dataclass(frozen=True)
+class ParameterInfo:
+    """A named parameter of a model."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Metadata of an uploaded model."""
+
+    model_id: str
+    format: str
+    archive_size_bytes: int
+    methods: tuple[MethodInfo, ...]
+    parameters: tuple[ParameterInfo, ...]
+
+    @classmethod
+    def from_wire(cls, m: pb.ModelInfo) -> ModelInfo:
+        """Build from a ``jacserve.v1.ModelInfo`` message."""
+        return cls(
+            model_id=m.model_id,
+            format=_FORMATS.get(m.format, "unspecified"),
+            archive_size_bytes=m.archive_size_bytes,
+            methods=tuple(
+                MethodInfo(
+                    name=method.name,
+                    inputs=tuple(
+                        InputInfo(
+                            name=i.name,
+                            dtype=dtype_from_wire(i.dtype) if i.dtype else None,
+                            shape=tuple(i.shape) if i.has_shape else None,
+                        )
+                        for i in method.inputs
+                    ),
+                )
+                for method in m.methods
+            ),
+            parameters=tuple(
+                ParameterInfo(p.name, tuple(p.shape), dtype_from_wire(p.dtype))
+                for p in m.parameters
+            ),
+        )
