@@ -84,6 +84,7 @@ class Client:
         self.target = target
         self.timeout = timeout
         self._metadata = tuple(metadata)
+        self._chunk_bytes = max(1, min(UPLOAD_CHUNK_BYTES, max_message_bytes - 1024))
         self._channel = grpc.insecure_channel(
             target,
             options=[
@@ -164,11 +165,10 @@ class Client:
         except NotFound:
 
             def chunks() -> Iterator[pb.UploadModelRequest]:
-                yield pb.UploadModelRequest(
-                    chunk=data[:UPLOAD_CHUNK_BYTES], expected_model_id=model_id
-                )
-                for start in range(UPLOAD_CHUNK_BYTES, len(data), UPLOAD_CHUNK_BYTES):
-                    yield pb.UploadModelRequest(chunk=data[start : start + UPLOAD_CHUNK_BYTES])
+                size = self._chunk_bytes
+                yield pb.UploadModelRequest(chunk=data[:size], expected_model_id=model_id)
+                for start in range(size, len(data), size):
+                    yield pb.UploadModelRequest(chunk=data[start : start + size])
 
             self._call(self._stub.UploadModel, chunks(), timeout)
         with self._lock:
