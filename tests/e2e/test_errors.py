@@ -238,11 +238,17 @@ def test_an_upload_corrupted_in_transit_is_refused(client, ids, stub):
 def test_size_limits_give_resource_exhausted(tmp_path):
     x = torch.zeros(64, dtype=torch.float64)
     wide = archive_of(MLP(64, 8, 64, torch.float64), (x,), "torchscript")  # J: 4096 elements
-    narrow = archive_of(MLP(64, 8, 32, torch.float64), (x,), "torchscript")  # J + output: 2080 × 8 bytes
+    narrow = archive_of(
+        MLP(64, 8, 32, torch.float64), (x,), "torchscript"
+    )  # J + output: 2080 × 8 bytes
     small = serve(
         ServerConfig(
-            port=0, metrics_port=None, model_dir=str(tmp_path),
-            max_archive_bytes=len(wide) + 1000, max_message_bytes=10_000, max_tensor_elements=3000,
+            port=0,
+            metrics_port=None,
+            model_dir=str(tmp_path),
+            max_archive_bytes=len(wide) + 1000,
+            max_message_bytes=10_000,
+            max_tensor_elements=3000,
         )
     )
     try:
@@ -252,7 +258,9 @@ def test_size_limits_give_resource_exhausted(tmp_path):
             with pytest.raises(ResourceExhausted, match="n\\*m = 64\\*64 = 4096 elements"):
                 c.jacobian(c.upload(wide), x)
             narrow_id = c.upload(narrow)
-            with pytest.raises(ResourceExhausted, match="16640 bytes of tensors.*--max-message-bytes"):
+            with pytest.raises(
+                ResourceExhausted, match=r"16640 bytes of tensors.*--max-message-bytes"
+            ):
                 c.jacobian(narrow_id, x)
             assert c.jvp(narrow_id, x, torch.ones(64, dtype=torch.float64)).jvp.shape == (32,)
     finally:
