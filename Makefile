@@ -1,0 +1,37 @@
+# Convenience targets; each installs the pinned CPU build of torch first.
+PYTHON ?= python3
+
+.PHONY: install dev serve test lint proto proto-check bench ci
+
+install:
+	$(PYTHON) -m pip install torch==2.13.0
+	$(PYTHON) -m pip install -e .
+
+dev:
+	$(PYTHON) -m pip install torch==2.13.0
+	$(PYTHON) -m pip install -e '.[dev]'
+
+serve: install
+	jacserve serve
+
+test: dev
+	$(PYTHON) -m pytest
+
+lint:
+	ruff check .
+	ruff format --check .
+	buf lint
+	$(PYTHON) scripts/gen_proto.py --check
+
+proto:
+	buf lint
+	$(PYTHON) scripts/gen_proto.py
+
+proto-check:
+	$(PYTHON) scripts/gen_proto.py --check
+
+bench:
+	$(PYTHON) bench/bench_core.py
+
+ci:
+	CI=true bash .ci/run
