@@ -271,3 +271,27 @@ def test_unreachable_server_is_unavailable():
     with Client("127.0.0.1:1", timeout=5) as c, pytest.raises(JacserveError) as info:
         c.list_models()
     assert info.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+class _Slow(torch.nn.Module):
+    """Many small matrix products: a forward pass of tens of milliseconds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(256, 256) / 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(400):
+            x = torch.tanh(self.weight @ x)
+        return x
+
+
+def test_a_call_past_its_deadline_gets_deadline_exceeded_and_the_server_goes_on(client, ids):
+    from jacserve.client import DeadlineExceeded
+
+    x = torch.randn(256)
+    slow_id = client.upload(archive_of(_Slow(), (x,), "torchscript"))
+    with pytest.raises(DeadlineExceeded) as info:
+        client.jacobian(slow_id, x, timeout=0.05)
+    assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    _assert_still_serving(client, ids)

@@ -8,7 +8,8 @@ status code in a single place (:mod:`jacserve.server.service`)::
     │   └── ModelExecutionError   (the user's program raised on the given inputs)
     ├── NotFound             → NOT_FOUND
     ├── ResourceExhausted    → RESOURCE_EXHAUSTED
-    └── FailedPrecondition   → FAILED_PRECONDITION
+    ├── FailedPrecondition   → FAILED_PRECONDITION
+    └── DeadlineExceeded     → DEADLINE_EXCEEDED
 
 >>> str(NotFound("model 'abc' is not registered"))
 "model 'abc' is not registered"
@@ -17,6 +18,7 @@ status code in a single place (:mod:`jacserve.server.service`)::
 from __future__ import annotations
 
 __all__ = [
+    "DeadlineExceeded",
     "FailedPrecondition",
     "InvalidArgument",
     "JacserveError",
@@ -48,3 +50,7 @@ class ResourceExhausted(JacserveError):
 
 class FailedPrecondition(JacserveError):
     """The request is well-formed but the model cannot serve it (for example no parameters)."""
+
+
+class DeadlineExceeded(JacserveError):
+    """The caller's deadline passed (or it cancelled) before the work started."""

@@ -21,6 +21,7 @@ import torch
 from jacserve.codec import TensorCodecError, decode_tensors, dtype_to_wire, encode_tensors
 from jacserve.server import engine
 from jacserve.server.errors import (
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -49,6 +50,7 @@ _STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
 )
 _MODE_FROM_WIRE = {
     pb.DERIVATIVE_MODE_UNSPECIFIED: "auto",
@@ -237,6 +239,15 @@ class JacobianServicer(pb_grpc.JacobianServiceServicer):
         with phases.phase("decode"):
             return decode_tensors(messages, name=field, max_elements=self._max_elements)
 
+    @staticmethod
+    def _ensure_active(context: grpc.ServicerContext) -> None:
+        """Skip the derivative work when the caller has already given up."""
+        if not context.is_active():
+            raise DeadlineExceeded(
+                "the call's deadline passed or it was cancelled before the derivative was "
+                "computed; nothing was computed. Raise the timeout for this model and size"
+            )
+
     def _resolve(
         self, phases: _Phases, ref: pb.FunctionRef
     ) -> tuple[LoadedModel, Callable[..., Any], MethodInfo]:
@@ -297,6 +308,7 @@ class JacobianServicer(pb_grpc.JacobianServiceServicer):
         tangents = self._decode(phases, "tangents", request.tangents)
         model, fn, method = self._resolve(phases, request.function)
         model.check_inputs(method, primals)
+        self._ensure_active(context)
         result = engine.jvp(fn, primals, tangents, wrt=list(request.wrt), method=method.name)
         outputs, values = self._encode(phases, result.outputs, result.values)
         return pb.JvpResponse(
@@ -313,6 +325,7 @@ class JacobianServicer(pb_grpc.JacobianServiceServicer):
         cotangents = self._decode(phases, "cotangents", request.cotangents)
         model, fn, method = self._resolve(phases, request.function)
         model.check_inputs(method, primals)
+        self._ensure_active(context)
         result = engine.vjp(fn, primals, cotangents, wrt=list(request.wrt), method=method.name)
         outputs, values = self._encode(phases, result.outputs, result.values)
         return pb.VjpResponse(
@@ -331,6 +344,7 @@ class JacobianServicer(pb_grpc.JacobianServiceServicer):
         mode = _MODE_FROM_WIRE.get(request.mode)
         if mode is None:
             raise InvalidArgument(f"mode: expected AUTO, FORWARD or REVERSE; got {request.mode}")
+        self._ensure_active(context)
         result = engine.jacobian(
             fn,
             inputs,
@@ -365,6 +379,7 @@ class JacobianServicer(pb_grpc.JacobianServiceServicer):
                     f"{list(parameters)[:20]}"
                 )
             parameters = {n: parameters[n] for n in request.parameters}
+        self._ensure_active(context)
         result = engine.parameter_gradients(
             fn, inputs, parameters, cotangents=cotangents or None, method=method.name
         )

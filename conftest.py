@@ -1,4 +1,8 @@
-"""Shared fixtures: a real server on a loopback port and a real client talking to it."""
+"""Shared fixtures: a real server on a loopback port and a real client talking to it.
+
+At the repository root so that the SDK's docstring examples (doctests) run against the
+same server as the tests.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import warnings
 from collections.abc import Iterator
 
 import pytest
+import torch
 
 from jacserve.client import Client
 from jacserve.server.app import RunningServer, serve
@@ -35,3 +40,21 @@ def client(server: RunningServer) -> Iterator[Client]:
     """A client connected to the session's server."""
     with Client(server.target, timeout=120, max_message_bytes=256 << 20) as c:
         yield c
+
+
+@pytest.fixture(autouse=True)
+def _sdk_doctest_namespace(request: pytest.FixtureRequest) -> None:
+    """Give docstring examples ``target``, ``client``, ``model_id`` (a Linear(3, 2)) and ``torch``."""
+    node = request.node
+    if not isinstance(node, pytest.DoctestItem) or "jacserve/client" not in str(node.path):
+        return
+    namespace = request.getfixturevalue("doctest_namespace")
+    running = request.getfixturevalue("server")
+    sdk = request.getfixturevalue("client")
+    torch.manual_seed(0)
+    namespace.update(
+        target=running.target,
+        client=sdk,
+        model_id=sdk.upload(torch.jit.script(torch.nn.Linear(3, 2))),
+        torch=torch,
+    )
