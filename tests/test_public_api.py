@@ -42,6 +42,7 @@ def test_client_surface():
 
 def test_engine_surface():
     assert set(engine.__all__) == {
+        "DerivativeCache",
         "EngineMetrics",
         "EngineResult",
         "ModePlan",

@@ -167,19 +167,34 @@ def test_the_model_never_changes_the_callers_data_and_upload_objects_directly(cl
 def test_metrics_report_mode_passes_phases_and_memory(client: Client):
     model = MLP(3, 8, 40, torch.float64)
     x = torch.randn(3, dtype=torch.float64)
-    metrics = client.jacobian(archive_of(model, (x,), "torchscript"), x).metrics
-    assert (metrics.mode, metrics.passes, metrics.input_size, metrics.output_size) == (
+    model_id = client.upload(archive_of(model, (x,), "torchscript"))
+    first = client.jacobian(model_id, x).metrics
+    again = client.jacobian(model_id, x).metrics
+    assert (first.input_size, first.output_size) == (3, 40)
+    # Auto mode measured both modes once and picked the smaller estimate; the second
+    # request reuses the figures instead of measuring again.
+    estimates = {
+        "forward": first.estimated_forward_seconds,
+        "reverse": first.estimated_reverse_seconds,
+    }
+    assert min(estimates.values()) > 0 and first.mode == min(estimates, key=estimates.get)
+    assert first.passes == {"forward": 3, "reverse": 40}[first.mode]
+    assert "estimated" in first.mode_reason and first.timing["plan"] > 0
+    assert again.estimated_forward_seconds == first.estimated_forward_seconds  # not re-measured
+    assert first.vectorized and not first.fallback_reason and first.chunks == 1
+    assert set(first.timing) == {
+        "decode",
+        "load",
+        "plan",
         "forward",
-        3,
-        3,
-        40,
-    )
-    assert "n=3" in metrics.mode_reason and metrics.vectorized and not metrics.fallback_reason
-    assert set(metrics.timing) == {"decode", "load", "forward", "derivative", "encode", "total"}
-    assert all(v >= 0 for v in metrics.timing.values())
-    assert metrics.timing["total"] >= metrics.timing["derivative"] > 0
-    assert metrics.memory_method == "cpu_rss_high_water" and metrics.peak_memory_bytes >= 0
-    assert metrics.device == "cpu" and metrics.nonfinite_count == 0
+        "derivative",
+        "encode",
+        "total",
+    }
+    assert all(v >= 0 for v in first.timing.values())
+    assert first.timing["total"] >= first.timing["derivative"] > 0
+    assert first.memory_method == "cpu_rss_high_water" and first.peak_memory_bytes >= 0
+    assert first.device == "cpu" and first.nonfinite_count == 0 and first.batch_size == 0
 
 
 def test_inline_archives_work_without_an_upload(server):

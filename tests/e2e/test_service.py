@@ -86,7 +86,7 @@ def test_prometheus_endpoint_counts_requests_by_method_mode_and_code(server, cli
     model_id = client.upload(archive_of(MLP(2, 3, 6, torch.float64), (x,), "torchscript"))
     key = 'jacserve_requests_total{code="OK",method="Jacobian",mode="forward"}'
     before = _scrape(server.metrics_port).get(key, 0.0)
-    client.jacobian(model_id, x)
+    client.jacobian(model_id, x, mode="forward")
     with pytest.raises(NotFound):
         client.jacobian("e" * 64, x)
     after = _scrape(server.metrics_port)

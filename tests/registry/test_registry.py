@@ -90,14 +90,16 @@ def test_size_caps_apply_to_compressed_and_uncompressed_bytes(tmp_path):
 
 def test_loaded_models_are_evicted_least_recently_used_first(tmp_path):
     archives = [_mlp_archive("torchscript", n) for n in (3, 4, 5)]
-    budget = sum(len(a) for a in archives[:2]) + 4096
-    registry = ModelRegistry(tmp_path, max_loaded_bytes=budget)
+    sizes = [ModelRegistry(tmp_path / "probe").add(a)[0].loaded_size_bytes for a in archives]
+    budget = sizes[0] + sizes[1] + 100
+    registry = ModelRegistry(tmp_path / "store", max_loaded_bytes=budget)
     ids = [registry.add(a)[0].model_id for a in archives[:2]]
     registry.get(ids[0])  # ids[1] is now the least recently used
     registry.add(archives[2])
     count, size = registry.cache_stats()
     assert count == 2 and size <= budget
     # An evicted model is reloaded from its stored archive and still works.
+    assert registry.get(ids[0]) is registry.get(ids[0])  # still cached: same object
     model = registry.get(ids[1])
     fn, _ = model.method("forward")
     assert fn(torch.zeros(4, dtype=torch.float64)).shape == (2,)

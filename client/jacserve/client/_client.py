@@ -224,6 +224,8 @@ class Client:
         tangents: Inputs,
         *,
         wrt: Sequence[int] | None = None,
+        batched: bool = False,
+        device: str = "",
         method: str = "forward",
         timeout: float | None = _UNSET,
     ) -> JvpResult:
@@ -234,6 +236,9 @@ class Client:
             primals: a tensor or NumPy array, or a tuple of them (one per model input).
             tangents: one per differentiated input (``wrt`` order), same shape and dtype.
             wrt: indices of the inputs to differentiate; default every floating input.
+            batched: each tangent has an extra leading dimension k; the server computes
+                the k JVPs in one vectorized call and ``jvp`` gains that leading k.
+            device: where to compute (``"cpu"``, ``"cuda"``); default the server's.
             method: the model method to call.
             timeout: deadline in seconds for this call (default: the client's).
 
@@ -251,6 +256,8 @@ class Client:
             primals=encode_tensors(primal_list, name="primals"),
             tangents=encode_tensors(tangent_list, name="tangents"),
             wrt=list(wrt or ()),
+            batched=batched,
+            options=pb.ComputeOptions(device=device),
         )
 
         def call(ref: pb.FunctionRef) -> JvpResult:
@@ -271,6 +278,8 @@ class Client:
         cotangents: Inputs,
         *,
         wrt: Sequence[int] | None = None,
+        batched: bool = False,
+        device: str = "",
         method: str = "forward",
         timeout: float | None = _UNSET,
     ) -> VjpResult:
@@ -281,6 +290,9 @@ class Client:
             primals: a tensor or NumPy array, or a tuple of them (one per model input).
             cotangents: one per model output, same shape and dtype as that output.
             wrt: indices of the inputs to differentiate; default every floating input.
+            batched: each cotangent has an extra leading dimension k; the k VJPs share
+                one recorded forward pass and ``vjp`` gains that leading k.
+            device: where to compute (``"cpu"``, ``"cuda"``); default the server's.
             method: the model method to call.
             timeout: deadline in seconds for this call.
 
@@ -298,6 +310,8 @@ class Client:
             primals=encode_tensors(primal_list, name="primals"),
             cotangents=encode_tensors(cotangent_list, name="cotangents"),
             wrt=list(wrt or ()),
+            batched=batched,
+            options=pb.ComputeOptions(device=device),
         )
 
         def call(ref: pb.FunctionRef) -> VjpResult:
@@ -318,6 +332,10 @@ class Client:
         *,
         mode: str = "auto",
         wrt: Sequence[int] | None = None,
+        batched: bool = False,
+        max_memory_bytes: int = 0,
+        chunk_size: int = 0,
+        device: str = "",
         method: str = "forward",
         timeout: float | None = _UNSET,
     ) -> JacobianResult:
@@ -326,8 +344,15 @@ class Client:
         Args:
             model: a model id, or anything :meth:`upload` takes.
             inputs: a tensor or NumPy array, or a tuple of them (one per model input).
-            mode: ``"auto"`` (the server picks by dimension), ``"forward"`` or ``"reverse"``.
+            mode: ``"auto"`` (the server measures both modes on first use and picks the
+                cheaper), ``"forward"`` or ``"reverse"``.
             wrt: indices of the inputs to differentiate; default every floating input.
+            batched: each input has a leading dimension B of points; the result holds a
+                Jacobian per point (every block gains that leading B).
+            max_memory_bytes: peak memory the server may use for the passes and the
+                result; it chunks the passes to fit (0: the server's default budget).
+            chunk_size: at most this many passes per vectorized call (0: no limit).
+            device: where to compute (``"cpu"``, ``"cuda"``); default the server's.
             method: the model method to call.
             timeout: deadline in seconds for this call.
 
@@ -348,7 +373,13 @@ class Client:
             )
         inputs_tuple, input_list = _as_sequence(inputs)
         request = pb.JacobianRequest(
-            inputs=encode_tensors(input_list, name="inputs"), wrt=list(wrt or ()), mode=_MODES[mode]
+            inputs=encode_tensors(input_list, name="inputs"),
+            wrt=list(wrt or ()),
+            mode=_MODES[mode],
+            batched=batched,
+            options=pb.ComputeOptions(
+                max_memory_bytes=max_memory_bytes, chunk_size=chunk_size, device=device
+            ),
         )
 
         def call(ref: pb.FunctionRef) -> JacobianResult:
@@ -379,6 +410,7 @@ class Client:
         cotangent: Inputs | None = None,
         *,
         parameters: Sequence[str] | None = None,
+        device: str = "",
         method: str = "forward",
         timeout: float | None = _UNSET,
     ) -> GradientsResult:
@@ -390,6 +422,7 @@ class Client:
             cotangent: one tensor per output; ``None`` when the output is a single scalar
                 (then this is the plain gradient of that scalar).
             parameters: names of the parameters to differentiate; default all.
+            device: where to compute (``"cpu"``, ``"cuda"``); default the server's.
             method: the model method to call.
             timeout: deadline in seconds for this call.
 
@@ -407,6 +440,7 @@ class Client:
             inputs=encode_tensors(input_list, name="inputs"),
             cotangents=encode_tensors(cotangent_list, name="cotangents"),
             parameters=list(parameters or ()),
+            options=pb.ComputeOptions(device=device),
         )
 
         def call(ref: pb.FunctionRef) -> GradientsResult:

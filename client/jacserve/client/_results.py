@@ -37,8 +37,12 @@ _FORMATS = {
 class DerivativeMetrics:
     """How the server computed a derivative: mode and why, passes, time per phase, memory.
 
-    ``timing`` maps ``decode``, ``load``, ``forward``, ``derivative``, ``encode`` and
-    ``total`` to seconds measured on the server.
+    ``timing`` maps ``decode``, ``load``, ``plan``, ``forward``, ``derivative``,
+    ``encode`` and ``total`` to seconds measured on the server (``plan`` is the one-off
+    measurement of per-pass costs and memory on a model's first use at a signature).
+    ``chunks``/``chunk_size`` say how the passes were split under a memory budget;
+    ``estimated_forward_seconds``/``estimated_reverse_seconds`` are auto mode's measured
+    estimates (0 when it did not measure).
     """
 
     mode: str
@@ -54,6 +58,13 @@ class DerivativeMetrics:
     nonfinite_count: int
     warnings: tuple[str, ...]
     device: str
+    chunks: int
+    chunk_size: int
+    batch_size: int
+    estimated_forward_seconds: float
+    estimated_reverse_seconds: float
+    memory_budget_bytes: int
+    estimated_peak_bytes: int
 
     @classmethod
     def from_wire(cls, m: pb.DerivativeMetrics) -> DerivativeMetrics:
@@ -70,6 +81,7 @@ class DerivativeMetrics:
             timing={
                 "decode": t.decode_seconds,
                 "load": t.load_seconds,
+                "plan": t.plan_seconds,
                 "forward": t.forward_seconds,
                 "derivative": t.derivative_seconds,
                 "encode": t.encode_seconds,
@@ -80,6 +92,13 @@ class DerivativeMetrics:
             nonfinite_count=m.nonfinite_count,
             warnings=tuple(m.warnings),
             device=m.device,
+            chunks=m.chunks,
+            chunk_size=m.chunk_size,
+            batch_size=m.batch_size,
+            estimated_forward_seconds=m.estimated_forward_seconds,
+            estimated_reverse_seconds=m.estimated_reverse_seconds,
+            memory_budget_bytes=m.memory_budget_bytes,
+            estimated_peak_bytes=m.estimated_peak_bytes,
         )
 
 

@@ -74,24 +74,36 @@ class FunctionRef(_message.Message):
     method: str
     def __init__(self, model_id: _Optional[str] = ..., archive: _Optional[bytes] = ..., method: _Optional[str] = ...) -> None: ...
 
+class ComputeOptions(_message.Message):
+    __slots__ = ("max_memory_bytes", "chunk_size", "device")
+    MAX_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    max_memory_bytes: int
+    chunk_size: int
+    device: str
+    def __init__(self, max_memory_bytes: _Optional[int] = ..., chunk_size: _Optional[int] = ..., device: _Optional[str] = ...) -> None: ...
+
 class PhaseTimings(_message.Message):
-    __slots__ = ("decode_seconds", "load_seconds", "forward_seconds", "derivative_seconds", "encode_seconds", "total_seconds")
+    __slots__ = ("decode_seconds", "load_seconds", "forward_seconds", "derivative_seconds", "encode_seconds", "total_seconds", "plan_seconds")
     DECODE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     FORWARD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DERIVATIVE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ENCODE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PLAN_SECONDS_FIELD_NUMBER: _ClassVar[int]
     decode_seconds: float
     load_seconds: float
     forward_seconds: float
     derivative_seconds: float
     encode_seconds: float
     total_seconds: float
-    def __init__(self, decode_seconds: _Optional[float] = ..., load_seconds: _Optional[float] = ..., forward_seconds: _Optional[float] = ..., derivative_seconds: _Optional[float] = ..., encode_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ...) -> None: ...
+    plan_seconds: float
+    def __init__(self, decode_seconds: _Optional[float] = ..., load_seconds: _Optional[float] = ..., forward_seconds: _Optional[float] = ..., derivative_seconds: _Optional[float] = ..., encode_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ..., plan_seconds: _Optional[float] = ...) -> None: ...
 
 class DerivativeMetrics(_message.Message):
-    __slots__ = ("mode", "mode_reason", "input_size", "output_size", "passes", "vectorized", "fallback_reason", "timing", "peak_memory_bytes", "memory_method", "nonfinite_count", "warnings", "device")
+    __slots__ = ("mode", "mode_reason", "input_size", "output_size", "passes", "vectorized", "fallback_reason", "timing", "peak_memory_bytes", "memory_method", "nonfinite_count", "warnings", "device", "chunks", "chunk_size", "batch_size", "estimated_forward_seconds", "estimated_reverse_seconds", "memory_budget_bytes", "estimated_peak_bytes")
     MODE_FIELD_NUMBER: _ClassVar[int]
     MODE_REASON_FIELD_NUMBER: _ClassVar[int]
     INPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +117,13 @@ class DerivativeMetrics(_message.Message):
     NONFINITE_COUNT_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_FORWARD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_REVERSE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_PEAK_BYTES_FIELD_NUMBER: _ClassVar[int]
     mode: DerivativeMode
     mode_reason: str
     input_size: int
@@ -118,7 +137,14 @@ class DerivativeMetrics(_message.Message):
     nonfinite_count: int
     warnings: _containers.RepeatedScalarFieldContainer[str]
     device: str
-    def __init__(self, mode: _Optional[_Union[DerivativeMode, str]] = ..., mode_reason: _Optional[str] = ..., input_size: _Optional[int] = ..., output_size: _Optional[int] = ..., passes: _Optional[int] = ..., vectorized: _Optional[bool] = ..., fallback_reason: _Optional[str] = ..., timing: _Optional[_Union[PhaseTimings, _Mapping]] = ..., peak_memory_bytes: _Optional[int] = ..., memory_method: _Optional[str] = ..., nonfinite_count: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ...) -> None: ...
+    chunks: int
+    chunk_size: int
+    batch_size: int
+    estimated_forward_seconds: float
+    estimated_reverse_seconds: float
+    memory_budget_bytes: int
+    estimated_peak_bytes: int
+    def __init__(self, mode: _Optional[_Union[DerivativeMode, str]] = ..., mode_reason: _Optional[str] = ..., input_size: _Optional[int] = ..., output_size: _Optional[int] = ..., passes: _Optional[int] = ..., vectorized: _Optional[bool] = ..., fallback_reason: _Optional[str] = ..., timing: _Optional[_Union[PhaseTimings, _Mapping]] = ..., peak_memory_bytes: _Optional[int] = ..., memory_method: _Optional[str] = ..., nonfinite_count: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., chunks: _Optional[int] = ..., chunk_size: _Optional[int] = ..., batch_size: _Optional[int] = ..., estimated_forward_seconds: _Optional[float] = ..., estimated_reverse_seconds: _Optional[float] = ..., memory_budget_bytes: _Optional[int] = ..., estimated_peak_bytes: _Optional[int] = ...) -> None: ...
 
 class ParameterInfo(_message.Message):
     __slots__ = ("name", "shape", "dtype")
@@ -213,16 +239,20 @@ class DeleteModelResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class JvpRequest(_message.Message):
-    __slots__ = ("function", "primals", "tangents", "wrt")
+    __slots__ = ("function", "primals", "tangents", "wrt", "batched", "options")
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     PRIMALS_FIELD_NUMBER: _ClassVar[int]
     TANGENTS_FIELD_NUMBER: _ClassVar[int]
     WRT_FIELD_NUMBER: _ClassVar[int]
+    BATCHED_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
     function: FunctionRef
     primals: _containers.RepeatedCompositeFieldContainer[Tensor]
     tangents: _containers.RepeatedCompositeFieldContainer[Tensor]
     wrt: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., primals: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tangents: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ...) -> None: ...
+    batched: bool
+    options: ComputeOptions
+    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., primals: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tangents: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ..., batched: _Optional[bool] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ...) -> None: ...
 
 class JvpResponse(_message.Message):
     __slots__ = ("outputs", "tuple_output", "jvp", "metrics")
@@ -237,16 +267,20 @@ class JvpResponse(_message.Message):
     def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., jvp: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ...) -> None: ...
 
 class VjpRequest(_message.Message):
-    __slots__ = ("function", "primals", "cotangents", "wrt")
+    __slots__ = ("function", "primals", "cotangents", "wrt", "batched", "options")
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     PRIMALS_FIELD_NUMBER: _ClassVar[int]
     COTANGENTS_FIELD_NUMBER: _ClassVar[int]
     WRT_FIELD_NUMBER: _ClassVar[int]
+    BATCHED_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
     function: FunctionRef
     primals: _containers.RepeatedCompositeFieldContainer[Tensor]
     cotangents: _containers.RepeatedCompositeFieldContainer[Tensor]
     wrt: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., primals: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., cotangents: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ...) -> None: ...
+    batched: bool
+    options: ComputeOptions
+    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., primals: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., cotangents: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ..., batched: _Optional[bool] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ...) -> None: ...
 
 class VjpResponse(_message.Message):
     __slots__ = ("outputs", "tuple_output", "vjp", "metrics")
@@ -261,16 +295,20 @@ class VjpResponse(_message.Message):
     def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., vjp: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ...) -> None: ...
 
 class JacobianRequest(_message.Message):
-    __slots__ = ("function", "inputs", "wrt", "mode")
+    __slots__ = ("function", "inputs", "wrt", "mode", "batched", "options")
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     WRT_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    BATCHED_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
     function: FunctionRef
     inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     wrt: _containers.RepeatedScalarFieldContainer[int]
     mode: DerivativeMode
-    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ..., mode: _Optional[_Union[DerivativeMode, str]] = ...) -> None: ...
+    batched: bool
+    options: ComputeOptions
+    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ..., mode: _Optional[_Union[DerivativeMode, str]] = ..., batched: _Optional[bool] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ...) -> None: ...
 
 class JacobianResponse(_message.Message):
     __slots__ = ("outputs", "tuple_output", "jacobian", "metrics")
@@ -285,16 +323,18 @@ class JacobianResponse(_message.Message):
     def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., jacobian: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ...) -> None: ...
 
 class ParameterGradientsRequest(_message.Message):
-    __slots__ = ("function", "inputs", "cotangents", "parameters")
+    __slots__ = ("function", "inputs", "cotangents", "parameters", "options")
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     COTANGENTS_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
     function: FunctionRef
     inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     cotangents: _containers.RepeatedCompositeFieldContainer[Tensor]
     parameters: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., cotangents: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., parameters: _Optional[_Iterable[str]] = ...) -> None: ...
+    options: ComputeOptions
+    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., cotangents: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., parameters: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ...) -> None: ...
 
 class ParameterGradientsResponse(_message.Message):
     __slots__ = ("outputs", "tuple_output", "gradients", "metrics")

@@ -92,6 +92,7 @@ def serve(config: ServerConfig) -> RunningServer:
         model_dir,
         max_archive_bytes=config.max_archive_bytes,
         max_loaded_bytes=config.max_loaded_bytes,
+        device=config.device,
     )
     metrics = ServiceMetrics()
     metrics.track_cache(registry.cache_stats)
@@ -113,6 +114,8 @@ def serve(config: ServerConfig) -> RunningServer:
             metrics,
             max_tensor_elements=config.max_tensor_elements,
             max_message_bytes=config.max_message_bytes,
+            max_memory_bytes=config.max_memory_bytes,
+            device=config.device,
         ),
         server,
     )

@@ -33,6 +33,8 @@ class ServerConfig:
     max_archive_bytes: int = 1024 * MiB
     max_loaded_bytes: int = 4096 * MiB
     max_tensor_elements: int = 1 << 28
+    max_memory_bytes: int = 0  # 0: no budget; requests may set their own
+    device: str = "cpu"
     model_dir: str | None = None  # None: a temporary folder removed at shutdown
     grace_seconds: float = 5.0
     log_level: str = "INFO"
@@ -43,6 +45,8 @@ class ServerConfig:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535; got {self.port}")
+        if self.max_memory_bytes < 0:
+            raise ValueError(f"max_memory_bytes must be >= 0; got {self.max_memory_bytes}")
         if self.max_message_bytes >= 1 << 31:
             raise ValueError(
                 f"max_message_bytes must be below 2 GiB (a gRPC limit); got {self.max_message_bytes}"
@@ -59,6 +63,8 @@ _HELP = {
     "max_archive_bytes": "largest model archive, compressed or uncompressed",
     "max_loaded_bytes": "memory budget of the loaded-model cache",
     "max_tensor_elements": "most elements one request tensor may have",
+    "max_memory_bytes": "default memory budget of a Jacobian's passes and result (0: none)",
+    "device": "where models run: cpu, cuda or cuda:N",
     "model_dir": "folder that keeps uploaded archives across restarts (default: temporary)",
     "grace_seconds": "seconds in-flight RPCs get to finish on SIGTERM",
     "log_level": "DEBUG, INFO, WARNING or ERROR",

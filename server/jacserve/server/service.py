@@ -183,6 +183,8 @@ class JacobianServicer(pb_grpc.JacobianServiceServicer):
         metrics: the Prometheus sink.
         max_tensor_elements: cap on the elements of any request tensor and of a Jacobian.
         max_message_bytes: cap on a response's tensor bytes (the gRPC message limit).
+        max_memory_bytes: default memory budget of a Jacobian (0: none).
+        device: default device of derivative requests.
     """
 
     def __init__(
@@ -192,11 +194,15 @@ class JacobianServicer(pb_grpc.JacobianServiceServicer):
         *,
         max_tensor_elements: int,
         max_message_bytes: int,
+        max_memory_bytes: int = 0,
+        device: str = "cpu",
     ) -> None:
         self._registry = registry
         self._metrics = metrics
         self._max_elements = max_tensor_elements
         self._max_message_bytes = max_message_bytes
+        self._default_memory_budget = max_memory_bytes
+        self._default_device = device
 
     # -- models ---------------------------------------------------------------------------
 
@@ -233,24 +239,45 @@ class JacobianServicer(pb_grpc.JacobianServiceServicer):
 
     # -- derivatives ----------------------------------------------------------------------
 
-    def _decode(
-        self, phases: _Phases, field: str, messages: Sequence[pb.Tensor]
-    ) -> tuple[torch.Tensor, ...]:
-        with phases.phase("decode"):
-            return decode_tensors(messages, name=field, max_elements=self._max_elements)
-
-    @staticmethod
-    def _ensure_active(context: grpc.ServicerContext) -> None:
-        """Skip the derivative work when the caller has already given up."""
-        if not context.is_active():
-            raise DeadlineExceeded(
-                "the call's deadline passed or it was cancelled before the derivative was "
-                "computed; nothing was computed. Raise the timeout for this model and size"
+    def _device(self, options: pb.ComputeOptions) -> str:
+        """The device a request runs on: its own choice, else the server's."""
+        name = options.device or self._default_device
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise InvalidArgument(
+                f"options.device: expected 'cpu', 'cuda' or 'cuda:N'; got {name!r}"
+            ) from None
+        if device.type == "cuda" and (
+            not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
+        ):
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            raise InvalidArgument(
+                f"options.device: {name!r} is not available on this server, which has "
+                f"{count} CUDA device(s); use 'cpu'"
+                + (f" or one of cuda:0..cuda:{count - 1}" if count else "")
             )
+        if device.type not in ("cpu", "cuda"):
+            raise InvalidArgument(f"options.device: only cpu and cuda are supported; got {name!r}")
+        return str(device)
 
-    def _resolve(
-        self, phases: _Phases, ref: pb.FunctionRef
-    ) -> tuple[LoadedModel, Callable[..., Any], MethodInfo]:
+    def _prepare(
+        self,
+        phases: _Phases,
+        ref: pb.FunctionRef,
+        options: pb.ComputeOptions,
+        **fields: Sequence[pb.Tensor],
+    ) -> tuple[LoadedModel, Callable[..., Any], MethodInfo, dict[str, tuple[torch.Tensor, ...]]]:
+        """Decode the request's tensors and load its model, both on the request's device."""
+        device = self._device(options)
+        with phases.phase("decode"):
+            tensors = {
+                name: tuple(
+                    t.to(device)
+                    for t in decode_tensors(messages, name=name, max_elements=self._max_elements)
+                )
+                for name, messages in fields.items()
+            }
         with phases.phase("load"):
             source = ref.WhichOneof("source")
             if source == "archive":
@@ -261,9 +288,18 @@ class JacobianServicer(pb_grpc.JacobianServiceServicer):
                 raise InvalidArgument(
                     "function: expected model_id (from UploadModel) or an inline archive; got neither"
                 )
-            model = self._registry.get(model_id)
+            model = self._registry.get(model_id, device)
         fn, method = model.method(ref.method or "forward")
-        return model, fn, method
+        return model, fn, method, tensors
+
+    @staticmethod
+    def _ensure_active(context: grpc.ServicerContext) -> None:
+        """Skip the derivative work when the caller has already given up."""
+        if not context.is_active():
+            raise DeadlineExceeded(
+                "the call's deadline passed or it was cancelled before the derivative was "
+                "computed; nothing was computed. Raise the timeout for this model and size"
+            )
 
     def _encode(self, phases: _Phases, *groups: Sequence[torch.Tensor]) -> list[list[pb.Tensor]]:
         size = sum(t.numel() * t.element_size() for group in groups for t in group)
@@ -293,23 +329,42 @@ class JacobianServicer(pb_grpc.JacobianServiceServicer):
                 derivative_seconds=m.derivative_seconds,
                 encode_seconds=phases.seconds["encode"],
                 total_seconds=time.perf_counter() - phases.start,
+                plan_seconds=m.plan_seconds,
             ),
             peak_memory_bytes=m.peak_memory_bytes,
             memory_method=m.memory_method,
             nonfinite_count=m.nonfinite_count,
             warnings=list(m.warnings),
             device=m.device,
+            chunks=m.chunks,
+            chunk_size=m.chunk_size,
+            batch_size=m.batch_size,
+            estimated_forward_seconds=m.estimated_forward_seconds,
+            estimated_reverse_seconds=m.estimated_reverse_seconds,
+            memory_budget_bytes=m.memory_budget_bytes,
+            estimated_peak_bytes=m.estimated_peak_bytes,
         )
 
     @_rpc("Jvp")
     def Jvp(self, request: pb.JvpRequest, context: Any) -> pb.JvpResponse:
         phases = _Phases()
-        primals = self._decode(phases, "primals", request.primals)
-        tangents = self._decode(phases, "tangents", request.tangents)
-        model, fn, method = self._resolve(phases, request.function)
-        model.check_inputs(method, primals)
+        model, fn, method, t = self._prepare(
+            phases,
+            request.function,
+            request.options,
+            primals=request.primals,
+            tangents=request.tangents,
+        )
+        model.check_inputs(method, t["primals"])
         self._ensure_active(context)
-        result = engine.jvp(fn, primals, tangents, wrt=list(request.wrt), method=method.name)
+        result = engine.jvp(
+            fn,
+            t["primals"],
+            t["tangents"],
+            wrt=list(request.wrt),
+            batched=request.batched,
+            method=method.name,
+        )
         outputs, values = self._encode(phases, result.outputs, result.values)
         return pb.JvpResponse(
             outputs=outputs,
@@ -321,12 +376,23 @@ class JacobianServicer(pb_grpc.JacobianServiceServicer):
     @_rpc("Vjp")
     def Vjp(self, request: pb.VjpRequest, context: Any) -> pb.VjpResponse:
         phases = _Phases()
-        primals = self._decode(phases, "primals", request.primals)
-        cotangents = self._decode(phases, "cotangents", request.cotangents)
-        model, fn, method = self._resolve(phases, request.function)
-        model.check_inputs(method, primals)
+        model, fn, method, t = self._prepare(
+            phases,
+            request.function,
+            request.options,
+            primals=request.primals,
+            cotangents=request.cotangents,
+        )
+        model.check_inputs(method, t["primals"])
         self._ensure_active(context)
-        result = engine.vjp(fn, primals, cotangents, wrt=list(request.wrt), method=method.name)
+        result = engine.vjp(
+            fn,
+            t["primals"],
+            t["cotangents"],
+            wrt=list(request.wrt),
+            batched=request.batched,
+            method=method.name,
+        )
         outputs, values = self._encode(phases, result.outputs, result.values)
         return pb.VjpResponse(
             outputs=outputs,
@@ -338,20 +404,33 @@ class JacobianServicer(pb_grpc.JacobianServiceServicer):
     @_rpc("Jacobian")
     def Jacobian(self, request: pb.JacobianRequest, context: Any) -> pb.JacobianResponse:
         phases = _Phases()
-        inputs = self._decode(phases, "inputs", request.inputs)
-        model, fn, method = self._resolve(phases, request.function)
-        model.check_inputs(method, inputs)
+        model, fn, method, t = self._prepare(
+            phases, request.function, request.options, inputs=request.inputs
+        )
+        inputs = t["inputs"]
+        model.check_inputs(method, inputs, batched=request.batched)
         mode = _MODE_FROM_WIRE.get(request.mode)
         if mode is None:
             raise InvalidArgument(f"mode: expected AUTO, FORWARD or REVERSE; got {request.mode}")
+        options = request.options
+        if options.max_memory_bytes < 0 or options.chunk_size < 0:
+            raise InvalidArgument(
+                "options: max_memory_bytes and chunk_size must be >= 0 (0 = server default); "
+                f"got {options.max_memory_bytes} and {options.chunk_size}"
+            )
+        budget = options.max_memory_bytes or self._default_memory_budget
         self._ensure_active(context)
         result = engine.jacobian(
             fn,
             inputs,
             wrt=list(request.wrt),
             mode=mode,
-            method=method.name,
+            batched=request.batched,
+            chunk_size=options.chunk_size or None,
+            max_memory_bytes=budget or None,
             max_elements=self._max_elements,
+            cache=model.derivative_cache,
+            method=method.name,
         )
         outputs, values = self._encode(phases, result.outputs, result.values)
         return pb.JacobianResponse(
@@ -366,10 +445,14 @@ class JacobianServicer(pb_grpc.JacobianServiceServicer):
         self, request: pb.ParameterGradientsRequest, context: Any
     ) -> pb.ParameterGradientsResponse:
         phases = _Phases()
-        inputs = self._decode(phases, "inputs", request.inputs)
-        cotangents = self._decode(phases, "cotangents", request.cotangents)
-        model, fn, method = self._resolve(phases, request.function)
-        model.check_inputs(method, inputs)
+        model, fn, method, t = self._prepare(
+            phases,
+            request.function,
+            request.options,
+            inputs=request.inputs,
+            cotangents=request.cotangents,
+        )
+        model.check_inputs(method, t["inputs"])
         parameters = model.parameters
         if request.parameters:
             unknown = [n for n in request.parameters if n not in parameters]
@@ -381,7 +464,7 @@ class JacobianServicer(pb_grpc.JacobianServiceServicer):
             parameters = {n: parameters[n] for n in request.parameters}
         self._ensure_active(context)
         result = engine.parameter_gradients(
-            fn, inputs, parameters, cotangents=cotangents or None, method=method.name
+            fn, t["inputs"], parameters, cotangents=t["cotangents"] or None, method=method.name
         )
         outputs, values = self._encode(phases, result.outputs, result.values)
         return pb.ParameterGradientsResponse(

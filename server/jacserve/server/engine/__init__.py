@@ -1,22 +1,22 @@
 """The differentiation engine: pure torch (torch.func and autograd), no gRPC, no server state.
 
+Callers that want measurements reused across calls pass a :class:`DerivativeCache`.
+
 >>> import torch
 >>> from jacserve.server import engine
 >>> engine.jvp(lambda x: x * x, [torch.tensor([3.0])], [torch.tensor([1.0])]).values
 (tensor([6.]),)
 """
 
+from jacserve.server.engine._run import EngineMetrics, EngineResult
+from jacserve.server.engine.cache import DerivativeCache
+from jacserve.server.engine.gradients import parameter_gradients
+from jacserve.server.engine.jacobian import jacobian
 from jacserve.server.engine.planner import ModePlan, plan_mode
-from jacserve.server.engine.transforms import (
-    EngineMetrics,
-    EngineResult,
-    jacobian,
-    jvp,
-    parameter_gradients,
-    vjp,
-)
+from jacserve.server.engine.products import jvp, vjp
 
 __all__ = [
+    "DerivativeCache",
     "EngineMetrics",
     "EngineResult",
     "ModePlan",

@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
+import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["PeakMemory", "measure_peak_memory", "stopwatch"]
+__all__ = ["LiveTensorMeter", "PeakMemory", "measure_peak_memory", "stopwatch"]
 
 _PROC_STATUS = pathlib.Path("/proc/self/status")
 _PROC_CLEAR_REFS = pathlib.Path("/proc/self/clear_refs")
@@ -40,19 +44,24 @@ class _Elapsed:
 
 
 @contextlib.contextmanager
-def stopwatch() -> Iterator[_Elapsed]:
-    """Time a block with ``time.perf_counter``.
+def stopwatch(device: torch.device | None = None) -> Iterator[_Elapsed]:
+    """Time a block with ``time.perf_counter``; on CUDA, synchronize at both ends.
 
     >>> with stopwatch() as t:
     ...     _ = sum(range(1000))
     >>> t.seconds >= 0.0
     True
     """
+    synchronize = device is not None and device.type == "cuda"
     elapsed = _Elapsed()
+    if synchronize:
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     try:
         yield elapsed
     finally:
+        if synchronize:
+            torch.cuda.synchronize(device)
         elapsed.seconds = time.perf_counter() - start
 
 
@@ -97,3 +106,54 @@ def measure_peak_memory(device: torch.device) -> Iterator[PeakMemory]:
                 if high_water_kib is not None:
                     result.bytes = max(0, high_water_kib - baseline_kib) * 1024
                     result.method = "cpu_rss_high_water"
+
+
+class LiveTensorMeter(TorchDispatchMode):
+    """Peak bytes of tensor storage created inside a block and still alive, op by op.
+
+    A dispatch mode sees every op below autograd and vmap, so it counts the physical
+    (batched) tensors. Each new storage is added when an op returns it and subtracted
+    when it is freed. It costs a Python call per op, so the engine uses it only to probe
+    (see NOTE: [Cost model]), never on every request.
+
+    >>> with LiveTensorMeter() as meter:
+    ...     a = torch.ones(1 << 16)
+    ...     del a
+    ...     b = torch.ones(1 << 15)
+    >>> meter.peak_bytes
+    262144
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live_bytes = 0
+        self.peak_bytes = 0
+        self._seen: set[int] = set()
+        self._lock = threading.Lock()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for tensor in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(tensor, torch.Tensor):
+                self._track(tensor)
+        return out
+
+    def _track(self, tensor: torch.Tensor) -> None:
+        try:
+            storage = tensor.untyped_storage()
+            key, size = storage.data_ptr(), storage.nbytes()
+        except RuntimeError:  # tensors without storage (dual or functional wrappers)
+            return
+        with self._lock:
+            if size == 0 or key in self._seen:
+                return
+            self._seen.add(key)
+            self.live_bytes += size
+            self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+        weakref.finalize(storage, self._release, key, size)
+
+    def _release(self, key: int, size: int) -> None:
+        with self._lock:
+            if key in self._seen:
+                self._seen.discard(key)
+                self.live_bytes -= size

@@ -17,10 +17,18 @@ from typing import Any
 
 import torch
 
+from jacserve.server.engine import DerivativeCache
 from jacserve.server.errors import InvalidArgument
 from jacserve.server.registry.archive import ArchiveFormat
 
-__all__ = ["InputInfo", "LoadedModel", "MethodInfo", "ParameterInfo", "load_model"]
+__all__ = [
+    "DERIVATIVE_CACHE_BYTES",
+    "InputInfo",
+    "LoadedModel",
+    "MethodInfo",
+    "ParameterInfo",
+    "load_model",
+]
 
 
 @dataclass(frozen=True)
@@ -50,13 +58,31 @@ class ParameterInfo:
     dtype: torch.dtype
 
 
-class LoadedModel:
-    """A loaded archive: its methods, parameters, and an estimate of its memory."""
+DERIVATIVE_CACHE_BYTES = 1 << 20
+"""Bytes each loaded model may keep of measured costs, memory profiles and checks."""
 
-    def __init__(self, fmt: ArchiveFormat, module: torch.nn.Module, methods: Sequence[MethodInfo]):
+
+class LoadedModel:
+    """A loaded archive on one device: its methods, parameters, derivative cache and size.
+
+    ``derivative_cache`` holds what the engine measures about this model per input
+    signature (see :class:`~jacserve.server.engine.DerivativeCache`); it lives and dies
+    with the loaded model, so eviction or deletion drops it too.
+    """
+
+    def __init__(
+        self,
+        fmt: ArchiveFormat,
+        module: torch.nn.Module,
+        methods: Sequence[MethodInfo],
+        device: torch.device,
+        cache_bytes: int = DERIVATIVE_CACHE_BYTES,
+    ):
         self.format = fmt
         self.module = module
         self.methods = tuple(methods)
+        self.device = device
+        self.derivative_cache = DerivativeCache(cache_bytes)
         self.parameters = {
             name: p for name, p in module.named_parameters() if p.is_floating_point()
         }
@@ -66,7 +92,7 @@ class LoadedModel:
             ParameterInfo(name, tuple(p.shape), p.dtype) for name, p in self.parameters.items()
         )
         tensors = [*module.parameters(), *module.buffers()]
-        self.nbytes = sum(t.numel() * t.element_size() for t in tensors)
+        self.nbytes = sum(t.numel() * t.element_size() for t in tensors) + cache_bytes
 
     def method(self, name: str) -> tuple[Callable[..., Any], MethodInfo]:
         """Return the callable for ``name`` and its description.
@@ -81,8 +107,12 @@ class LoadedModel:
         available = ", ".join(m.name for m in self.methods)
         raise InvalidArgument(f"the model has no method {name!r}; its methods are: {available}")
 
-    def check_inputs(self, method: MethodInfo, inputs: Sequence[torch.Tensor]) -> None:
+    def check_inputs(
+        self, method: MethodInfo, inputs: Sequence[torch.Tensor], *, batched: bool = False
+    ) -> None:
         """Check input count, and dtypes and static shapes where the archive records them.
+
+        With ``batched``, each input's first dimension is the batch and the rest is checked.
 
         Raises:
             InvalidArgument: naming the first input that does not fit.
@@ -99,6 +129,13 @@ class LoadedModel:
                 f"method {method.name!r} takes {expected} inputs ({names}); got {len(inputs)}"
             )
         for index, (spec, tensor) in enumerate(zip(method.inputs, inputs, strict=False)):
+            if batched:
+                if tensor.dim() == 0:
+                    raise InvalidArgument(
+                        f"input {index} ({spec.name}): a batched input needs a leading batch "
+                        "dimension; got a 0-d tensor"
+                    )
+                tensor = tensor[0]
             if spec.dtype is not None and tensor.dtype != spec.dtype:
                 raise InvalidArgument(
                     f"input {index} ({spec.name}): expected dtype "
@@ -143,21 +180,22 @@ def _export_methods(program: torch.export.ExportedProgram) -> list[MethodInfo]:
     return [MethodInfo("forward", tuple(inputs))]
 
 
-def load_model(data: bytes, fmt: ArchiveFormat) -> LoadedModel:
-    """Load an archive of a known format onto the CPU.
+def load_model(data: bytes, fmt: ArchiveFormat, device: torch.device | str = "cpu") -> LoadedModel:
+    """Load an archive of a known format onto ``device``.
 
     TorchScript modules are put in eval mode; torch.export programs run as exported.
 
     Raises:
         InvalidArgument: when torch cannot load the archive.
     """
+    device = torch.device(device)
     try:
         if fmt is ArchiveFormat.TORCHSCRIPT:
-            module = torch.jit.load(io.BytesIO(data), map_location="cpu")
+            module = torch.jit.load(io.BytesIO(data), map_location=device)
             module.eval()
-            return LoadedModel(fmt, module, _torchscript_methods(module))
+            return LoadedModel(fmt, module, _torchscript_methods(module), device)
         program = torch.export.load(io.BytesIO(data))
-        return LoadedModel(fmt, program.module(), _export_methods(program))
+        return LoadedModel(fmt, program.module().to(device), _export_methods(program), device)
     except InvalidArgument:
         raise
     except Exception as exc:

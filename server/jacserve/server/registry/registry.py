@@ -20,6 +20,8 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import torch
+
 from jacserve.server.errors import InvalidArgument, NotFound, ResourceExhausted
 from jacserve.server.registry.archive import ArchiveFormat, detect_format
 from jacserve.server.registry.loading import LoadedModel, MethodInfo, ParameterInfo, load_model
@@ -64,6 +66,7 @@ class ModelRegistry:
         directory: where archives are stored; created if missing.
         max_archive_bytes: largest archive accepted, compressed or uncompressed.
         max_loaded_bytes: memory budget of the loaded-model cache.
+        device: where models are loaded unless :meth:`get` names another device.
     """
 
     def __init__(
@@ -72,14 +75,16 @@ class ModelRegistry:
         *,
         max_archive_bytes: int = 1 << 30,
         max_loaded_bytes: int = 4 << 30,
+        device: str = "cpu",
     ) -> None:
         self._directory = pathlib.Path(directory)
         self._directory.mkdir(parents=True, exist_ok=True)
         self._max_archive_bytes = max_archive_bytes
         self._max_loaded_bytes = max_loaded_bytes
+        self._device = str(torch.device(device))
         self._lock = threading.Lock()
         self._infos: dict[str, ModelInfo] = {}
-        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._loaded: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
         self._loaded_bytes = 0
         self._restore()
 
@@ -118,7 +123,7 @@ class ModelRegistry:
             if model_id in self._infos:
                 return self._infos[model_id], True
         fmt = detect_format(data, max_uncompressed_bytes=self._max_archive_bytes)
-        model = load_model(data, fmt)
+        model = load_model(data, fmt, self._device)
         size = len(data) + model.nbytes
         if size > self._max_loaded_bytes:
             raise ResourceExhausted(
@@ -135,17 +140,17 @@ class ModelRegistry:
             if model_id in self._infos:
                 return self._infos[model_id], True
             self._infos[model_id] = info
-            self._cache(model_id, model, size)
+            self._cache((model_id, self._device), model)
         return info, False
 
-    def _cache(self, model_id: str, model: LoadedModel, size: int) -> None:
+    def _cache(self, key: tuple[str, str], model: LoadedModel) -> None:
         """Insert into the LRU and evict the least recently used; caller holds the lock."""
-        self._loaded[model_id] = model
-        self._loaded_bytes += size
+        self._loaded[key] = model
+        self._loaded_bytes += self._infos[key[0]].loaded_size_bytes
         while self._loaded_bytes > self._max_loaded_bytes and len(self._loaded) > 1:
             evicted, _ = self._loaded.popitem(last=False)
-            self._loaded_bytes -= self._infos[evicted].loaded_size_bytes
-            _LOG.info("evicted model %s from the loaded-model cache", evicted)
+            self._loaded_bytes -= self._infos[evicted[0]].loaded_size_bytes
+            _LOG.info("evicted model %s on %s from the loaded-model cache", *evicted)
 
     def _known(self, model_id: str) -> ModelInfo:
         if not _MODEL_ID.fullmatch(model_id):
@@ -183,28 +188,30 @@ class ModelRegistry:
         with self._lock:
             info = self._known(model_id)
             del self._infos[model_id]
-            if self._loaded.pop(model_id, None) is not None:
+            for key in [k for k in self._loaded if k[0] == model_id]:
+                del self._loaded[key]
                 self._loaded_bytes -= info.loaded_size_bytes
         (self._directory / f"{model_id}{_SUFFIX}").unlink(missing_ok=True)
 
-    def get(self, model_id: str) -> LoadedModel:
-        """The loaded model for an id, loading it from its archive if it was evicted.
+    def get(self, model_id: str, device: str | None = None) -> LoadedModel:
+        """The model loaded on ``device`` (default: the registry's), loading it if needed.
 
         Raises:
             InvalidArgument: malformed id. NotFound: unknown id.
         """
+        key = (model_id, str(torch.device(device)) if device else self._device)
         with self._lock:
             info = self._known(model_id)
-            model = self._loaded.get(model_id)
+            model = self._loaded.get(key)
             if model is not None:
-                self._loaded.move_to_end(model_id)
+                self._loaded.move_to_end(key)
                 return model
         data = (self._directory / f"{model_id}{_SUFFIX}").read_bytes()
-        model = load_model(data, info.format)
+        model = load_model(data, info.format, key[1])
         with self._lock:
-            if model_id in self._infos and model_id not in self._loaded:
-                self._cache(model_id, model, info.loaded_size_bytes)
-            return self._loaded.get(model_id, model)
+            if model_id in self._infos and key not in self._loaded:
+                self._cache(key, model)
+            return self._loaded.get(key, model)
 
     def cache_stats(self) -> tuple[int, int]:
         """Number of loaded models and their estimated bytes."""

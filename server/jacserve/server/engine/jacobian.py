@@ -1,0 +1,445 @@
+"""The full Jacobian: planned by measured cost, chunked by a memory budget, batched over points.
+
+>>> import torch
+>>> r = jacobian(lambda x: x ** 2, [torch.tensor([1.0, 2.0])])
+>>> r.values[0]
+tensor([[2., 0.],
+        [0., 4.]])
+>>> r = jacobian(lambda x: x ** 2, [torch.tensor([[1.0], [3.0]])], batched=True)
+>>> r.values[0].tolist(), r.metrics.batch_size
+([[[2.0]], [[6.0]]], 2)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+import torch
+from torch.func import jvp as func_jvp
+from torch.func import vjp as func_vjp
+from torch.func import vmap
+
+from jacserve.server.engine._function import (
+    DERIVATIVE_HINT,
+    BoundMethod,
+    Outputs,
+    resolve_wrt,
+    user_code,
+)
+from jacserve.server.engine._measure import stopwatch
+from jacserve.server.engine._passes import Basis, run_passes
+from jacserve.server.engine._profile import MemoryProfile, ModeCost, probe_cost, probe_memory
+from jacserve.server.engine._run import (
+    FORWARD_AD_LOCK,
+    EngineResult,
+    Run,
+    check_floating_outputs,
+    engine_call,
+    finish,
+    missing_forward_rule,
+)
+from jacserve.server.engine.cache import DerivativeCache, signature_of
+from jacserve.server.engine.planner import Mode, ModePlan, RequestedMode, plan_mode
+from jacserve.server.errors import InvalidArgument, JacserveError, ResourceExhausted
+
+__all__ = ["jacobian"]
+
+Single = Callable[..., tuple[torch.Tensor, ...]]
+
+
+def _point_batch(inputs: Sequence[torch.Tensor]) -> int:
+    sizes = {t.shape[0] if t.dim() else None for t in inputs}
+    if len(sizes) != 1 or None in sizes or 0 in sizes:
+        shapes = [list(t.shape) for t in inputs]
+        raise InvalidArgument(
+            "batched inputs need one shared leading dimension of at least 1 (the points); "
+            f"got shapes {shapes}"
+        )
+    return sizes.pop()
+
+
+class _Mode:
+    """One mode's passes for a Jacobian: its basis and how to make its pass function."""
+
+    def __init__(
+        self, mode: Mode, g: BoundMethod, diff: Outputs, outputs: Outputs, batch: int | None
+    ) -> None:
+        self.mode = mode
+        self._g, self._diff = g, diff
+        self.basis = Basis(diff if mode == "forward" else outputs, batch)
+
+    def single(self) -> Single:
+        """The pass function; reverse mode records the tape here, once."""
+        g, diff = self._g, self._diff
+        if self.mode == "forward":
+            return lambda *tangent: func_jvp(g, diff, tangent)[1]
+        _, pullback = func_vjp(g, *diff)
+        return lambda *cotangent: pullback(cotangent)
+
+    def run(self, passes: int) -> object:
+        """Compute the first ``passes`` passes in one vmap call (for probes)."""
+        with FORWARD_AD_LOCK if self.mode == "forward" else _NO_LOCK:
+            return vmap(self.single())(*self.basis.rows(0, passes))
+
+
+class _NoLock:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_LOCK = _NoLock()
+
+
+def _measured_costs(
+    forward: _Mode, reverse: _Mode, device: torch.device, cache: DerivativeCache, key: Hashable
+) -> tuple[ModeCost, ModeCost] | None:
+    """(forward, reverse) costs from the cache, or measured now and cached."""
+    costs = cache.get(key)
+    if costs is None:
+        try:
+            forward_cost = probe_cost(forward.run, forward.basis.count, device)
+        except Exception as exc:
+            if not missing_forward_rule(exc):
+                return None
+            forward_cost = ModeCost(math.inf, 0.0)
+        try:
+            reverse_cost = probe_cost(reverse.run, reverse.basis.count, device)
+        except Exception:
+            return None
+        costs = (forward_cost, reverse_cost)
+        cache.put(key, costs)
+    return costs
+
+
+def _result_bytes(outputs: Outputs, diff: Outputs, mode: Mode, batch: int | None) -> int:
+    """Bytes the result holds: the Jacobian (twice in forward mode, whose blocks are
+    transposed into place) and the outputs."""
+    lead = 1 if batch is not None else 0
+    per_point = sum(
+        o.shape[lead:].numel() * d.shape[lead:].numel() * o.element_size()
+        for o in outputs
+        for d in diff
+    )
+    jacobian_bytes = per_point * (batch or 1)
+    return jacobian_bytes * (2 if mode == "forward" else 1) + sum(
+        o.numel() * o.element_size() for o in outputs
+    )
+
+
+def _chunking(
+    run: Run,
+    chosen: _Mode,
+    outputs: Outputs,
+    diff: Outputs,
+    *,
+    chunk_size: int | None,
+    max_memory_bytes: int | None,
+    cache: DerivativeCache | None,
+    key: Hashable,
+    batch: int | None,
+) -> int:
+    """Passes per vectorized call: all, ``chunk_size``, or the most that fit the budget."""
+    passes = chosen.basis.count
+    chunk = min(passes, chunk_size) if chunk_size else passes
+    if max_memory_bytes is None:
+        return max(1, chunk)
+    run.memory_budget_bytes = max_memory_bytes
+    profile: MemoryProfile | None = cache.get(key) if cache is not None else None
+    if profile is None:
+        with FORWARD_AD_LOCK if chosen.mode == "forward" else _NO_LOCK:
+            profile = probe_memory(chosen.run, passes)
+        if cache is not None:
+            cache.put(key, profile)
+    reserved = _result_bytes(outputs, diff, chosen.mode, batch)
+    fitting = profile.largest_chunk(max_memory_bytes, reserved, passes)
+    if fitting < 1:
+        raise ResourceExhausted(
+            f"the Jacobian needs at least {profile.needed_bytes(reserved)} bytes in {chosen.mode} "
+            f"mode with one pass per chunk ({reserved} for the result, {profile.fixed_bytes} fixed, "
+            f"{profile.per_pass_bytes} per pass), above the memory budget of {max_memory_bytes} "
+            "bytes (max_memory_bytes); raise the budget or differentiate fewer inputs (wrt)"
+        )
+    chunk = max(1, min(chunk, fitting))
+    run.estimated_peak_bytes = profile.needed_bytes(reserved, chunk)
+    return chunk
+
+
+def _blocks(
+    mode: Mode,
+    results: tuple[torch.Tensor, ...],
+    outputs: Outputs,
+    diff: Outputs,
+    batch: int | None,
+) -> list[torch.Tensor]:
+    """Cut per-pass results into blocks [i][j] of shape ([B], *out_i, *in_j), row-major."""
+    lead = 1 if batch is not None else 0
+    out_shapes = [o.shape[lead:] for o in outputs]
+    in_shapes = [d.shape[lead:] for d in diff]
+    blocks: list[torch.Tensor | None] = [None] * (len(outputs) * len(diff))
+    if mode == "forward":
+        for i, column in enumerate(results):
+            offset = 0
+            for j, in_shape in enumerate(in_shapes):
+                size = in_shape.numel()
+                part = column[offset : offset + size].movedim(0, -1)
+                blocks[i * len(diff) + j] = part.reshape((*part.shape[:-1], *in_shape))
+                offset += size
+    else:
+        offset = 0
+        for i, out_shape in enumerate(out_shapes):
+            size = out_shape.numel()
+            for j, row in enumerate(results):
+                part = row[offset : offset + size]
+                if batch is not None:
+                    part = part.movedim(0, 1)
+                blocks[i * len(diff) + j] = part.reshape(
+                    (*([batch] if batch is not None else []), *out_shape, *in_shapes[j])
+                )
+            offset += size
+    return [b for b in blocks if b is not None]
+
+
+def _zero_blocks(outputs: Outputs, diff: Outputs, batch: int | None) -> list[torch.Tensor]:
+    lead = 1 if batch is not None else 0
+    prefix = [batch] if batch is not None else []
+    return [
+        torch.zeros((*prefix, *o.shape[lead:], *d.shape[lead:]), dtype=o.dtype, device=o.device)
+        for o in outputs
+        for d in diff
+    ]
+
+
+def jacobian(
+    fn: Callable[..., Any],
+    inputs: Sequence[torch.Tensor],
+    *,
+    wrt: Sequence[int] | None = None,
+    mode: RequestedMode = "auto",
+    batched: bool = False,
+    chunk_size: int | None = None,
+    max_memory_bytes: int | None = None,
+    max_elements: int | None = None,
+    cache: DerivativeCache | None = None,
+    method: str = "forward",
+) -> EngineResult:
+    """Full Jacobian at ``inputs`` (or at each of a batch of points).
+
+    Passes run as checked vmap calls over rows of the identity (see NOTE: [Vectorization
+    check] in ``_passes``), in chunks when a memory budget asks for it. Where an op has no
+    batching rule the passes run one at a time; where it has no forward-mode rule, forward
+    mode falls back to reverse. Both are reported in ``metrics.fallback_reason``.
+
+    Args:
+        fn: the model method.
+        inputs: one tensor per positional input; with ``batched``, each has a leading
+            dimension B of points.
+        wrt: indices of the inputs to differentiate; default every floating input.
+        mode: ``"forward"``, ``"reverse"`` or ``"auto"``. Auto uses per-pass costs measured
+            on first use when a ``cache`` is given (see NOTE: [Cost model] in ``_profile``),
+            else compares n and m.
+        batched: a Jacobian at each of B points, like ``vmap(jacrev(f))``.
+        chunk_size: at most this many passes per vectorized call.
+        max_memory_bytes: keep the passes' peak (measured per pass on first use) and the
+            result under this many bytes, chunking as needed.
+        max_elements: refuse, before any derivative pass, Jacobians with more elements.
+        cache: where measured costs, memory profiles and checks are kept between calls.
+        method: the method's name, for messages.
+
+    Returns:
+        :class:`EngineResult` whose ``values`` are the blocks ``[i][j]`` flattened
+        row-major, block ``(i, j)`` of shape ``[B] + outputs[i].shape + inputs[wrt[j]].shape``
+        (per-point shapes).
+
+    Raises:
+        InvalidArgument: bad ``wrt``, ``mode``, ``chunk_size`` or batch, or non-floating
+            outputs; ``ModelExecutionError`` if ``fn`` raises.
+        ResourceExhausted: above ``max_elements``, or one pass does not fit the budget.
+
+    >>> r = jacobian(lambda a, b: a * b, [torch.tensor(2.0), torch.tensor(3.0)], mode="forward")
+    >>> r.values, r.metrics.passes
+    ((tensor(3.), tensor(2.)), 2)
+    """
+    if chunk_size is not None and chunk_size < 1:
+        raise InvalidArgument(f"chunk_size must be >= 1 or unset; got {chunk_size}")
+    if max_memory_bytes is not None and max_memory_bytes < 1:
+        raise InvalidArgument(f"max_memory_bytes must be >= 1 or unset; got {max_memory_bytes}")
+    if mode not in ("auto", "forward", "reverse"):
+        raise InvalidArgument(
+            f"plan_mode: expected mode 'auto', 'forward' or 'reverse'; got {mode!r}"
+        )
+    inputs = tuple(inputs)
+    chosen = resolve_wrt(inputs, wrt)
+    batch = _point_batch(inputs) if batched else None
+    options = dict(
+        wrt=chosen,
+        mode=mode,
+        chunk_size=chunk_size,
+        max_memory_bytes=max_memory_bytes,
+        max_elements=max_elements,
+        cache=cache,
+        method=method,
+    )
+    g = BoundMethod(vmap(fn) if batched else fn, inputs, chosen, method)
+    diff = tuple(inputs[j] for j in chosen)
+    if batched:
+        try:
+            with engine_call(inputs):
+                g(*diff)
+        except JacserveError:
+            raise
+        except Exception as exc:
+            return _point_by_point(fn, inputs, batch, exc, options)
+    with engine_call(inputs) as run:
+        run.batch_size = batch or 0
+        with user_code(f"calling method {method!r}"), stopwatch(run.device) as t_forward:
+            outputs = g(*diff)
+        run.forward_seconds = t_forward.seconds
+        check_floating_outputs(outputs, method)
+        lead = 1 if batched else 0
+        n = sum(d[0].numel() if batched else d.numel() for d in diff)
+        m = sum(o.shape[lead:].numel() for o in outputs)
+        if max_elements is not None and (batch or 1) * n * m > max_elements:
+            raise ResourceExhausted(
+                f"the Jacobian would have {'B*' if batched else ''}n*m = "
+                f"{f'{batch}*' if batched else ''}{n}*{m} = {(batch or 1) * n * m} elements, "
+                f"above the limit of {max_elements} (--max-tensor-elements); differentiate "
+                "fewer inputs (wrt)"
+            )
+        signature = (method, signature_of(inputs), chosen, batched)
+        modes = {k: _Mode(k, g, diff, outputs, batch) for k in ("forward", "reverse")}
+        with user_code(f"differentiating method {method!r}", DERIVATIVE_HINT):
+            with stopwatch(run.device) as t_plan:
+                costs = None
+                if mode == "auto" and cache is not None and n and m:
+                    costs = _measured_costs(
+                        modes["forward"], modes["reverse"], run.device, cache, ("cost", *signature)
+                    )
+                plan = plan_mode(n, m, mode, costs=costs)
+            run.plan_seconds = t_plan.seconds
+            with stopwatch(run.device) as t_derivative:
+                plan, blocks = _compute(run, plan, modes, outputs, diff, batch, signature, options)
+            run.derivative_seconds = max(
+                0.0, t_derivative.seconds - (run.plan_seconds - t_plan.seconds)
+            )
+    return finish(run, plan, n=n, m=m, outputs=outputs, tuple_output=g.tuple_output, values=blocks)
+
+
+def _compute(
+    run: Run,
+    plan: ModePlan,
+    modes: dict[str, _Mode],
+    outputs: Outputs,
+    diff: Outputs,
+    batch: int | None,
+    signature: tuple[Hashable, ...],
+    options: dict[str, Any],
+) -> tuple[ModePlan, list[torch.Tensor]]:
+    """Run the planned mode (forward falls back to reverse without a forward rule)."""
+    if plan.mode == "forward":
+        try:
+            return plan, _run_mode(run, modes["forward"], outputs, diff, batch, signature, options)
+        except Exception as exc:
+            if not missing_forward_rule(exc):
+                raise
+            reason = f"no forward-mode rule ({str(exc).splitlines()[0][:200]})"
+            run.fall_back(f"{reason}; used reverse mode", vectorized=run.vectorized)
+            plan = ModePlan(
+                "reverse",
+                modes["reverse"].basis.count,
+                f"{plan.reason}; {reason}, so reverse",
+                plan.estimated_forward_seconds,
+                plan.estimated_reverse_seconds,
+            )
+    return plan, _run_mode(run, modes["reverse"], outputs, diff, batch, signature, options)
+
+
+def _run_mode(
+    run: Run,
+    chosen: _Mode,
+    outputs: Outputs,
+    diff: Outputs,
+    batch: int | None,
+    signature: tuple[Hashable, ...],
+    options: dict[str, Any],
+) -> list[torch.Tensor]:
+    if chosen.basis.count == 0:
+        run.chunks = 0
+        return _zero_blocks(outputs, diff, batch)
+    cache: DerivativeCache | None = options["cache"]
+    with stopwatch(run.device) as t_probe:
+        chunk = _chunking(
+            run,
+            chosen,
+            outputs,
+            diff,
+            chunk_size=options["chunk_size"],
+            max_memory_bytes=options["max_memory_bytes"],
+            cache=cache,
+            key=("memory", chosen.mode, *signature),
+            batch=batch,
+        )
+    run.plan_seconds += t_probe.seconds
+    verdict_key = ("vectorizes", chosen.mode, *signature)
+    verdict = cache.get(verdict_key) if cache is not None else None
+    with FORWARD_AD_LOCK if chosen.mode == "forward" else _NO_LOCK:
+        results, report = run_passes(
+            chosen.single(),
+            chosen.basis,
+            chunk_size=chunk,
+            check=verdict is None,
+            vectorize=verdict is not False,
+            reraise=missing_forward_rule,
+        )
+    if cache is not None and verdict is None:
+        cache.put(verdict_key, report.vectorized)
+    if verdict is False:
+        report.fallback_reason = "an earlier request found vmap unusable for this model; computed the passes one at a time"
+    if not report.vectorized:
+        run.fall_back(report.fallback_reason, vectorized=False)
+    run.chunks, run.chunk_size = report.chunks, chunk
+    return _blocks(chosen.mode, results, outputs, diff, batch)
+
+
+def _point_by_point(
+    fn: Callable[..., Any],
+    inputs: tuple[torch.Tensor, ...],
+    batch: int,
+    cause: Exception,
+    options: dict[str, Any],
+) -> EngineResult:
+    """The batched Jacobian as a loop over points, when the model cannot be vmapped."""
+    results = [jacobian(fn, [t[b] for t in inputs], **options) for b in range(batch)]
+    first = results[0]
+    reason = (
+        f"the model cannot be vectorized over points ({type(cause).__name__}: "
+        f"{(str(cause).strip().splitlines() or [''])[0][:200]}); computed each point separately"
+    )
+    metrics = first.metrics
+    return dataclasses.replace(
+        first,
+        outputs=tuple(
+            torch.stack(parts) for parts in zip(*(r.outputs for r in results), strict=True)
+        ),
+        values=tuple(
+            torch.stack(parts) for parts in zip(*(r.values for r in results), strict=True)
+        ),
+        metrics=dataclasses.replace(
+            metrics,
+            vectorized=False,
+            fallback_reason="; ".join(x for x in (reason, metrics.fallback_reason) if x),
+            warnings=(reason, *metrics.warnings),
+            batch_size=batch,
+            forward_seconds=sum(r.metrics.forward_seconds for r in results),
+            derivative_seconds=sum(r.metrics.derivative_seconds for r in results),
+            plan_seconds=sum(r.metrics.plan_seconds for r in results),
+            chunks=sum(r.metrics.chunks for r in results),
+            nonfinite_count=sum(r.metrics.nonfinite_count for r in results),
+            peak_memory_bytes=max(r.metrics.peak_memory_bytes for r in results),
+        ),
+    )
