@@ -116,6 +116,7 @@ def serve(config: ServerConfig) -> RunningServer:
             max_message_bytes=config.max_message_bytes,
             max_memory_bytes=config.max_memory_bytes,
             device=config.device,
+            memory_meter=config.memory_meter,
         ),
         server,
     )

@@ -35,6 +35,7 @@ class ServerConfig:
     max_tensor_elements: int = 1 << 28
     max_memory_bytes: int = 0  # 0: no budget; requests may set their own
     device: str = "cpu"
+    memory_meter: str = "rss"
     model_dir: str | None = None  # None: a temporary folder removed at shutdown
     grace_seconds: float = 5.0
     log_level: str = "INFO"
@@ -45,6 +46,8 @@ class ServerConfig:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535; got {self.port}")
+        if self.memory_meter not in ("rss", "tensors"):
+            raise ValueError(f"memory_meter must be 'rss' or 'tensors'; got {self.memory_meter!r}")
         if self.max_memory_bytes < 0:
             raise ValueError(f"max_memory_bytes must be >= 0; got {self.max_memory_bytes}")
         if self.max_message_bytes >= 1 << 31:
@@ -65,6 +68,7 @@ _HELP = {
     "max_tensor_elements": "most elements one request tensor may have",
     "max_memory_bytes": "default memory budget of a Jacobian's passes and result (0: none)",
     "device": "where models run: cpu, cuda or cuda:N",
+    "memory_meter": "CPU peak-memory meter: rss (page high-water, nearly free) or tensors (exact, per-op cost)",
     "model_dir": "folder that keeps uploaded archives across restarts (default: temporary)",
     "grace_seconds": "seconds in-flight RPCs get to finish on SIGTERM",
     "log_level": "DEBUG, INFO, WARNING or ERROR",

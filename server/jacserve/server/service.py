@@ -185,6 +185,7 @@ class JacobianServicer(pb_grpc.JacobianServiceServicer):
         max_message_bytes: cap on a response's tensor bytes (the gRPC message limit).
         max_memory_bytes: default memory budget of a Jacobian (0: none).
         device: default device of derivative requests.
+        memory_meter: how CPU peak memory is measured ("rss" or "tensors").
     """
 
     def __init__(
@@ -196,6 +197,7 @@ class JacobianServicer(pb_grpc.JacobianServiceServicer):
         max_message_bytes: int,
         max_memory_bytes: int = 0,
         device: str = "cpu",
+        memory_meter: str = "rss",
     ) -> None:
         self._registry = registry
         self._metrics = metrics
@@ -203,6 +205,7 @@ class JacobianServicer(pb_grpc.JacobianServiceServicer):
         self._max_message_bytes = max_message_bytes
         self._default_memory_budget = max_memory_bytes
         self._default_device = device
+        self._memory_meter = memory_meter
 
     # -- models ---------------------------------------------------------------------------
 
@@ -363,6 +366,7 @@ class JacobianServicer(pb_grpc.JacobianServiceServicer):
             t["tangents"],
             wrt=list(request.wrt),
             batched=request.batched,
+            memory_meter=self._memory_meter,
             method=method.name,
         )
         outputs, values = self._encode(phases, result.outputs, result.values)
@@ -391,6 +395,7 @@ class JacobianServicer(pb_grpc.JacobianServiceServicer):
             t["cotangents"],
             wrt=list(request.wrt),
             batched=request.batched,
+            memory_meter=self._memory_meter,
             method=method.name,
         )
         outputs, values = self._encode(phases, result.outputs, result.values)
@@ -430,6 +435,7 @@ class JacobianServicer(pb_grpc.JacobianServiceServicer):
             max_memory_bytes=budget or None,
             max_elements=self._max_elements,
             cache=model.derivative_cache,
+            memory_meter=self._memory_meter,
             method=method.name,
         )
         outputs, values = self._encode(phases, result.outputs, result.values)
@@ -464,7 +470,12 @@ class JacobianServicer(pb_grpc.JacobianServiceServicer):
             parameters = {n: parameters[n] for n in request.parameters}
         self._ensure_active(context)
         result = engine.parameter_gradients(
-            fn, t["inputs"], parameters, cotangents=t["cotangents"] or None, method=method.name
+            fn,
+            t["inputs"],
+            parameters,
+            cotangents=t["cotangents"] or None,
+            memory_meter=self._memory_meter,
+            method=method.name,
         )
         outputs, values = self._encode(phases, result.outputs, result.values)
         return pb.ParameterGradientsResponse(

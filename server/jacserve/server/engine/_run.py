@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from jacserve.server.engine._function import Outputs, safe_execution
-from jacserve.server.engine._measure import PeakMemory, measure_peak_memory
+from jacserve.server.engine._measure import MEMORY_METERS, PeakMemory, measure_peak_memory
 from jacserve.server.engine.planner import Mode, ModePlan
 from jacserve.server.errors import InvalidArgument
 
@@ -103,10 +103,16 @@ class Run:
 
 
 @contextlib.contextmanager
-def engine_call(inputs: Sequence[torch.Tensor]) -> Iterator[Run]:
-    """Enter what every engine call needs: safe TorchScript, no outer tape, a memory meter."""
+def engine_call(inputs: Sequence[torch.Tensor], memory_meter: str = "rss") -> Iterator[Run]:
+    """Enter what every engine call needs: safe TorchScript, no outer tape, a memory meter.
+
+    Raises:
+        InvalidArgument: an unknown ``memory_meter``.
+    """
+    if memory_meter not in MEMORY_METERS:
+        raise InvalidArgument(f"memory_meter must be one of {MEMORY_METERS}; got {memory_meter!r}")
     device = inputs[0].device if inputs else torch.device("cpu")
-    with safe_execution(), torch.no_grad(), measure_peak_memory(device) as peak:
+    with safe_execution(), torch.no_grad(), measure_peak_memory(device, memory_meter) as peak:
         yield Run(device=device, peak=peak)
 
 

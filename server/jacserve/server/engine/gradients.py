@@ -42,6 +42,7 @@ def parameter_gradients(
     parameters: Mapping[str, torch.Tensor],
     *,
     cotangents: Sequence[torch.Tensor] | None = None,
+    memory_meter: str = "rss",
     method: str = "forward",
 ) -> EngineResult:
     """Gradients of ``cotangent · output`` (or of a scalar output) w.r.t. named parameters.
@@ -57,6 +58,8 @@ def parameter_gradients(
         parameters: name → parameter tensor, the parameters to differentiate.
         cotangents: one per output, same shape and dtype; ``None`` requires a single
             one-element output (its gradient is taken directly).
+        memory_meter: ``"rss"`` or ``"tensors"``: how CPU peak memory is measured (see
+            NOTE: [Peak memory on CPU] in ``_measure``); CUDA uses the allocator.
         method: the method's name, for messages.
 
     Returns:
@@ -77,7 +80,7 @@ def parameter_gradients(
     leaves = tuple(parameters[name] for name in names)
     g = BoundMethod(fn, inputs, (), method)
     plan = ModePlan("reverse", 1, "parameter gradients: one reverse pass of cotangent · output")
-    with engine_call(inputs) as run, torch.enable_grad():
+    with engine_call(inputs, memory_meter) as run, torch.enable_grad():
         with user_code(f"calling method {method!r}"), stopwatch(run.device) as t_forward:
             outputs = g()
         run.forward_seconds = t_forward.seconds

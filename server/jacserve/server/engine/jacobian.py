@@ -45,9 +45,26 @@ from jacserve.server.engine.cache import DerivativeCache, signature_of
 from jacserve.server.engine.planner import Mode, ModePlan, RequestedMode, plan_mode
 from jacserve.server.errors import InvalidArgument, JacserveError, ResourceExhausted
 
-__all__ = ["jacobian"]
+__all__ = ["cost_key", "jacobian"]
 
 Single = Callable[..., tuple[torch.Tensor, ...]]
+
+
+def _signature(
+    method: str, inputs: Sequence[torch.Tensor], wrt: Sequence[int], batched: bool
+) -> tuple[Hashable, ...]:
+    return (method, signature_of(inputs), tuple(wrt), batched)
+
+
+def cost_key(
+    method: str, inputs: Sequence[torch.Tensor], wrt: Sequence[int], *, batched: bool
+) -> tuple[Hashable, ...]:
+    """The cache key of auto mode's measured (forward, reverse) costs for a call.
+
+    >>> cost_key("forward", [torch.zeros(2)], [0], batched=False)[0]
+    'cost'
+    """
+    return ("cost", *_signature(method, inputs, wrt, batched))
 
 
 def _point_batch(inputs: Sequence[torch.Tensor]) -> int:
@@ -156,7 +173,10 @@ def _chunking(
             profile = probe_memory(chosen.run, passes)
         if cache is not None:
             cache.put(key, profile)
-    reserved = _result_bytes(outputs, diff, chosen.mode, batch)
+    # The result, one extra pass for the vectorization check, and 5% for what the two-point
+    # fit misses (allocator rounding, slices). See NOTE: [Cost model] in _profile.
+    reserved = _result_bytes(outputs, diff, chosen.mode, batch) + profile.per_pass_bytes
+    reserved += max_memory_bytes // 20
     fitting = profile.largest_chunk(max_memory_bytes, reserved, passes)
     if fitting < 1:
         raise ResourceExhausted(
@@ -226,6 +246,7 @@ def jacobian(
     max_memory_bytes: int | None = None,
     max_elements: int | None = None,
     cache: DerivativeCache | None = None,
+    memory_meter: str = "rss",
     method: str = "forward",
 ) -> EngineResult:
     """Full Jacobian at ``inputs`` (or at each of a batch of points).
@@ -249,6 +270,8 @@ def jacobian(
             result under this many bytes, chunking as needed.
         max_elements: refuse, before any derivative pass, Jacobians with more elements.
         cache: where measured costs, memory profiles and checks are kept between calls.
+        memory_meter: ``"rss"`` or ``"tensors"``: how CPU peak memory is measured (see
+            NOTE: [Peak memory on CPU] in ``_measure``); CUDA uses the allocator.
         method: the method's name, for messages.
 
     Returns:
@@ -283,6 +306,7 @@ def jacobian(
         max_memory_bytes=max_memory_bytes,
         max_elements=max_elements,
         cache=cache,
+        memory_meter=memory_meter,
         method=method,
     )
     g = BoundMethod(vmap(fn) if batched else fn, inputs, chosen, method)
@@ -295,7 +319,7 @@ def jacobian(
             raise
         except Exception as exc:
             return _point_by_point(fn, inputs, batch, exc, options)
-    with engine_call(inputs) as run:
+    with engine_call(inputs, memory_meter) as run:
         run.batch_size = batch or 0
         with user_code(f"calling method {method!r}"), stopwatch(run.device) as t_forward:
             outputs = g(*diff)
@@ -311,7 +335,7 @@ def jacobian(
                 f"above the limit of {max_elements} (--max-tensor-elements); differentiate "
                 "fewer inputs (wrt)"
             )
-        signature = (method, signature_of(inputs), chosen, batched)
+        signature = _signature(method, inputs, chosen, batched)
         modes = {k: _Mode(k, g, diff, outputs, batch) for k in ("forward", "reverse")}
         with user_code(f"differentiating method {method!r}", DERIVATIVE_HINT):
             with stopwatch(run.device) as t_plan:

@@ -69,6 +69,7 @@ def jvp(
     *,
     wrt: Sequence[int] | None = None,
     batched: bool = False,
+    memory_meter: str = "rss",
     method: str = "forward",
 ) -> EngineResult:
     """Jacobian-vector product ``J·v`` at ``primals``, or ``k`` of them in one call.
@@ -80,6 +81,8 @@ def jvp(
             dtype; with ``batched``, each has an extra leading dimension ``k``.
         wrt: indices of the inputs to differentiate; default every floating input.
         batched: compute ``k`` JVPs in one vectorized call.
+        memory_meter: ``"rss"`` or ``"tensors"``: how CPU peak memory is measured (see
+            NOTE: [Peak memory on CPU] in ``_measure``); CUDA uses the allocator.
         method: the method's name, for messages.
 
     Returns:
@@ -107,7 +110,7 @@ def jvp(
         return func_jvp(g, diff, tangent)
 
     plan = ModePlan("forward", max(k, 1), f"jvp: {max(k, 1)} forward-mode pass(es)")
-    with engine_call(primals) as run:
+    with engine_call(primals, memory_meter) as run:
         run.batch_size = k
         with (
             user_code(f"differentiating method {method!r}", DERIVATIVE_HINT),
@@ -200,6 +203,7 @@ def vjp(
     *,
     wrt: Sequence[int] | None = None,
     batched: bool = False,
+    memory_meter: str = "rss",
     method: str = "forward",
 ) -> EngineResult:
     """Vector-Jacobian product ``uᵀ·J`` at ``primals``, or ``k`` of them in one call.
@@ -211,6 +215,8 @@ def vjp(
             ``batched``, each has an extra leading dimension ``k``.
         wrt: indices of the inputs to differentiate; default every floating input.
         batched: compute ``k`` VJPs from one recorded forward pass, vectorized.
+        memory_meter: ``"rss"`` or ``"tensors"``: how CPU peak memory is measured (see
+            NOTE: [Peak memory on CPU] in ``_measure``); CUDA uses the allocator.
         method: the method's name, for messages.
 
     Returns:
@@ -225,7 +231,7 @@ def vjp(
     diff = tuple(primals[j] for j in chosen)
     cotangents = tuple(cotangents)
     g = BoundMethod(fn, primals, chosen, method)
-    with engine_call(primals) as run:
+    with engine_call(primals, memory_meter) as run:
         with user_code(f"calling method {method!r}"), stopwatch(run.device) as t_forward:
             outputs, pullback = func_vjp(g, *diff)
         run.forward_seconds = t_forward.seconds
