@@ -162,20 +162,30 @@ def test_a_budget_below_one_pass_is_resource_exhausted_with_the_figure():
     assert "max_memory_bytes" in str(info.value)
 
 
-def test_auto_mode_measures_once_per_signature_and_picks_the_smaller_estimate():
+def _estimates(result: engine.EngineResult) -> dict[str, float]:
+    return {
+        "forward": result.metrics.estimated_forward_seconds,
+        "reverse": result.metrics.estimated_reverse_seconds,
+    }
+
+
+def test_auto_mode_picks_the_smaller_estimate_then_learns_from_the_run():
     model = MLP(2, 16, 300, F64)
     cache = engine.DerivativeCache()
     first = engine.jacobian(model, [torch.randn(2, dtype=F64)], cache=cache)
     second = engine.jacobian(model, [torch.randn(2, dtype=F64)], cache=cache)
-    estimates = {
-        "forward": first.metrics.estimated_forward_seconds,
-        "reverse": first.metrics.estimated_reverse_seconds,
-    }
-    assert min(estimates.values()) > 0 and first.metrics.mode == min(estimates, key=estimates.get)
-    assert second.metrics.estimated_forward_seconds == estimates["forward"]  # not re-measured
-    assert second.metrics.mode == first.metrics.mode
+    before, after = _estimates(first), _estimates(second)
+    assert min(before.values()) > 0 and first.metrics.mode == min(before, key=before.get)
+    # The mode that ran is now estimated by its own run time; the other keeps its probe.
+    ran, other = (
+        first.metrics.mode,
+        {"forward": "reverse", "reverse": "forward"}[first.metrics.mode],
+    )
+    assert after[ran] == first.metrics.derivative_seconds
+    assert after[other] == before[other]
+    assert second.metrics.mode == min(after, key=after.get)
     without_cache = engine.jacobian(model, [torch.randn(2, dtype=F64)])
-    assert without_cache.metrics.estimated_forward_seconds == 0  # the dimension rule
+    assert _estimates(without_cache) == {"forward": 0, "reverse": 0}  # the dimension rule
     assert without_cache.metrics.mode == "forward"
 
 

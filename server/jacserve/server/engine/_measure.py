@@ -19,6 +19,7 @@ CUDA the caching allocator's own statistics are used, which are exact for the de
 from __future__ import annotations
 
 import contextlib
+import os
 import pathlib
 import threading
 import time
@@ -77,11 +78,33 @@ def stopwatch(device: torch.device | None = None) -> Iterator[_Elapsed]:
         elapsed.seconds = time.perf_counter() - start
 
 
-def _status_kib(field: str) -> int | None:
-    for line in _PROC_STATUS.read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return None
+class _ProcFiles:
+    """``/proc/self/status`` and ``clear_refs``, opened once and then read and written in
+    place (3 syscalls a request instead of 3 opens); ``pread`` makes reads thread-safe."""
+
+    def __init__(self) -> None:
+        self.status = os.open(_PROC_STATUS, os.O_RDONLY)
+        self.clear_refs = os.open(_PROC_CLEAR_REFS, os.O_WRONLY)
+
+
+_proc_files: _ProcFiles | None = None
+_proc_files_lock = threading.Lock()
+
+
+def _proc() -> _ProcFiles:
+    global _proc_files
+    with _proc_files_lock:
+        if _proc_files is None:
+            _proc_files = _ProcFiles()
+        return _proc_files
+
+
+def _status_kib(field: bytes) -> int | None:
+    text = os.pread(_proc().status, 8192, 0)
+    start = text.find(field + b":")
+    if start < 0:
+        return None
+    return int(text[start + len(field) + 1 : text.index(b"kB", start)])
 
 
 MEMORY_METERS = ("rss", "tensors")
@@ -117,14 +140,14 @@ def measure_peak_memory(device: torch.device, meter: str = "rss") -> Iterator[Pe
         return
     baseline_kib = None
     with contextlib.suppress(OSError, ValueError):
-        baseline_kib = _status_kib("VmRSS")
-        _PROC_CLEAR_REFS.write_text("5")
+        baseline_kib = _status_kib(b"VmRSS")
+        os.write(_proc().clear_refs, b"5")
     try:
         yield result
     finally:
         if baseline_kib is not None:
             with contextlib.suppress(OSError, ValueError):
-                high_water_kib = _status_kib("VmHWM")
+                high_water_kib = _status_kib(b"VmHWM")
                 if high_water_kib is not None:
                     result.bytes = max(0, high_water_kib - baseline_kib) * 1024
                     result.method = "cpu_rss_high_water"

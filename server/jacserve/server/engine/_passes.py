@@ -63,9 +63,9 @@ class Basis:
         for shape, size, dtype in zip(self._shapes, self._sizes, self._dtypes, strict=True):
             block = torch.zeros((stop - start, size), dtype=dtype, device=self._device)
             lo, hi = max(start, offset), min(stop, offset + size)
-            if lo < hi:
-                k = torch.arange(lo, hi, device=self._device)
-                block[k - start, k - offset] = 1
+            if lo < hi:  # ones on a diagonal: a strided slice of the flat block, no index tensor
+                first = (lo - start) * size + (lo - offset)
+                block.view(-1)[first : first + (hi - lo) * (size + 1) : size + 1] = 1
             block = block.reshape((stop - start, *shape))
             if self._batch is not None:
                 block = block.unsqueeze(1).expand((stop - start, self._batch, *shape))

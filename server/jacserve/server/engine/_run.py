@@ -147,7 +147,9 @@ def finish(
 ) -> EngineResult:
     """Freeze a run into an :class:`EngineResult`, counting non-finite values."""
     nonfinite = sum(
-        int((~torch.isfinite(t)).sum()) for t in (*outputs, *values) if t.is_floating_point()
+        int((~finite).sum())
+        for t in (*outputs, *values)
+        if t.is_floating_point() and not bool((finite := torch.isfinite(t)).all())
     )
     warnings = list(run.warnings)
     if nonfinite:

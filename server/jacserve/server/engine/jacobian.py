@@ -82,18 +82,27 @@ class _Mode:
     """One mode's passes for a Jacobian: its basis and how to make its pass function."""
 
     def __init__(
-        self, mode: Mode, g: BoundMethod, diff: Outputs, outputs: Outputs, batch: int | None
+        self,
+        mode: Mode,
+        g: BoundMethod,
+        diff: Outputs,
+        outputs: Outputs,
+        batch: int | None,
+        pullback: Callable[..., Outputs] | None = None,
     ) -> None:
         self.mode = mode
         self._g, self._diff = g, diff
+        self._pullback = pullback
         self.basis = Basis(diff if mode == "forward" else outputs, batch)
 
     def single(self) -> Single:
-        """The pass function; reverse mode records the tape here, once."""
+        """The pass function; reverse mode reuses the tape of the forward evaluation."""
         g, diff = self._g, self._diff
         if self.mode == "forward":
             return lambda *tangent: func_jvp(g, diff, tangent)[1]
-        _, pullback = func_vjp(g, *diff)
+        if self._pullback is None:
+            self._pullback = func_vjp(g, *diff)[1]
+        pullback = self._pullback
         return lambda *cotangent: pullback(cotangent)
 
     def run(self, passes: int) -> object:
@@ -113,10 +122,52 @@ class _NoLock:
 _NO_LOCK = _NoLock()
 
 
+def _evaluate(g: BoundMethod, diff: Outputs) -> tuple[Outputs, Callable[..., Outputs] | None]:
+    """Evaluate once, recording the reverse-mode tape that reverse passes will reuse.
+
+    Falls back to a plain evaluation when recording fails (the reverse passes would fail
+    the same way later, with their own message).
+    """
+    try:
+        return func_vjp(g.observe, *diff)
+    except JacserveError:
+        raise
+    except Exception:
+        return g.observe(*diff), None
+
+
 def _measured_costs(
+    forward: _Mode,
+    reverse: _Mode,
+    device: torch.device,
+    cache: DerivativeCache,
+    signature: tuple[Hashable, ...],
+) -> tuple[ModeCost, ModeCost] | None:
+    """(forward, reverse) costs: observed run times where there are any, else probes
+    (measured now on first use, and cached)."""
+    costs = _probed_costs(forward, reverse, device, cache, ("cost", *signature))
+    if costs is None:
+        return None
+    observed = [cache.get(("observed", mode, *signature)) for mode in ("forward", "reverse")]
+    return tuple(  # type: ignore[return-value]
+        cost if seconds is None else ModeCost(seconds, 0.0)
+        for cost, seconds in zip(costs, observed, strict=True)
+    )
+
+
+def _record_run_time(
+    cache: DerivativeCache, mode: Mode, signature: tuple[Hashable, ...], seconds: float
+) -> None:
+    """Fold a full run's time into the mode's observed cost (exponential average)."""
+    key = ("observed", mode, *signature)
+    previous = cache.get(key)
+    cache.put(key, seconds if previous is None else 0.5 * previous + 0.5 * seconds)
+
+
+def _probed_costs(
     forward: _Mode, reverse: _Mode, device: torch.device, cache: DerivativeCache, key: Hashable
 ) -> tuple[ModeCost, ModeCost] | None:
-    """(forward, reverse) costs from the cache, or measured now and cached."""
+    """(forward, reverse) costs fitted by probes, from the cache or measured now."""
     costs = cache.get(key)
     if costs is None:
         try:
@@ -322,7 +373,7 @@ def jacobian(
     with engine_call(inputs, memory_meter) as run:
         run.batch_size = batch or 0
         with user_code(f"calling method {method!r}"), stopwatch(run.device) as t_forward:
-            outputs = g(*diff)
+            outputs, pullback = _evaluate(g, diff)
         run.forward_seconds = t_forward.seconds
         check_floating_outputs(outputs, method)
         lead = 1 if batched else 0
@@ -336,13 +387,16 @@ def jacobian(
                 "fewer inputs (wrt)"
             )
         signature = _signature(method, inputs, chosen, batched)
-        modes = {k: _Mode(k, g, diff, outputs, batch) for k in ("forward", "reverse")}
+        modes = {
+            "forward": _Mode("forward", g, diff, outputs, batch),
+            "reverse": _Mode("reverse", g, diff, outputs, batch, pullback),
+        }
         with user_code(f"differentiating method {method!r}", DERIVATIVE_HINT):
             with stopwatch(run.device) as t_plan:
                 costs = None
                 if mode == "auto" and cache is not None and n and m:
                     costs = _measured_costs(
-                        modes["forward"], modes["reverse"], run.device, cache, ("cost", *signature)
+                        modes["forward"], modes["reverse"], run.device, cache, signature
                     )
                 plan = plan_mode(n, m, mode, costs=costs)
             run.plan_seconds = t_plan.seconds
@@ -351,6 +405,8 @@ def jacobian(
             run.derivative_seconds = max(
                 0.0, t_derivative.seconds - (run.plan_seconds - t_plan.seconds)
             )
+        if cache is not None and run.chunks == 1 and n and m:
+            _record_run_time(cache, plan.mode, signature, run.derivative_seconds)
     return finish(run, plan, n=n, m=m, outputs=outputs, tuple_output=g.tuple_output, values=blocks)
 
 

@@ -14,7 +14,7 @@ tie, since it records the tape once for all passes).
 >>> plan.mode, plan.passes
 ('reverse', 100)
 >>> plan.reason
-'auto: estimated reverse 11.0 ms (m=100 passes) < forward 40.0 ms (n=10 passes), from per-pass costs measured on first use'
+'auto: estimated reverse 11.0 ms (m=100 passes) < forward 40.0 ms (n=10 passes), from timings of this model at this input signature'
 """
 
 from __future__ import annotations
@@ -84,14 +84,14 @@ def plan_mode(
             return ModePlan(
                 "forward",
                 n,
-                f"auto: estimated {forward_text} < {reverse_text}, from per-pass costs measured on first use",
+                f"auto: estimated {forward_text} < {reverse_text}, from timings of this model at this input signature",
                 forward_s,
                 reverse_s,
             )
         return ModePlan(
             "reverse",
             m,
-            f"auto: estimated {reverse_text} < {forward_text}, from per-pass costs measured on first use",
+            f"auto: estimated {reverse_text} < {forward_text}, from timings of this model at this input signature",
             forward_s,
             reverse_s,
         )
