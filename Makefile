@@ -31,7 +31,8 @@ proto-check:
 	$(PYTHON) scripts/gen_proto.py --check
 
 bench:
-	$(PYTHON) bench/bench_core.py
+	$(PYTHON) -m pip install -e '.[bench]'
+	$(PYTHON) bench/suite.py
 
 ci:
 	CI=true bash .ci/run

@@ -172,7 +172,7 @@ def test_metrics_report_mode_passes_phases_and_memory(client: Client):
     again = client.jacobian(model_id, x).metrics
     assert (first.input_size, first.output_size) == (3, 40)
     # Auto mode measured both modes once and picked the smaller estimate; the second
-    # request reuses the figures instead of measuring again.
+    # request reuses the probe of the mode that did not run instead of measuring again.
     estimates = {
         "forward": first.estimated_forward_seconds,
         "reverse": first.estimated_reverse_seconds,
@@ -180,7 +180,8 @@ def test_metrics_report_mode_passes_phases_and_memory(client: Client):
     assert min(estimates.values()) > 0 and first.mode == min(estimates, key=estimates.get)
     assert first.passes == {"forward": 3, "reverse": 40}[first.mode]
     assert "estimated" in first.mode_reason and first.timing["plan"] > 0
-    assert again.estimated_forward_seconds == first.estimated_forward_seconds  # not re-measured
+    other = "reverse" if first.mode == "forward" else "forward"
+    assert getattr(again, f"estimated_{other}_seconds") == estimates[other]  # not re-measured
     assert first.vectorized and not first.fallback_reason and first.chunks == 1
     assert set(first.timing) == {
         "decode",

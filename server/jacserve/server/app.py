@@ -25,6 +25,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from jacserve.server.allocator import keep_freed_memory
 from jacserve.server.config import (
     DESCRIPTION,
     EPILOG,
@@ -84,6 +85,8 @@ def serve(config: ServerConfig) -> RunningServer:
     Raises:
         RuntimeError: when the port cannot be bound.
     """
+    if config.allocator == "keep":
+        keep_freed_memory()
     temporary_dir = None
     model_dir = config.model_dir
     if model_dir is None:

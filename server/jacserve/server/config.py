@@ -36,6 +36,7 @@ class ServerConfig:
     max_memory_bytes: int = 0  # 0: no budget; requests may set their own
     device: str = "cpu"
     memory_meter: str = "rss"
+    allocator: str = "keep"  # "keep": glibc keeps freed memory (see NOTE: [Keeping freed memory])
     model_dir: str | None = None  # None: a temporary folder removed at shutdown
     grace_seconds: float = 5.0
     log_level: str = "INFO"
@@ -48,6 +49,8 @@ class ServerConfig:
             raise ValueError(f"port must be in 0..65535; got {self.port}")
         if self.memory_meter not in ("rss", "tensors"):
             raise ValueError(f"memory_meter must be 'rss' or 'tensors'; got {self.memory_meter!r}")
+        if self.allocator not in ("keep", "default"):
+            raise ValueError(f"allocator must be 'keep' or 'default'; got {self.allocator!r}")
         if self.max_memory_bytes < 0:
             raise ValueError(f"max_memory_bytes must be >= 0; got {self.max_memory_bytes}")
         if self.max_message_bytes >= 1 << 31:
@@ -68,6 +71,7 @@ _HELP = {
     "max_tensor_elements": "most elements one request tensor may have",
     "max_memory_bytes": "default memory budget of a Jacobian's passes and result (0: none)",
     "device": "where models run: cpu, cuda or cuda:N",
+    "allocator": "keep (reuse freed memory: fewer page faults) or default (glibc's own)",
     "memory_meter": "CPU peak-memory meter: rss (page high-water, nearly free) or tensors (exact, per-op cost)",
     "model_dir": "folder that keeps uploaded archives across restarts (default: temporary)",
     "grace_seconds": "seconds in-flight RPCs get to finish on SIGTERM",
