@@ -29,6 +29,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
             metrics_port=0,
             model_dir=str(tmp_path_factory.mktemp("models")),
             max_message_bytes=256 << 20,
+            compile="off",  # compiled programs have tests of their own
         )
     )
     yield running

@@ -103,3 +103,41 @@ def test_cuda_derivatives_match_cpu(client: Client, fmt):
     )
     grads = client.parameter_gradients(model_id, x, torch.ones(3, dtype=F64), device="cuda")
     assert set(grads.gradients) == {n for n, _ in model.named_parameters()}
+
+
+@pytest.fixture(scope="module")
+def compiling_server(tmp_path_factory):
+    from jacserve.server.app import serve
+    from jacserve.server.config import ServerConfig
+
+    running = serve(
+        ServerConfig(
+            port=0,
+            metrics_port=None,
+            model_dir=str(tmp_path_factory.mktemp("compiled")),
+            compile="on",
+            compile_after=2,
+        )
+    )
+    yield running
+    running.stop(grace=0)
+
+
+@pytest.mark.parametrize("fmt", ["torch_export", "torchscript"])
+def test_the_server_switches_to_a_verified_compiled_program(compiling_server, fmt):
+    model = MLP(6, 16, 5, F64)
+    x = torch.randn(6, dtype=F64)
+    with Client(compiling_server.target, timeout=300) as c:
+        model_id = c.upload(archive_of(model, (x,), fmt))
+        first = [c.jacobian(model_id, torch.randn(6, dtype=F64), mode="reverse") for _ in range(2)]
+        assert [r.metrics.execution_path for r in first] == ["eager", "eager"]
+        assert compiling_server.compiler.drain(timeout=300)
+        point = torch.randn(6, dtype=F64)
+        later = c.jacobian(model_id, point, mode="reverse")
+        torch.testing.assert_close(later.jacobian, torch.autograd.functional.jacobian(model, point))
+        # "ready" means the program was verified against the eager Jacobian and was faster.
+        assert later.metrics.compilation == "ready" or later.metrics.compilation.startswith(
+            "slower"
+        )
+        expected_path = "compiled" if later.metrics.compilation == "ready" else "eager"
+        assert later.metrics.execution_path == expected_path

@@ -42,7 +42,8 @@ class DerivativeMetrics:
     measurement of per-pass costs and memory on a model's first use at a signature).
     ``chunks``/``chunk_size`` say how the passes were split under a memory budget;
     ``estimated_forward_seconds``/``estimated_reverse_seconds`` are auto mode's measured
-    estimates (0 when it did not measure).
+    estimates (0 when it did not measure). ``execution_path`` is ``"eager"`` or
+    ``"compiled"``; ``compilation`` says where building a compiled program stands.
     """
 
     mode: str
@@ -65,6 +66,8 @@ class DerivativeMetrics:
     estimated_reverse_seconds: float
     memory_budget_bytes: int
     estimated_peak_bytes: int
+    execution_path: str
+    compilation: str
 
     @classmethod
     def from_wire(cls, m: pb.DerivativeMetrics) -> DerivativeMetrics:
@@ -99,6 +102,8 @@ class DerivativeMetrics:
             estimated_reverse_seconds=m.estimated_reverse_seconds,
             memory_budget_bytes=m.memory_budget_bytes,
             estimated_peak_bytes=m.estimated_peak_bytes,
+            execution_path=m.execution_path,
+            compilation=m.compilation,
         )
 
 

@@ -33,6 +33,7 @@ from jacserve.server.config import (
     add_server_flags,
     config_from_flags,
 )
+from jacserve.server.engine.compiled import ProgramCompiler
 from jacserve.server.metrics import ServiceMetrics
 from jacserve.server.registry import ModelRegistry
 from jacserve.server.service import JacobianServicer
@@ -53,6 +54,7 @@ class RunningServer:
     port: int
     metrics_port: int | None
     registry: ModelRegistry
+    compiler: ProgramCompiler | None
     _grpc_server: grpc.Server
     _health: health.HealthServicer
     _metrics_http: Any
@@ -68,6 +70,8 @@ class RunningServer:
         """Report NOT_SERVING, let in-flight RPCs finish for ``grace`` seconds, then stop."""
         self._health.enter_graceful_shutdown()
         self._grpc_server.stop(self.config.grace_seconds if grace is None else grace).wait()
+        if self.compiler is not None:
+            self.compiler.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
@@ -91,11 +95,14 @@ def serve(config: ServerConfig) -> RunningServer:
     model_dir = config.model_dir
     if model_dir is None:
         model_dir = temporary_dir = tempfile.mkdtemp(prefix="jacserve-models-")
+    compiler = ProgramCompiler() if config.compile == "on" else None
     registry = ModelRegistry(
         model_dir,
         max_archive_bytes=config.max_archive_bytes,
         max_loaded_bytes=config.max_loaded_bytes,
         device=config.device,
+        compiler=compiler,
+        compile_after=config.compile_after,
     )
     metrics = ServiceMetrics()
     metrics.track_cache(registry.cache_stats)
@@ -148,7 +155,15 @@ def serve(config: ServerConfig) -> RunningServer:
         model_dir,
     )
     return RunningServer(
-        config, port, metrics_port, registry, server, health_servicer, metrics_http, temporary_dir
+        config,
+        port,
+        metrics_port,
+        registry,
+        compiler,
+        server,
+        health_servicer,
+        metrics_http,
+        temporary_dir,
     )
 
 

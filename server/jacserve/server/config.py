@@ -36,6 +36,8 @@ class ServerConfig:
     max_memory_bytes: int = 0  # 0: no budget; requests may set their own
     device: str = "cpu"
     memory_meter: str = "rss"
+    compile: str = "on"  # "on": build compiled Jacobian programs in the background
+    compile_after: int = 2
     allocator: str = "keep"  # "keep": glibc keeps freed memory (see NOTE: [Keeping freed memory])
     model_dir: str | None = None  # None: a temporary folder removed at shutdown
     grace_seconds: float = 5.0
@@ -49,6 +51,10 @@ class ServerConfig:
             raise ValueError(f"port must be in 0..65535; got {self.port}")
         if self.memory_meter not in ("rss", "tensors"):
             raise ValueError(f"memory_meter must be 'rss' or 'tensors'; got {self.memory_meter!r}")
+        if self.compile not in ("on", "off"):
+            raise ValueError(f"compile must be 'on' or 'off'; got {self.compile!r}")
+        if self.compile_after < 1:
+            raise ValueError(f"compile_after must be >= 1; got {self.compile_after}")
         if self.allocator not in ("keep", "default"):
             raise ValueError(f"allocator must be 'keep' or 'default'; got {self.allocator!r}")
         if self.max_memory_bytes < 0:
@@ -71,6 +77,8 @@ _HELP = {
     "max_tensor_elements": "most elements one request tensor may have",
     "max_memory_bytes": "default memory budget of a Jacobian's passes and result (0: none)",
     "device": "where models run: cpu, cuda or cuda:N",
+    "compile": "on (build compiled Jacobian programs off the request path) or off",
+    "compile_after": "eager Jacobians of one model and input signature before compiling it",
     "allocator": "keep (reuse freed memory: fewer page faults) or default (glibc's own)",
     "memory_meter": "CPU peak-memory meter: rss (page high-water, nearly free) or tensors (exact, per-op cost)",
     "model_dir": "folder that keeps uploaded archives across restarts (default: temporary)",

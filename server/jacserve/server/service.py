@@ -346,6 +346,8 @@ class JacobianServicer(pb_grpc.JacobianServiceServicer):
             estimated_reverse_seconds=m.estimated_reverse_seconds,
             memory_budget_bytes=m.memory_budget_bytes,
             estimated_peak_bytes=m.estimated_peak_bytes,
+            execution_path=m.execution_path,
+            compilation=m.compilation,
         )
 
     @_rpc("Jvp")
@@ -435,6 +437,7 @@ class JacobianServicer(pb_grpc.JacobianServiceServicer):
             max_memory_bytes=budget or None,
             max_elements=self._max_elements,
             cache=model.derivative_cache,
+            compiled=model.compiled_programs,
             memory_meter=self._memory_meter,
             method=method.name,
         )

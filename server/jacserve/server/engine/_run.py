@@ -64,6 +64,8 @@ class EngineMetrics:
     estimated_reverse_seconds: float = 0.0
     memory_budget_bytes: int = 0
     estimated_peak_bytes: int = 0
+    execution_path: str = "eager"
+    compilation: str = ""
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,8 @@ class Run:
     batch_size: int = 0
     memory_budget_bytes: int = 0
     estimated_peak_bytes: int = 0
+    execution_path: str = "eager"
+    compilation: str = ""
     warnings: list[str] = field(default_factory=list)
 
     def fall_back(self, reason: str, *, vectorized: bool) -> None:
@@ -180,6 +184,8 @@ def finish(
         estimated_reverse_seconds=plan.estimated_reverse_seconds,
         memory_budget_bytes=run.memory_budget_bytes,
         estimated_peak_bytes=run.estimated_peak_bytes,
+        execution_path=run.execution_path,
+        compilation=run.compilation,
     )
     return EngineResult(
         outputs=tuple(o.detach() for o in outputs),

@@ -26,6 +26,7 @@ from jacserve.server.engine._function import (
     DERIVATIVE_HINT,
     BoundMethod,
     Outputs,
+    numel,
     resolve_wrt,
     user_code,
 )
@@ -42,6 +43,7 @@ from jacserve.server.engine._run import (
     missing_forward_rule,
 )
 from jacserve.server.engine.cache import DerivativeCache, signature_of
+from jacserve.server.engine.compiled import CompiledPrograms
 from jacserve.server.engine.planner import Mode, ModePlan, RequestedMode, plan_mode
 from jacserve.server.errors import InvalidArgument, JacserveError, ResourceExhausted
 
@@ -297,6 +299,7 @@ def jacobian(
     max_memory_bytes: int | None = None,
     max_elements: int | None = None,
     cache: DerivativeCache | None = None,
+    compiled: CompiledPrograms | None = None,
     memory_meter: str = "rss",
     method: str = "forward",
 ) -> EngineResult:
@@ -321,6 +324,9 @@ def jacobian(
             result under this many bytes, chunking as needed.
         max_elements: refuse, before any derivative pass, Jacobians with more elements.
         cache: where measured costs, memory profiles and checks are kept between calls.
+        compiled: the model's compiled programs; a single-point Jacobian without a budget
+            is served from one when it is ready, and counts towards building one when
+            not (see NOTE: [Compiled derivative programs] in ``compiled``).
         memory_meter: ``"rss"`` or ``"tensors"``: how CPU peak memory is measured (see
             NOTE: [Peak memory on CPU] in ``_measure``); CUDA uses the allocator.
         method: the method's name, for messages.
@@ -370,44 +376,143 @@ def jacobian(
             raise
         except Exception as exc:
             return _point_by_point(fn, inputs, batch, exc, options)
+    use_compiled = (
+        compiled is not None and not batched and chunk_size is None and max_memory_bytes is None
+    )
     with engine_call(inputs, memory_meter) as run:
         run.batch_size = batch or 0
-        with user_code(f"calling method {method!r}"), stopwatch(run.device) as t_forward:
-            outputs, pullback = _evaluate(g, diff)
-        run.forward_seconds = t_forward.seconds
-        check_floating_outputs(outputs, method)
-        lead = 1 if batched else 0
-        n = sum(d[0].numel() if batched else d.numel() for d in diff)
-        m = sum(o.shape[lead:].numel() for o in outputs)
-        if max_elements is not None and (batch or 1) * n * m > max_elements:
-            raise ResourceExhausted(
-                f"the Jacobian would have {'B*' if batched else ''}n*m = "
-                f"{f'{batch}*' if batched else ''}{n}*{m} = {(batch or 1) * n * m} elements, "
-                f"above the limit of {max_elements} (--max-tensor-elements); differentiate "
-                "fewer inputs (wrt)"
-            )
-        signature = _signature(method, inputs, chosen, batched)
-        modes = {
-            "forward": _Mode("forward", g, diff, outputs, batch),
-            "reverse": _Mode("reverse", g, diff, outputs, batch, pullback),
-        }
-        with user_code(f"differentiating method {method!r}", DERIVATIVE_HINT):
-            with stopwatch(run.device) as t_plan:
-                costs = None
-                if mode == "auto" and cache is not None and n and m:
-                    costs = _measured_costs(
-                        modes["forward"], modes["reverse"], run.device, cache, signature
+        if use_compiled:
+            fast = _compiled_run(run, compiled, cache, inputs, diff, chosen, mode, method)
+            if fast is not None:
+                plan, n, m, outputs, tuple_output, blocks = fast
+                run.execution_path = "compiled"
+        if run.execution_path == "eager":
+            plan, n, m, outputs, blocks = _eager_run(run, g, inputs, diff, chosen, batch, options)
+            tuple_output = g.tuple_output
+            if use_compiled:
+                key = _program_key(method, inputs, chosen, plan.mode)
+                if run.chunks == 1 and run.vectorized and n and m:
+                    compiled.record_eager(
+                        key,
+                        inputs=inputs,
+                        wrt=chosen,
+                        mode=plan.mode,
+                        blocks=blocks,
+                        eager_seconds=run.forward_seconds + run.derivative_seconds,
                     )
-                plan = plan_mode(n, m, mode, costs=costs)
-            run.plan_seconds = t_plan.seconds
-            with stopwatch(run.device) as t_derivative:
-                plan, blocks = _compute(run, plan, modes, outputs, diff, batch, signature, options)
-            run.derivative_seconds = max(
-                0.0, t_derivative.seconds - (run.plan_seconds - t_plan.seconds)
-            )
-        if cache is not None and run.chunks == 1 and n and m:
-            _record_run_time(cache, plan.mode, signature, run.derivative_seconds)
-    return finish(run, plan, n=n, m=m, outputs=outputs, tuple_output=g.tuple_output, values=blocks)
+                run.compilation = compiled.lookup(key)[1]
+            if cache is not None:
+                cache.put(
+                    ("outputs", *_signature(method, inputs, chosen, batched)), (m, tuple_output)
+                )
+    return finish(run, plan, n=n, m=m, outputs=outputs, tuple_output=tuple_output, values=blocks)
+
+
+def _eager_run(
+    run: Run,
+    g: BoundMethod,
+    inputs: tuple[torch.Tensor, ...],
+    diff: Outputs,
+    chosen: tuple[int, ...],
+    batch: int | None,
+    options: dict[str, Any],
+) -> tuple[ModePlan, int, int, Outputs, list[torch.Tensor]]:
+    """Evaluate, plan and run the passes eagerly: (plan, n, m, outputs, blocks)."""
+    method, cache, mode = options["method"], options["cache"], options["mode"]
+    batched = batch is not None
+    with user_code(f"calling method {method!r}"), stopwatch(run.device) as t_forward:
+        outputs, pullback = _evaluate(g, diff)
+    run.forward_seconds = t_forward.seconds
+    check_floating_outputs(outputs, method)
+    lead = 1 if batched else 0
+    n = sum(d[0].numel() if batched else d.numel() for d in diff)
+    m = sum(o.shape[lead:].numel() for o in outputs)
+    max_elements = options["max_elements"]
+    if max_elements is not None and (batch or 1) * n * m > max_elements:
+        raise ResourceExhausted(
+            f"the Jacobian would have {'B*' if batched else ''}n*m = "
+            f"{f'{batch}*' if batched else ''}{n}*{m} = {(batch or 1) * n * m} elements, "
+            f"above the limit of {max_elements} (--max-tensor-elements); differentiate "
+            "fewer inputs (wrt)"
+        )
+    signature = _signature(method, inputs, chosen, batched)
+    modes = {
+        "forward": _Mode("forward", g, diff, outputs, batch),
+        "reverse": _Mode("reverse", g, diff, outputs, batch, pullback),
+    }
+    with user_code(f"differentiating method {method!r}", DERIVATIVE_HINT):
+        with stopwatch(run.device) as t_plan:
+            costs = None
+            if mode == "auto" and cache is not None and n and m:
+                costs = _measured_costs(
+                    modes["forward"], modes["reverse"], run.device, cache, signature
+                )
+            plan = plan_mode(n, m, mode, costs=costs)
+        run.plan_seconds = t_plan.seconds
+        with stopwatch(run.device) as t_derivative:
+            plan, blocks = _compute(run, plan, modes, outputs, diff, batch, signature, options)
+        run.derivative_seconds = max(
+            0.0, t_derivative.seconds - (run.plan_seconds - t_plan.seconds)
+        )
+    if cache is not None and run.chunks == 1 and n and m:
+        _record_run_time(cache, plan.mode, signature, run.derivative_seconds)
+    return plan, n, m, outputs, blocks
+
+
+def _program_key(
+    method: str, inputs: Sequence[torch.Tensor], wrt: Sequence[int], mode: Mode
+) -> tuple[Hashable, ...]:
+    return ("jacobian", *_signature(method, inputs, wrt, False), mode)
+
+
+def _compiled_run(
+    run: Run,
+    compiled: CompiledPrograms,
+    cache: DerivativeCache | None,
+    inputs: tuple[torch.Tensor, ...],
+    diff: Outputs,
+    wrt: tuple[int, ...],
+    mode: RequestedMode,
+    method: str,
+) -> tuple[ModePlan, int, int, Outputs, bool, list[torch.Tensor]] | None:
+    """Serve from a ready compiled program, when the plan is known without evaluating.
+
+    See NOTE: [Compiled derivative programs] in ``compiled``.
+    """
+    signature = _signature(method, inputs, wrt, False)
+    known = cache.get(("outputs", *signature)) if cache is not None else None
+    if known is None:
+        return None
+    m, tuple_output = known
+    n = numel(diff)
+    costs = None
+    if mode == "auto":
+        probed = cache.get(("cost", *signature))
+        if probed is None:
+            return None
+        observed = [cache.get(("observed", k, *signature)) for k in ("forward", "reverse")]
+        costs = tuple(
+            c if o is None else ModeCost(o, 0.0) for c, o in zip(probed, observed, strict=True)
+        )
+    plan = plan_mode(n, m, mode, costs=costs)
+    program, status = compiled.lookup(_program_key(method, inputs, wrt, plan.mode))
+    run.compilation = status
+    if program is None:
+        return None
+    key = _program_key(method, inputs, wrt, plan.mode)
+    try:
+        with (
+            stopwatch(run.device) as t_derivative,
+            FORWARD_AD_LOCK if plan.mode == "forward" else _NO_LOCK,
+        ):
+            jac, outputs = program(*inputs)
+    except Exception as exc:  # never fail a request for the compiled path: go eager
+        compiled.discard(key, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        run.compilation = compiled.lookup(key)[1]
+        return None
+    run.derivative_seconds = t_derivative.seconds
+    blocks = [jac[i][j] for i in range(len(outputs)) for j in range(len(wrt))]
+    return plan, n, m, tuple(outputs), tuple_output, blocks
 
 
 def _compute(

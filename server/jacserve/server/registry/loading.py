@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from jacserve.server.engine import DerivativeCache
+from jacserve.server.engine.compiled import CompiledPrograms, ProgramCompiler
 from jacserve.server.errors import InvalidArgument
 from jacserve.server.registry.archive import ArchiveFormat
 
@@ -66,8 +67,10 @@ class LoadedModel:
     """A loaded archive on one device: its methods, parameters, derivative cache and size.
 
     ``derivative_cache`` holds what the engine measures about this model per input
-    signature (see :class:`~jacserve.server.engine.DerivativeCache`); it lives and dies
-    with the loaded model, so eviction or deletion drops it too.
+    signature (see :class:`~jacserve.server.engine.DerivativeCache`) and
+    ``compiled_programs`` its compiled Jacobian programs (at most 8, see
+    :class:`~jacserve.server.engine.compiled.CompiledPrograms`); both live and die with
+    the loaded model, so eviction or deletion drops them too.
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class LoadedModel:
         self.methods = tuple(methods)
         self.device = device
         self.derivative_cache = DerivativeCache(cache_bytes)
+        self.compiled_programs: CompiledPrograms | None = None
         self.parameters = {
             name: p for name, p in module.named_parameters() if p.is_floating_point()
         }
@@ -93,6 +97,20 @@ class LoadedModel:
         )
         tensors = [*module.parameters(), *module.buffers()]
         self.nbytes = sum(t.numel() * t.element_size() for t in tensors) + cache_bytes
+
+    def enable_compilation(self, compiler: ProgramCompiler, *, compile_after: int) -> None:
+        """Let the engine build compiled Jacobian programs of this model in ``compiler``."""
+        self.compiled_programs = CompiledPrograms(
+            compiler, self._traceable, compile_after=compile_after
+        )
+
+    def _traceable(self, inputs: Sequence[torch.Tensor]) -> torch.nn.Module:
+        """A module torch.compile can trace: the exported program, or TorchScript converted."""
+        if self.format is ArchiveFormat.TORCH_EXPORT:
+            return self.module
+        from torch._export.converter import TS2EPConverter  # experimental; imported on use
+
+        return TS2EPConverter(self.module, tuple(inputs)).convert().module().to(self.device)
 
     def method(self, name: str) -> tuple[Callable[..., Any], MethodInfo]:
         """Return the callable for ``name`` and its description.

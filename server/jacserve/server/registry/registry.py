@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from jacserve.server.engine.compiled import ProgramCompiler
 from jacserve.server.errors import InvalidArgument, NotFound, ResourceExhausted
 from jacserve.server.registry.archive import ArchiveFormat, detect_format
 from jacserve.server.registry.loading import LoadedModel, MethodInfo, ParameterInfo, load_model
@@ -67,6 +68,9 @@ class ModelRegistry:
         max_archive_bytes: largest archive accepted, compressed or uncompressed.
         max_loaded_bytes: memory budget of the loaded-model cache.
         device: where models are loaded unless :meth:`get` names another device.
+        compiler: where compiled Jacobian programs are built; ``None`` keeps every
+            request eager.
+        compile_after: eager Jacobians of one signature before its program is built.
     """
 
     def __init__(
@@ -76,12 +80,16 @@ class ModelRegistry:
         max_archive_bytes: int = 1 << 30,
         max_loaded_bytes: int = 4 << 30,
         device: str = "cpu",
+        compiler: ProgramCompiler | None = None,
+        compile_after: int = 2,
     ) -> None:
         self._directory = pathlib.Path(directory)
         self._directory.mkdir(parents=True, exist_ok=True)
         self._max_archive_bytes = max_archive_bytes
         self._max_loaded_bytes = max_loaded_bytes
         self._device = str(torch.device(device))
+        self._compiler = compiler
+        self._compile_after = compile_after
         self._lock = threading.Lock()
         self._infos: dict[str, ModelInfo] = {}
         self._loaded: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
@@ -145,6 +153,8 @@ class ModelRegistry:
 
     def _cache(self, key: tuple[str, str], model: LoadedModel) -> None:
         """Insert into the LRU and evict the least recently used; caller holds the lock."""
+        if self._compiler is not None and model.compiled_programs is None:
+            model.enable_compilation(self._compiler, compile_after=self._compile_after)
         self._loaded[key] = model
         self._loaded_bytes += self._infos[key[0]].loaded_size_bytes
         while self._loaded_bytes > self._max_loaded_bytes and len(self._loaded) > 1:
