@@ -37,6 +37,7 @@ from jacserve.server import engine
 from jacserve.server.app import serve
 from jacserve.server.config import ServerConfig
 from jacserve.server.engine._measure import LiveTensorMeter
+from jacserve.server.engine.compiled import CompiledPrograms, ProgramCompiler
 from jacserve.v1 import jacobian_service_pb2 as pb
 from jacserve.v1 import jacobian_service_pb2_grpc as pb_grpc
 
@@ -44,6 +45,7 @@ warnings.filterwarnings("ignore")
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # share the GPU with torch
 try:
     import jax
     import jax.numpy as jnp
@@ -142,7 +144,10 @@ def jax_jacobians(module: torch.nn.Module) -> tuple[Callable, Callable] | None:
                 y = jnp.tanh(y) * jnp.sin(y) + y
             return y
 
-    return jax.jit(jax.jacfwd(f)), jax.jit(jax.jacrev(f))
+    try:
+        return jax.jit(jax.jacfwd(f)), jax.jit(jax.jacrev(f))
+    except Exception:  # a JAX without a usable backend: compare without it
+        return None
 
 
 # -- sections ----------------------------------------------------------------------------
@@ -173,10 +178,32 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f}" if seconds < 0.01 else f"{seconds * 1e3:.1f}"
 
 
+def _compiled_variant(
+    module: torch.nn.Module, x: torch.Tensor, compiler: ProgramCompiler
+) -> tuple[Callable[[], object], str]:
+    """The engine with a compiled program for auto's mode, built as the server builds it."""
+    exported = torch.export.export(module, (x,)).module()
+    cache = engine.DerivativeCache()
+    programs = CompiledPrograms(compiler, lambda inputs: exported, compile_after=1)
+
+    def run() -> engine.EngineResult:
+        return engine.jacobian(exported, [x], cache=cache, compiled=programs)
+
+    for _ in range(3):  # measure both modes, settle auto, then build
+        run()
+    compiler.drain(timeout=600)
+    return run, run().metrics.compilation
+
+
 def _grid_cell(
-    cls: type[torch.nn.Module], n: int, m: int, device: torch.device, quick: bool
-) -> tuple[dict[str, float], str]:
-    """Times of every variant on one cell, and the mode auto chose."""
+    cls: type[torch.nn.Module],
+    n: int,
+    m: int,
+    device: torch.device,
+    quick: bool,
+    compiler: ProgramCompiler | None,
+) -> tuple[dict[str, float], str, str]:
+    """Times of every variant on one cell, the mode auto chose, and the compiled state."""
     module = cls(n, m).to(device)
     x = torch.randn(n, device=device)
     cache = engine.DerivativeCache()
@@ -187,17 +214,26 @@ def _grid_cell(
         "jacfwd": lambda: jacfwd(module)(x),
         "jacrev": lambda: jacrev(module)(x),
     }
-    jaxed = jax_jacobians(module) if device.type == "cpu" else None
+    compiled_state = ""
+    if compiler is not None:
+        variants["compiled"], compiled_state = _compiled_variant(module, x, compiler)
+    jaxed = jax_jacobians(module)
     if jaxed is not None:
-        xj = jnp.asarray(x.cpu().numpy())
+        xj = jax.device_put(jnp.asarray(x.cpu().numpy()))
         variants["jax_fwd"] = lambda: jaxed[0](xj).block_until_ready()
         variants["jax_rev"] = lambda: jaxed[1](xj).block_until_ready()
     budget = 0.5 if quick else 3.0
     t = timed_rounds(variants, device, min_rounds=1 if quick else 5, budget_seconds=budget)
-    return t, engine.jacobian(module, [x], cache=cache).metrics.mode
+    return t, engine.jacobian(module, [x], cache=cache).metrics.mode, compiled_state
 
 
-def mode_grid(report: Report, device: torch.device, sizes: list[int], quick: bool) -> None:
+def mode_grid(
+    report: Report,
+    device: torch.device,
+    sizes: list[int],
+    quick: bool,
+    compiler: ProgramCompiler | None,
+) -> None:
     """Auto against forced modes, torch.func and JAX on a grid of n and m."""
     for family, cls in FAMILIES.items():
         report.lines.append(
@@ -207,11 +243,13 @@ def mode_grid(report: Report, device: torch.device, sizes: list[int], quick: boo
         report.grid[family] = {}
         for n in sizes:
             for m in sizes:
-                t, chose = _grid_cell(cls, n, m, device, quick)
+                t, chose, compiled_state = _grid_cell(cls, n, m, device, quick, compiler)
                 best_forced = min(t["forward"], t["reverse"])
                 best_func = min(t["jacfwd"], t["jacrev"])
                 auto_ratio = t["auto"] / best_forced
                 worst_auto = max(worst_auto, auto_ratio)
+                # The engine's warm time: the compiled program when one serves, else eager auto.
+                served = min(t["auto"], t.get("compiled", float("inf")))
                 row = [
                     str(n),
                     str(m),
@@ -221,12 +259,18 @@ def mode_grid(report: Report, device: torch.device, sizes: list[int], quick: boo
                     f"{auto_ratio:.2f}",
                     f"{t['auto'] / best_func:.2f}",
                 ]
+                if compiler is not None:
+                    row += [
+                        ms(t["compiled"])
+                        if compiled_state == "ready"
+                        else compiled_state.split(":")[0],
+                        f"{served / best_func:.2f}",
+                    ]
                 if "jax_fwd" in t:
                     best_jax = min(t["jax_fwd"], t["jax_rev"])
-                    worst_jax = (
-                        max(worst_jax, t["auto"] / best_jax) if family == "mlp" else worst_jax
-                    )
-                    row += [ms(best_jax), f"{t['auto'] / best_jax:.2f}"]
+                    if family == "mlp":
+                        worst_jax = max(worst_jax, served / best_jax)
+                    row += [ms(best_jax), f"{served / best_jax:.2f}"]
                 rows.append(row)
                 report.grid[family][(n, m)] = t
         header = [
@@ -238,8 +282,10 @@ def mode_grid(report: Report, device: torch.device, sizes: list[int], quick: boo
             "auto / best forced",
             "auto / best torch.func",
         ]
-        if jax is not None and device.type == "cpu":
-            header += ["JAX jit best ms", "auto / JAX"]
+        if compiler is not None:
+            header += ["compiled ms", "engine / best torch.func"]
+        if jax is not None:
+            header += ["JAX jit best ms", "engine / JAX"]
         report.table(header, rows)
         report.target(
             f"auto within 1.10× of the faster forced mode ({family})",
@@ -247,7 +293,7 @@ def mode_grid(report: Report, device: torch.device, sizes: list[int], quick: boo
             f"worst cell {worst_auto:.2f}",
             worst_auto <= 1.10,
         )
-        if family == "mlp" and jax is not None and device.type == "cpu":
+        if family == "mlp" and jax is not None:
             report.target(
                 "engine warm ≤ 1.5× JAX jit (MLP grid)",
                 "≤ 1.5 on every cell",
@@ -256,10 +302,15 @@ def mode_grid(report: Report, device: torch.device, sizes: list[int], quick: boo
             )
 
 
-def _obvious_cell(n: int, m: int, device: torch.device, quick: bool) -> dict[str, float]:
+def _obvious_cell(
+    n: int, m: int, device: torch.device, quick: bool, compiler: ProgramCompiler | None
+) -> dict[str, float]:
     module = Mlp(n, m).to(device)
     x = torch.randn(n, device=device)
     cache = engine.DerivativeCache()
+    served: Callable[[], object] = lambda: engine.jacobian(module, [x], cache=cache)  # noqa: E731
+    if compiler is not None:
+        served = _compiled_variant(module, x, compiler)[0]
 
     def per_row_loop() -> torch.Tensor:
         xr = x.detach().requires_grad_()
@@ -268,7 +319,7 @@ def _obvious_cell(n: int, m: int, device: torch.device, quick: bool) -> dict[str
 
     return timed_rounds(
         {
-            "jacserve": lambda: engine.jacobian(module, [x], cache=cache),
+            "jacserve": served,
             "loop": per_row_loop,
             "functional": lambda: torch.autograd.functional.jacobian(module, x),
         },
@@ -278,12 +329,14 @@ def _obvious_cell(n: int, m: int, device: torch.device, quick: bool) -> dict[str
     )
 
 
-def obvious_approaches(report: Report, device: torch.device, quick: bool) -> None:
+def obvious_approaches(
+    report: Report, device: torch.device, quick: bool, compiler: ProgramCompiler | None
+) -> None:
     """Against a per-row backward loop and torch.autograd.functional.jacobian, at m = 1000."""
     m = 100 if quick else 1000
     rows, worst_loop, worst_functional = [], float("inf"), float("inf")
     for n in [10, 100] if quick else [10, 100, 1000]:
-        t = _obvious_cell(n, m, device, quick)
+        t = _obvious_cell(n, m, device, quick, compiler)
         worst_loop = min(worst_loop, t["loop"] / t["jacserve"])
         worst_functional = min(worst_functional, t["functional"] / t["jacserve"])
         rows.append(
@@ -296,7 +349,10 @@ def obvious_approaches(report: Report, device: torch.device, quick: bool) -> Non
                 f"{t['functional'] / t['jacserve']:.0f}×",
             ]
         )
-    report.lines.append(f"### Against the obvious approaches (MLP, m = {m}, in-process)\n")
+    served = "compiled program when verified and faster, else eager" if compiler else "eager"
+    report.lines.append(
+        f"### Against the obvious approaches (MLP, m = {m}, in-process; jacserve: {served})\n"
+    )
     report.table(
         [
             "shape",
@@ -603,6 +659,11 @@ def main() -> None:
         "--quick", action="store_true", help="small sizes, one round, write nothing"
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--no-compiled",
+        action="store_true",
+        help="skip the compiled-program column (saves minutes)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     sizes = [10, 100] if args.quick else [10, 100, 1000, 4000]
@@ -619,8 +680,9 @@ def main() -> None:
         )
         try:
             with Client(running.target, timeout=600) as client:
-                mode_grid(report, device, sizes, args.quick)
-                obvious_approaches(report, device, args.quick)
+                compiler = None if args.no_compiled or args.quick else ProgramCompiler()
+                mode_grid(report, device, sizes, args.quick, compiler)
+                obvious_approaches(report, device, args.quick, compiler)
                 service_cost(report, client, running.target, device, args.quick)
                 batching(report, client, device, args.quick)
                 memory_budget(report, device, args.quick)

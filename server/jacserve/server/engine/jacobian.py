@@ -12,6 +12,7 @@ tensor([[2., 0.],
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Callable, Hashable, Sequence
@@ -30,7 +31,7 @@ from jacserve.server.engine._function import (
     resolve_wrt,
     user_code,
 )
-from jacserve.server.engine._measure import stopwatch
+from jacserve.server.engine._measure import LiveTensorMeter, stopwatch
 from jacserve.server.engine._passes import Basis, run_passes
 from jacserve.server.engine._profile import MemoryProfile, ModeCost, probe_cost, probe_memory
 from jacserve.server.engine._run import (
@@ -213,6 +214,7 @@ def _chunking(
     cache: DerivativeCache | None,
     key: Hashable,
     batch: int | None,
+    evaluation_bytes: int,
 ) -> int:
     """Passes per vectorized call: all, ``chunk_size``, or the most that fit the budget."""
     passes = chosen.basis.count
@@ -229,6 +231,7 @@ def _chunking(
     # The result, one extra pass for the vectorization check, and 5% for what the two-point
     # fit misses (allocator rounding, slices). See NOTE: [Cost model] in _profile.
     reserved = _result_bytes(outputs, diff, chosen.mode, batch) + profile.per_pass_bytes
+    reserved += evaluation_bytes
     reserved += max_memory_bytes // 20
     fitting = profile.largest_chunk(max_memory_bytes, reserved, passes)
     if fitting < 1:
@@ -420,9 +423,23 @@ def _eager_run(
     """Evaluate, plan and run the passes eagerly: (plan, n, m, outputs, blocks)."""
     method, cache, mode = options["method"], options["cache"], options["mode"]
     batched = batch is not None
-    with user_code(f"calling method {method!r}"), stopwatch(run.device) as t_forward:
+    evaluation_key = ("evaluation_bytes", *_signature(method, inputs, chosen, batched))
+    measure = options["max_memory_bytes"] is not None and (
+        cache is None or cache.get(evaluation_key) is None
+    )
+    with (
+        user_code(f"calling method {method!r}"),
+        stopwatch(run.device) as t_forward,
+        LiveTensorMeter() if measure else contextlib.nullcontext() as meter,
+    ):
         outputs, pullback = _evaluate(g, diff)
     run.forward_seconds = t_forward.seconds
+    if meter is not None:  # what the evaluation leaves alive (tape, outputs) counts too
+        options = {**options, "evaluation_bytes": meter.live_bytes}
+        if cache is not None:
+            cache.put(evaluation_key, meter.live_bytes)
+    elif cache is not None and options["max_memory_bytes"] is not None:
+        options = {**options, "evaluation_bytes": cache.get(evaluation_key)}
     check_floating_outputs(outputs, method)
     lead = 1 if batched else 0
     n = sum(d[0].numel() if batched else d.numel() for d in diff)
@@ -568,6 +585,7 @@ def _run_mode(
             cache=cache,
             key=("memory", chosen.mode, *signature),
             batch=batch,
+            evaluation_bytes=options.get("evaluation_bytes") or 0,
         )
     run.plan_seconds += t_probe.seconds
     verdict_key = ("vectorizes", chosen.mode, *signature)
