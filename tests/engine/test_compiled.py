@@ -139,3 +139,13 @@ def test_budgeted_and_batched_requests_stay_eager_and_do_not_queue(compiler):
     chunked = engine.jacobian(model, [x], chunk_size=2, compiled=programs)
     assert budgeted.metrics.compilation == chunked.metrics.compilation == ""
     assert programs.lookup(("anything",))[1] == "not requested yet"
+
+
+def test_many_programs_in_one_process_each_get_their_own_compiled_code(compiler):
+    # Dynamo keeps 8 entries per code object; programs sharing one would silently run
+    # uncompiled from the 9th on. Each program has an entry point of its own.
+    from jacserve.server.engine.compiled import _own_entry_point
+
+    entries = [_own_entry_point(torch.sin) for _ in range(10)]
+    assert len({e.__code__ for e in entries}) == 10
+    torch.testing.assert_close(entries[3](torch.zeros(2)), torch.zeros(2))

@@ -18,6 +18,10 @@ seconds to build (2–4 s, 20+ s for the first in a process). So:
 4. Ready programs run under ``torch._dynamo.run``: cached code only, so a request whose
    inputs miss the compiled guards runs the transform eagerly instead of compiling on
    the request path.
+5. Dynamo caches compiled code per Python code object, at most 8 entries each, and
+   every ``jacrev`` wrapper shares one code object: the 9th program in a process hit
+   the limit and silently ran uncompiled (seen in the benchmark). Each program therefore
+   enters through a function with a code object of its own (:func:`_own_entry_point`).
 
 Each response says which path served it (``metrics.execution_path``) and, for eager
 ones, where compilation stands (``metrics.compilation``).
@@ -26,12 +30,14 @@ ones, where compilation stands (``metrics.compilation``).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import queue
 import statistics
 import threading
 import time
+import types
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
@@ -233,7 +239,8 @@ class CompiledPrograms:
             return outs, outs
 
         transform = jacfwd if mode == "forward" else jacrev
-        compiled = torch.compile(transform(with_outputs, argnums=wrt, has_aux=True), dynamic=False)
+        entry = _own_entry_point(transform(with_outputs, argnums=wrt, has_aux=True))
+        compiled = torch.compile(entry, dynamic=False)
         with torch.no_grad():
             compiled(*inputs)  # builds the program here, on the compile thread
         return torch._dynamo.run(compiled)
@@ -247,6 +254,24 @@ class CompiledPrograms:
         with self._lock:
             entry = self._entries[key]
             entry.state, entry.program, entry.detail = state, program, detail  # type: ignore[assignment]
+
+
+_entry_points = itertools.count()
+
+
+def _own_entry_point(transformed: Callable[..., object]) -> Callable[..., object]:
+    """A function calling ``transformed`` whose code object no other program shares.
+
+    >>> f, g = _own_entry_point(abs), _own_entry_point(abs)
+    >>> f(-2), f.__code__ is g.__code__
+    (2, False)
+    """
+
+    def program(*args: object) -> object:
+        return transformed(*args)
+
+    code = program.__code__.replace(co_name=f"jacobian_program_{next(_entry_points)}")
+    return types.FunctionType(code, program.__globals__, code.co_name, None, program.__closure__)
 
 
 def _median_seconds(program: Callable[..., object], inputs: Sequence[torch.Tensor]) -> float:
