@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -91,6 +92,8 @@ def serve(config: ServerConfig) -> RunningServer:
     """
     if config.allocator == "keep":
         keep_freed_memory()
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
     temporary_dir = None
     model_dir = config.model_dir
     if model_dir is None:

@@ -38,6 +38,7 @@ class ServerConfig:
     memory_meter: str = "rss"
     compile: str = "on"  # "on": build compiled Jacobian programs in the background
     compile_after: int = 2
+    torch_threads: int = 0  # 0: torch's default (one per core)
     allocator: str = "keep"  # "keep": glibc keeps freed memory (see NOTE: [Keeping freed memory])
     model_dir: str | None = None  # None: a temporary folder removed at shutdown
     grace_seconds: float = 5.0
@@ -55,6 +56,8 @@ class ServerConfig:
             raise ValueError(f"compile must be 'on' or 'off'; got {self.compile!r}")
         if self.compile_after < 1:
             raise ValueError(f"compile_after must be >= 1; got {self.compile_after}")
+        if self.torch_threads < 0:
+            raise ValueError(f"torch_threads must be >= 0; got {self.torch_threads}")
         if self.allocator not in ("keep", "default"):
             raise ValueError(f"allocator must be 'keep' or 'default'; got {self.allocator!r}")
         if self.max_memory_bytes < 0:
@@ -79,6 +82,7 @@ _HELP = {
     "device": "where models run: cpu, cuda or cuda:N",
     "compile": "on (build compiled Jacobian programs off the request path) or off",
     "compile_after": "eager Jacobians of one model and input signature before compiling it",
+    "torch_threads": "intra-op threads per computation (0: torch's default); 1 suits many small requests",
     "allocator": "keep (reuse freed memory: fewer page faults) or default (glibc's own)",
     "memory_meter": "CPU peak-memory meter: rss (page high-water, nearly free) or tensors (exact, per-op cost)",
     "model_dir": "folder that keeps uploaded archives across restarts (default: temporary)",

@@ -235,7 +235,7 @@ class CompiledPrograms:
             *args: torch.Tensor,
         ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
             out = module(*args)
-            outs = tuple(out) if isinstance(out, tuple | list) else (out,)
+            outs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
             return outs, outs
 
         transform = jacfwd if mode == "forward" else jacrev
