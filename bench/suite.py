@@ -189,9 +189,12 @@ def _compiled_variant(
     def run() -> engine.EngineResult:
         return engine.jacobian(exported, [x], cache=cache, compiled=programs)
 
-    for _ in range(3):  # measure both modes, settle auto, then build
-        run()
-    compiler.drain(timeout=600)
+    state = ""
+    for _ in range(6):  # measure both modes, settle auto, build; until nothing is pending
+        state = run().metrics.compilation
+        compiler.drain(timeout=600)
+        if state not in ("counting", "queued", "not requested yet"):
+            break
     return run, run().metrics.compilation
 
 
