@@ -110,19 +110,13 @@ class _Mode:
 
     def run(self, passes: int) -> object:
         """Compute the first ``passes`` passes in one vmap call (for probes)."""
-        with FORWARD_AD_LOCK if self.mode == "forward" else _NO_LOCK:
+        with _mode_lock(self.mode):
             return vmap(self.single())(*self.basis.rows(0, passes))
 
 
-class _NoLock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-_NO_LOCK = _NoLock()
+def _mode_lock(mode: Mode) -> contextlib.AbstractContextManager[object]:
+    """Forward mode holds the process-wide lock; see NOTE: [Forward-mode AD is process-global]."""
+    return FORWARD_AD_LOCK if mode == "forward" else contextlib.nullcontext()
 
 
 def _evaluate(g: BoundMethod, diff: Outputs) -> tuple[Outputs, Callable[..., Outputs] | None]:
@@ -224,7 +218,7 @@ def _chunking(
     run.memory_budget_bytes = max_memory_bytes
     profile: MemoryProfile | None = cache.get(key) if cache is not None else None
     if profile is None:
-        with FORWARD_AD_LOCK if chosen.mode == "forward" else _NO_LOCK:
+        with _mode_lock(chosen.mode):
             profile = probe_memory(chosen.run, passes)
         if cache is not None:
             cache.put(key, profile)
@@ -520,7 +514,7 @@ def _compiled_run(
     try:
         with (
             stopwatch(run.device) as t_derivative,
-            FORWARD_AD_LOCK if plan.mode == "forward" else _NO_LOCK,
+            _mode_lock(plan.mode),
         ):
             jac, outputs = program(*inputs)
     except Exception as exc:  # never fail a request for the compiled path: go eager
@@ -590,7 +584,7 @@ def _run_mode(
     run.plan_seconds += t_probe.seconds
     verdict_key = ("vectorizes", chosen.mode, *signature)
     verdict = cache.get(verdict_key) if cache is not None else None
-    with FORWARD_AD_LOCK if chosen.mode == "forward" else _NO_LOCK:
+    with _mode_lock(chosen.mode):
         results, report = run_passes(
             chosen.single(),
             chosen.basis,
