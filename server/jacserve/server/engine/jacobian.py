@@ -390,12 +390,7 @@ def jacobian(
                 key = _program_key(method, inputs, chosen, plan.mode)
                 if run.chunks == 1 and run.vectorized and n and m:
                     compiled.record_eager(
-                        key,
-                        inputs=inputs,
-                        wrt=chosen,
-                        mode=plan.mode,
-                        blocks=blocks,
-                        eager_seconds=run.forward_seconds + run.derivative_seconds,
+                        key, inputs=inputs, wrt=chosen, mode=plan.mode, blocks=blocks
                     )
                 run.compilation = compiled.lookup(key)[1]
             if cache is not None:
@@ -506,11 +501,31 @@ def _compiled_run(
             c if o is None else ModeCost(o, 0.0) for c, o in zip(probed, observed, strict=True)
         )
     plan = plan_mode(n, m, mode, costs=costs)
-    program, status = compiled.lookup(_program_key(method, inputs, wrt, plan.mode))
-    run.compilation = status
-    if program is None:
+    modes: tuple[Mode, ...] = ("forward", "reverse") if mode == "auto" else (plan.mode,)
+    fastest = compiled.fastest_ready([_program_key(method, inputs, wrt, k) for k in modes])
+    if fastest is None:
+        run.compilation = compiled.lookup(_program_key(method, inputs, wrt, plan.mode))[1]
         return None
-    key = _program_key(method, inputs, wrt, plan.mode)
+    key, program, seconds = fastest
+    run.compilation = "ready"
+    chosen: Mode = key[-1]  # type: ignore[assignment]
+    if chosen != plan.mode:
+        eager_estimate = (
+            plan.estimated_forward_seconds
+            if plan.mode == "forward"
+            else plan.estimated_reverse_seconds
+        )
+        if eager_estimate and eager_estimate < seconds:  # the other mode is faster even eagerly
+            run.compilation = compiled.lookup(_program_key(method, inputs, wrt, plan.mode))[1]
+            return None
+        plan = ModePlan(
+            chosen,
+            n if chosen == "forward" else m,
+            f"auto: the compiled {chosen}-mode program ({seconds * 1e3:.3f} ms) is the fastest "
+            f"ready program; eager estimates favoured {plan.mode}",
+            plan.estimated_forward_seconds,
+            plan.estimated_reverse_seconds,
+        )
     try:
         with (
             stopwatch(run.device) as t_derivative,
