@@ -69,6 +69,11 @@ def parameter_gradients(
     Raises:
         InvalidArgument: bad cotangents, or no cotangent for a non-scalar output.
         FailedPrecondition: ``parameters`` is empty.
+
+    >>> w = torch.tensor([2.0], requires_grad=True)
+    >>> parameter_gradients(lambda x: w * x, [torch.tensor([3.0])], {"w": w},
+    ...                     cotangents=[torch.tensor([1.0])]).values
+    (tensor([3.]),)
     """
     if not parameters:
         raise FailedPrecondition(

@@ -92,6 +92,10 @@ def jvp(
 
     Raises:
         InvalidArgument: bad ``wrt`` or tangents; ``ModelExecutionError`` if ``fn`` raises.
+
+    >>> r = jvp(lambda a, b: a * b, [torch.tensor(2.0), torch.tensor(3.0)], [torch.tensor(1.0)], wrt=[0])
+    >>> r.values, r.metrics.mode
+    ((tensor(3.),), 'forward')
     """
     primals = tuple(primals)
     chosen = resolve_wrt(primals, wrt)
@@ -225,6 +229,9 @@ def vjp(
 
     Raises:
         InvalidArgument: bad ``wrt`` or cotangents; ``ModelExecutionError`` if ``fn`` raises.
+
+    >>> vjp(lambda x: (x**2).sum(), [torch.tensor([1.0, 2.0])], [torch.tensor(1.0)]).values
+    (tensor([2., 4.]),)
     """
     primals = tuple(primals)
     chosen = resolve_wrt(primals, wrt)

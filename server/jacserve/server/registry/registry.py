@@ -180,12 +180,22 @@ class ModelRegistry:
 
         Raises:
             InvalidArgument: malformed id. NotFound: unknown id.
+
+        >>> import tempfile
+        >>> ModelRegistry(tempfile.mkdtemp()).info("0" * 64)  # doctest: +IGNORE_EXCEPTION_DETAIL
+        Traceback (most recent call last):
+        NotFound: model 000… is not registered; upload it first
         """
         with self._lock:
             return self._known(model_id)
 
     def list(self) -> list[ModelInfo]:
-        """Metadata of every registered model, sorted by id."""
+        """Metadata of every registered model, sorted by id.
+
+        >>> import tempfile
+        >>> ModelRegistry(tempfile.mkdtemp()).list()
+        []
+        """
         with self._lock:
             return [self._infos[k] for k in sorted(self._infos)]
 
@@ -224,6 +234,11 @@ class ModelRegistry:
             return self._loaded.get(key, model)
 
     def cache_stats(self) -> tuple[int, int]:
-        """Number of loaded models and their estimated bytes."""
+        """Number of loaded models and their estimated bytes.
+
+        >>> import tempfile
+        >>> ModelRegistry(tempfile.mkdtemp()).cache_stats()
+        (0, 0)
+        """
         with self._lock:
             return len(self._loaded), self._loaded_bytes
