@@ -46,7 +46,12 @@ from jacserve.server.engine._run import (
 from jacserve.server.engine.cache import DerivativeCache, signature_of
 from jacserve.server.engine.compiled import CompiledPrograms
 from jacserve.server.engine.planner import Mode, ModePlan, RequestedMode, plan_mode
-from jacserve.server.errors import InvalidArgument, JacserveError, ResourceExhausted
+from jacserve.server.errors import (
+    InvalidArgument,
+    JacserveError,
+    ModelExecutionError,
+    ResourceExhausted,
+)
 
 __all__ = ["cost_key", "jacobian"]
 
@@ -365,17 +370,10 @@ def jacobian(
     )
     g = BoundMethod(vmap(fn) if batched else fn, inputs, chosen, method)
     diff = tuple(inputs[j] for j in chosen)
-    if batched:
-        try:
-            with engine_call(inputs):
-                g(*diff)
-        except JacserveError:
-            raise
-        except Exception as exc:
-            return _point_by_point(fn, inputs, batch, exc, options)
     use_compiled = (
         compiled is not None and not batched and chunk_size is None and max_memory_bytes is None
     )
+    cannot_vmap_points: ModelExecutionError | None = None
     with engine_call(inputs, memory_meter) as run:
         run.batch_size = batch or 0
         if use_compiled:
@@ -384,19 +382,30 @@ def jacobian(
                 plan, n, m, outputs, tuple_output, blocks = fast
                 run.execution_path = "compiled"
         if run.execution_path == "eager":
-            plan, n, m, outputs, blocks = _eager_run(run, g, inputs, diff, chosen, batch, options)
-            tuple_output = g.tuple_output
-            if use_compiled:
-                key = _program_key(method, inputs, chosen, plan.mode)
-                if run.chunks == 1 and run.vectorized and n and m:
-                    compiled.record_eager(
-                        key, inputs=inputs, wrt=chosen, mode=plan.mode, blocks=blocks
-                    )
-                run.compilation = compiled.lookup(key)[1]
-            if cache is not None:
-                cache.put(
-                    ("outputs", *_signature(method, inputs, chosen, batched)), (m, tuple_output)
+            try:
+                plan, n, m, outputs, blocks = _eager_run(
+                    run, g, inputs, diff, chosen, batch, options
                 )
+            except ModelExecutionError as exc:
+                if not batched:
+                    raise
+                cannot_vmap_points = exc  # retried point by point below, outside this call
+            else:
+                tuple_output = g.tuple_output
+                if use_compiled:
+                    key = _program_key(method, inputs, chosen, plan.mode)
+                    if run.chunks == 1 and run.vectorized and n and m:
+                        compiled.record_eager(
+                            key, inputs=inputs, wrt=chosen, mode=plan.mode, blocks=blocks
+                        )
+                    run.compilation = compiled.lookup(key)[1]
+                if cache is not None:
+                    cache.put(
+                        ("outputs", *_signature(method, inputs, chosen, batched)), (m, tuple_output)
+                    )
+    if cannot_vmap_points is not None:
+        cause = cannot_vmap_points.__cause__ or cannot_vmap_points
+        return _point_by_point(fn, inputs, batch, cause, options)  # a real error raises here too
     return finish(run, plan, n=n, m=m, outputs=outputs, tuple_output=tuple_output, values=blocks)
 
 
