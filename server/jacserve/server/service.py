@@ -313,7 +313,7 @@ class JacobianServicer(pb_grpc.JacobianServiceServicer):
                 "(wrt) or raise the limit on both server and client"
             )
         with phases.phase("encode"):
-            return [encode_tensors([t.cpu() for t in group]) for group in groups]
+            return [encode_tensors(group) for group in groups]  # the codec moves them to CPU
 
     def _wire_metrics(self, result: engine.EngineResult, phases: _Phases) -> pb.DerivativeMetrics:
         m = result.metrics

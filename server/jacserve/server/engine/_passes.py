@@ -49,14 +49,6 @@ class Basis:
         self._sizes = [int(torch.Size(s).numel()) for s in self._shapes]
         self.count = sum(self._sizes)
 
-    @property
-    def row_bytes(self) -> int:
-        """Bytes of one basis row (before broadcasting over a batch)."""
-        return sum(
-            n * torch.empty((), dtype=d).element_size()
-            for n, d in zip(self._sizes, self._dtypes, strict=True)
-        )
-
     def rows(self, start: int, stop: int) -> tuple[torch.Tensor, ...]:
         """Rows ``start..stop-1``: one tensor per input, shape ``(stop-start, [batch], *shape)``."""
         out, offset = [], 0

@@ -58,6 +58,27 @@ __all__ = ["cost_key", "jacobian"]
 Single = Callable[..., tuple[torch.Tensor, ...]]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    """The caller's options of one :func:`jacobian` call, passed down its steps."""
+
+    wrt: tuple[int, ...]
+    mode: RequestedMode
+    chunk_size: int | None
+    max_memory_bytes: int | None
+    max_elements: int | None
+    cache: DerivativeCache | None
+    memory_meter: str
+    method: str
+    evaluation_bytes: int = 0  # what the evaluation leaves alive, when a budget applies
+
+    def per_point(self) -> dict[str, Any]:
+        """Keyword arguments for a :func:`jacobian` call on one point of a batch."""
+        fields = dataclasses.asdict(self)
+        del fields["evaluation_bytes"]
+        return fields
+
+
 def _signature(
     method: str, inputs: Sequence[torch.Tensor], wrt: Sequence[int], batched: bool
 ) -> tuple[Hashable, ...]:
@@ -145,15 +166,24 @@ def _measured_costs(
     cache: DerivativeCache,
     signature: tuple[Hashable, ...],
 ) -> tuple[ModeCost, ModeCost] | None:
-    """(forward, reverse) costs: observed run times where there are any, else probes
-    (measured now on first use, and cached)."""
-    costs = _probed_costs(forward, reverse, device, cache, ("cost", *signature))
-    if costs is None:
+    """(forward, reverse) costs, probing both modes now if this signature is new."""
+    if _probed_costs(forward, reverse, device, cache, ("cost", *signature)) is None:
+        return None
+    return _known_costs(cache, signature)
+
+
+def _known_costs(
+    cache: DerivativeCache, signature: tuple[Hashable, ...]
+) -> tuple[ModeCost, ModeCost] | None:
+    """(forward, reverse) costs already known: observed run times where there are any,
+    else the probes' fits; ``None`` before the first probe."""
+    probed = cache.get(("cost", *signature))
+    if probed is None:
         return None
     observed = [cache.get(("observed", mode, *signature)) for mode in ("forward", "reverse")]
     return tuple(  # type: ignore[return-value]
         cost if seconds is None else ModeCost(seconds, 0.0)
-        for cost, seconds in zip(costs, observed, strict=True)
+        for cost, seconds in zip(probed, observed, strict=True)
     )
 
 
@@ -358,7 +388,7 @@ def jacobian(
     inputs = tuple(inputs)
     chosen = resolve_wrt(inputs, wrt)
     batch = _point_batch(inputs) if batched else None
-    options = dict(
+    options = _Options(
         wrt=chosen,
         mode=mode,
         chunk_size=chunk_size,
@@ -416,13 +446,13 @@ def _eager_run(
     diff: Outputs,
     chosen: tuple[int, ...],
     batch: int | None,
-    options: dict[str, Any],
+    options: _Options,
 ) -> tuple[ModePlan, int, int, Outputs, list[torch.Tensor]]:
     """Evaluate, plan and run the passes eagerly: (plan, n, m, outputs, blocks)."""
-    method, cache, mode = options["method"], options["cache"], options["mode"]
+    method, cache, mode = options.method, options.cache, options.mode
     batched = batch is not None
     evaluation_key = ("evaluation_bytes", *_signature(method, inputs, chosen, batched))
-    measure = options["max_memory_bytes"] is not None and (
+    measure = options.max_memory_bytes is not None and (
         cache is None or cache.get(evaluation_key) is None
     )
     with (
@@ -433,16 +463,16 @@ def _eager_run(
         outputs, pullback = _evaluate(g, diff)
     run.forward_seconds = t_forward.seconds
     if meter is not None:  # what the evaluation leaves alive (tape, outputs) counts too
-        options = {**options, "evaluation_bytes": meter.live_bytes}
+        options = dataclasses.replace(options, evaluation_bytes=meter.live_bytes)
         if cache is not None:
             cache.put(evaluation_key, meter.live_bytes)
-    elif cache is not None and options["max_memory_bytes"] is not None:
-        options = {**options, "evaluation_bytes": cache.get(evaluation_key)}
+    elif cache is not None and options.max_memory_bytes is not None:
+        options = dataclasses.replace(options, evaluation_bytes=cache.get(evaluation_key) or 0)
     check_floating_outputs(outputs, method)
     lead = 1 if batched else 0
     n = sum(d[0].numel() if batched else d.numel() for d in diff)
     m = sum(o.shape[lead:].numel() for o in outputs)
-    max_elements = options["max_elements"]
+    max_elements = options.max_elements
     if max_elements is not None and (batch or 1) * n * m > max_elements:
         raise ResourceExhausted(
             f"the Jacobian would have {'B*' if batched else ''}n*m = "
@@ -500,15 +530,9 @@ def _compiled_run(
         return None
     m, tuple_output = known
     n = numel(diff)
-    costs = None
-    if mode == "auto":
-        probed = cache.get(("cost", *signature))
-        if probed is None:
-            return None
-        observed = [cache.get(("observed", k, *signature)) for k in ("forward", "reverse")]
-        costs = tuple(
-            c if o is None else ModeCost(o, 0.0) for c, o in zip(probed, observed, strict=True)
-        )
+    costs = _known_costs(cache, signature) if mode == "auto" else None
+    if mode == "auto" and costs is None:
+        return None
     plan = plan_mode(n, m, mode, costs=costs)
     modes: tuple[Mode, ...] = ("forward", "reverse") if mode == "auto" else (plan.mode,)
     fastest = compiled.fastest_ready([_program_key(method, inputs, wrt, k) for k in modes])
@@ -558,7 +582,7 @@ def _compute(
     diff: Outputs,
     batch: int | None,
     signature: tuple[Hashable, ...],
-    options: dict[str, Any],
+    options: _Options,
 ) -> tuple[ModePlan, list[torch.Tensor]]:
     """Run the planned mode (forward falls back to reverse without a forward rule)."""
     if plan.mode == "forward":
@@ -586,24 +610,24 @@ def _run_mode(
     diff: Outputs,
     batch: int | None,
     signature: tuple[Hashable, ...],
-    options: dict[str, Any],
+    options: _Options,
 ) -> list[torch.Tensor]:
     if chosen.basis.count == 0:
         run.chunks = 0
         return _zero_blocks(outputs, diff, batch)
-    cache: DerivativeCache | None = options["cache"]
+    cache = options.cache
     with stopwatch(run.device) as t_probe:
         chunk = _chunking(
             run,
             chosen,
             outputs,
             diff,
-            chunk_size=options["chunk_size"],
-            max_memory_bytes=options["max_memory_bytes"],
+            chunk_size=options.chunk_size,
+            max_memory_bytes=options.max_memory_bytes,
             cache=cache,
             key=("memory", chosen.mode, *signature),
             batch=batch,
-            evaluation_bytes=options.get("evaluation_bytes") or 0,
+            evaluation_bytes=options.evaluation_bytes,
         )
     run.plan_seconds += t_probe.seconds
     verdict_key = ("vectorizes", chosen.mode, *signature)
@@ -632,10 +656,10 @@ def _point_by_point(
     inputs: tuple[torch.Tensor, ...],
     batch: int,
     cause: Exception,
-    options: dict[str, Any],
+    options: _Options,
 ) -> EngineResult:
     """The batched Jacobian as a loop over points, when the model cannot be vmapped."""
-    results = [jacobian(fn, [t[b] for t in inputs], **options) for b in range(batch)]
+    results = [jacobian(fn, [t[b] for t in inputs], **options.per_point()) for b in range(batch)]
     first = results[0]
     reason = (
         f"the model cannot be vectorized over points ({type(cause).__name__}: "
