@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from torch.func import jacrev, vmap
@@ -131,9 +133,14 @@ def test_the_server_switches_to_a_verified_compiled_program(compiling_server, fm
         model_id = c.upload(archive_of(model, (x,), fmt))
         first = [c.jacobian(model_id, torch.randn(6, dtype=F64), mode="reverse") for _ in range(2)]
         assert [r.metrics.execution_path for r in first] == ["eager", "eager"]
-        assert compiling_server.compiler.drain(timeout=300)
-        point = torch.randn(6, dtype=F64)
-        later = c.jacobian(model_id, point, mode="reverse")
+        deadline = time.monotonic() + 300  # the worker compiles in the background
+        while True:
+            point = torch.randn(6, dtype=F64)
+            later = c.jacobian(model_id, point, mode="reverse")
+            settled = later.metrics.compilation.startswith(("ready", "failed", "slower"))
+            if settled or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         torch.testing.assert_close(later.jacobian, torch.autograd.functional.jacobian(model, point))
         # "ready" means the program was verified against the eager Jacobian and was faster.
         assert later.metrics.compilation == "ready" or later.metrics.compilation.startswith(

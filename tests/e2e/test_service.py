@@ -93,7 +93,12 @@ def test_prometheus_endpoint_counts_requests_by_method_mode_and_code(server, cli
     assert after[key] == before + 1
     assert after['jacserve_requests_total{code="NOT_FOUND",method="Jacobian",mode="none"}'] >= 1
     assert after['jacserve_derivative_passes_total{method="Jacobian",mode="forward"}'] >= 2
-    assert after["jacserve_models_cached"] >= 1 and after["jacserve_cache_bytes"] > 0
+    assert (
+        after["jacserve_models_registered"] >= 1 and after["jacserve_workers"] == server.pool.size
+    )
+    assert after['jacserve_model_cache_lookups_total{result="hit"}'] >= 1
+    assert after["jacserve_queue_wait_seconds_count"] >= 2
+    assert after["jacserve_requests_in_flight"] == 0 and after["jacserve_workers_busy"] == 0
     assert 'jacserve_request_duration_seconds_count{method="Jacobian"}' in after
 
 

@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from jacserve.server.allocator import keep_freed_memory
+from jacserve.server.auth import TokenAuthInterceptor, load_tokens, server_credentials
 from jacserve.server.config import (
     DESCRIPTION,
     EPILOG,
@@ -34,17 +33,17 @@ from jacserve.server.config import (
     add_server_flags,
     config_from_flags,
 )
-from jacserve.server.engine.compiled import ProgramCompiler
+from jacserve.server.logs import configure_logging
 from jacserve.server.metrics import ServiceMetrics
-from jacserve.server.registry import ModelRegistry
-from jacserve.server.service import JacobianServicer
-from jacserve.v1 import jacobian_service_pb2 as pb
-from jacserve.v1 import jacobian_service_pb2_grpc as pb_grpc
+from jacserve.server.registry.store import ArchiveStore
+from jacserve.server.service import SERVICE_NAME, FrontendSettings, JacobianServicer
+from jacserve.server.worker.pool import WorkerPool
+from jacserve.server.worker.settings import WorkerSettings
 
 __all__ = ["RunningServer", "main", "serve"]
 
 _LOG = logging.getLogger("jacserve.server")
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["JacobianService"].full_name
+_MIN_WORKER_MEMORY = 4 << 30
 
 
 @dataclass
@@ -54,12 +53,12 @@ class RunningServer:
     config: ServerConfig
     port: int
     metrics_port: int | None
-    registry: ModelRegistry
-    compiler: ProgramCompiler | None
+    store: ArchiveStore
+    pool: WorkerPool
     _grpc_server: grpc.Server
     _health: health.HealthServicer
     _metrics_http: Any
-    _temporary_dir: str | None
+    _temporary_dirs: tuple[str, ...]
 
     @property
     def target(self) -> str:
@@ -71,70 +70,105 @@ class RunningServer:
         """Report NOT_SERVING, let in-flight RPCs finish for ``grace`` seconds, then stop."""
         self._health.enter_graceful_shutdown()
         self._grpc_server.stop(self.config.grace_seconds if grace is None else grace).wait()
-        if self.compiler is not None:
-            self.compiler.close()
+        self.pool.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
-        if self._temporary_dir is not None:
-            shutil.rmtree(self._temporary_dir, ignore_errors=True)
+        for folder in self._temporary_dirs:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def wait(self) -> None:
         """Block until the server stops."""
         self._grpc_server.wait_for_termination()
 
 
-def serve(config: ServerConfig) -> RunningServer:
-    """Start a server in background threads and return once it is SERVING.
+def worker_settings(config: ServerConfig, model_dir: str, scratch_dir: str) -> WorkerSettings:
+    """What each worker process gets, with the automatic sizes resolved.
 
-    Raises:
-        RuntimeError: when the port cannot be bound.
+    >>> settings = worker_settings(ServerConfig(workers=2), "/models", "/scratch")
+    >>> settings.torch_threads >= 1, settings.memory_limit_bytes >= 4 << 30
+    (True, True)
     """
-    if config.allocator == "keep":
-        keep_freed_memory()
-    if config.torch_threads:
-        torch.set_num_threads(config.torch_threads)
-    temporary_dir = None
-    model_dir = config.model_dir
-    if model_dir is None:
-        model_dir = temporary_dir = tempfile.mkdtemp(prefix="jacserve-models-")
-    compiler = ProgramCompiler() if config.compile == "on" else None
-    registry = ModelRegistry(
-        model_dir,
+    workers = config.workers or os.cpu_count() or 1
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return WorkerSettings(
+        model_dir=model_dir,
+        scratch_dir=scratch_dir,
+        device=config.device,
         max_archive_bytes=config.max_archive_bytes,
         max_loaded_bytes=config.max_loaded_bytes,
-        device=config.device,
-        compiler=compiler,
+        max_tensor_elements=config.max_tensor_elements,
+        max_message_bytes=config.max_message_bytes,
+        max_memory_bytes=config.max_memory_bytes,
+        memory_meter=config.memory_meter,
+        compile=config.compile,
         compile_after=config.compile_after,
+        torch_threads=config.torch_threads or max(1, (os.cpu_count() or 1) // workers),
+        allocator=config.allocator,
+        op_allowlist=config.op_allowlist,
+        allow_ops=tuple(op.strip() for op in config.allow_ops.split(",") if op.strip()),
+        memory_limit_bytes=config.worker_memory_bytes
+        or max(_MIN_WORKER_MEMORY, physical // workers),
+        cpu_seconds=config.worker_cpu_seconds,
+        open_files=config.worker_open_files,
+        sandbox=config.sandbox,
+        log_level=config.log_level,
+        log_format=config.log_format,
     )
+
+
+def serve(config: ServerConfig, environ: dict[str, str] | None = None) -> RunningServer:
+    """Start a server and its workers; return once it is SERVING (workers up, stored
+    models checked).
+
+    Raises:
+        RuntimeError: when the port cannot be bound or workers cannot start.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    temporary = []
+    model_dir = config.model_dir
+    if model_dir is None:
+        model_dir = tempfile.mkdtemp(prefix="jacserve-models-")
+        temporary.append(model_dir)
+    scratch_dir = tempfile.mkdtemp(prefix="jacserve-scratch-")
+    temporary.append(scratch_dir)
+    store = ArchiveStore(model_dir, max_archive_bytes=config.max_archive_bytes)
     metrics = ServiceMetrics()
-    metrics.track_cache(registry.cache_stats)
-    options = [
-        ("grpc.max_send_message_length", config.max_message_bytes),
-        ("grpc.max_receive_message_length", config.max_message_bytes),
-        ("grpc.so_reuseport", 0),
-    ]
+    settings = worker_settings(config, model_dir, scratch_dir)
+    pool = WorkerPool(
+        settings,
+        config.workers or os.cpu_count() or 1,
+        max_queue=config.max_queue,
+        on_event=metrics.worker_event,
+    )
+    servicer = JacobianServicer(
+        store,
+        pool,
+        metrics,
+        FrontendSettings(
+            max_archive_bytes=config.max_archive_bytes,
+            allow_uploads=config.allow_uploads,
+            request_timeout_seconds=config.request_timeout,
+        ),
+    )
+    tokens = load_tokens(config.auth_token_file, environ)
     server = grpc.server(
         futures.ThreadPoolExecutor(
             max_workers=config.max_workers, thread_name_prefix="jacserve-rpc"
         ),
-        options=options,
+        interceptors=[TokenAuthInterceptor(tokens)] if tokens else [],
+        options=[
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
-    pb_grpc.add_JacobianServiceServicer_to_server(
-        JacobianServicer(
-            registry,
-            metrics,
-            max_tensor_elements=config.max_tensor_elements,
-            max_message_bytes=config.max_message_bytes,
-            max_memory_bytes=config.max_memory_bytes,
-            device=config.device,
-            memory_meter=config.memory_meter,
-        ),
-        server,
-    )
+    servicer.add_to_server(server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
@@ -142,31 +176,49 @@ def serve(config: ServerConfig) -> RunningServer:
         f"[{config.host}]:{config.port}" if ":" in config.host else f"{config.host}:{config.port}"
     )
     try:
-        port = server.add_insecure_port(address)
+        if config.tls_cert_file and config.tls_key_file:
+            credentials = server_credentials(
+                config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file
+            )
+            port = server.add_secure_port(address, credentials)
+        else:
+            port = server.add_insecure_port(address)
     except RuntimeError as exc:
         raise RuntimeError(f"cannot listen on {address}: {exc}") from exc
     metrics_http, metrics_port = None, None
     if config.metrics_port is not None:
         metrics_http, metrics_port = metrics.serve_http(config.host, config.metrics_port)
-    server.start()
+    server.start()  # health answers NOT_SERVING while the workers start
+    try:
+        pool.start()
+    except RuntimeError:
+        server.stop(0)
+        raise
+    failed = servicer.preload()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     _LOG.info(
-        "serving on %s (metrics port %s, models in %s)",
-        address.replace(str(config.port), str(port)),
-        metrics_port,
-        model_dir,
+        "serving",
+        extra={
+            "address": address.replace(str(config.port), str(port)),
+            "metrics_port": metrics_port,
+            "model_dir": model_dir,
+            "workers": pool.size,
+            "auth": "bearer token" if tokens else "none",
+            "tls": "mutual" if config.tls_client_ca_file else bool(config.tls_cert_file),
+            "preloaded_models_failed": len(failed),
+        },
     )
     return RunningServer(
         config,
         port,
         metrics_port,
-        registry,
-        compiler,
+        store,
+        pool,
         server,
         health_servicer,
         metrics_http,
-        temporary_dir,
+        tuple(temporary),
     )
 
 
@@ -189,10 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_cli()
     flags = vars(parser.parse_args(argv))
     config = config_from_flags(flags, os.environ, parser)
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging(config.log_level, config.log_format)
     running = serve(config)
     stopped = threading.Event()
 

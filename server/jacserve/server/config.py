@@ -27,8 +27,10 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     metrics_port: int | None = 9464  # None disables the Prometheus endpoint; 0 picks a free port
-    max_workers: int = 8
-    max_concurrent_rpcs: int = 64
+    max_workers: int = 32
+    max_concurrent_rpcs: int = 256
+    workers: int = 0  # 0: one worker process per CPU core
+    max_queue: int = 64
     max_message_bytes: int = 512 * MiB
     max_archive_bytes: int = 1024 * MiB
     max_loaded_bytes: int = 4096 * MiB
@@ -38,14 +40,27 @@ class ServerConfig:
     memory_meter: str = "rss"
     compile: str = "on"  # "on": build compiled Jacobian programs in the background
     compile_after: int = 2
-    torch_threads: int = 0  # 0: torch's default (one per core)
+    torch_threads: int = 0  # 0: cores / workers
     allocator: str = "keep"  # "keep": glibc keeps freed memory (see NOTE: [Keeping freed memory])
     model_dir: str | None = None  # None: a temporary folder removed at shutdown
+    request_timeout: float = 300.0
+    worker_memory_bytes: int = 0  # 0: physical memory / workers
+    worker_cpu_seconds: float = 600.0
+    worker_open_files: int = 256
+    sandbox: bool = True
+    op_allowlist: str | None = None
+    allow_ops: str = ""
+    allow_uploads: bool = True
+    auth_token_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None
     grace_seconds: float = 5.0
     log_level: str = "INFO"
+    log_format: str = "json"
 
     def __post_init__(self) -> None:
-        for name in ("max_workers", "max_concurrent_rpcs", "max_message_bytes"):
+        for name in ("max_workers", "max_concurrent_rpcs", "max_message_bytes", "max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
@@ -60,6 +75,19 @@ class ServerConfig:
             raise ValueError(f"torch_threads must be >= 0; got {self.torch_threads}")
         if self.allocator not in ("keep", "default"):
             raise ValueError(f"allocator must be 'keep' or 'default'; got {self.allocator!r}")
+        for name in ("workers", "worker_memory_bytes", "worker_cpu_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}")
+        if self.request_timeout <= 0:
+            raise ValueError(f"request_timeout must be > 0; got {self.request_timeout}")
+        if self.worker_open_files < 64:
+            raise ValueError(f"worker_open_files must be >= 64; got {self.worker_open_files}")
+        if self.log_format not in ("json", "text"):
+            raise ValueError(f"log_format must be 'json' or 'text'; got {self.log_format!r}")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file go together: give both or neither")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
         if self.max_memory_bytes < 0:
             raise ValueError(f"max_memory_bytes must be >= 0; got {self.max_memory_bytes}")
         if self.max_message_bytes >= 1 << 31:
@@ -72,8 +100,10 @@ _HELP = {
     "host": "interface to listen on (0.0.0.0 for all)",
     "port": "gRPC port (0 picks a free one)",
     "metrics_port": "Prometheus /metrics port; 'off' disables it, 0 picks a free one",
-    "max_workers": "threads serving RPCs",
+    "max_workers": "frontend threads serving RPCs",
     "max_concurrent_rpcs": "RPCs in flight before new ones get RESOURCE_EXHAUSTED",
+    "workers": "worker processes that run models (0: one per CPU core)",
+    "max_queue": "requests that may wait for a free worker before RESOURCE_EXHAUSTED",
     "max_message_bytes": "largest gRPC message sent or received",
     "max_archive_bytes": "largest model archive, compressed or uncompressed",
     "max_loaded_bytes": "memory budget of the loaded-model cache",
@@ -82,11 +112,24 @@ _HELP = {
     "device": "where models run: cpu, cuda or cuda:N",
     "compile": "on (build compiled Jacobian programs off the request path) or off",
     "compile_after": "eager Jacobians of one model and input signature before compiling it",
-    "torch_threads": "intra-op threads per computation (0: torch's default); 1 suits many small requests",
+    "torch_threads": "intra-op threads per worker (0: cores / workers, at least 1)",
     "allocator": "keep (reuse freed memory: fewer page faults) or default (glibc's own)",
     "memory_meter": "CPU peak-memory meter: rss (page high-water, nearly free) or tensors (exact, per-op cost)",
     "model_dir": "folder that keeps uploaded archives across restarts (default: temporary)",
     "grace_seconds": "seconds in-flight RPCs get to finish on SIGTERM",
+    "request_timeout": "longest a request may run when its caller sets no deadline (seconds)",
+    "worker_memory_bytes": "address-space limit per worker on CPU (0: physical memory / workers)",
+    "worker_cpu_seconds": "CPU seconds one request may use before its worker is stopped (0: no limit)",
+    "worker_open_files": "open files per worker",
+    "sandbox": "confine workers: no network, files read-only but a scratch folder (true/false)",
+    "op_allowlist": "file of allowed operators, one per line (default: the built-in list)",
+    "allow_ops": "operators to allow beyond the list, comma-separated (e.g. aten::item)",
+    "allow_uploads": "accept uploads and inline archives (false: serve only --model-dir)",
+    "auth_token_file": "file of accepted bearer tokens, one per line (or env JACSERVE_AUTH_TOKEN)",
+    "tls_cert_file": "PEM certificate chain of the server (enables TLS)",
+    "tls_key_file": "PEM private key of the server",
+    "tls_client_ca_file": "PEM CA bundle; clients must present a certificate it signed (mutual TLS)",
+    "log_format": "json (one object per line) or text",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }
 
@@ -95,9 +138,20 @@ def _metrics_port(text: str) -> int | None:
     return None if text.lower() in ("off", "none") else int(text)
 
 
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false; got {text!r}")
+
+
 def _converter(name: str, default: object) -> type | object:
     if name == "metrics_port":
         return _metrics_port
+    if isinstance(default, bool):
+        return _boolean
     return str if default is None else type(default)
 
 

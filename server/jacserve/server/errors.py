@@ -9,7 +9,10 @@ status code in a single place (:mod:`jacserve.server.service`)::
     ├── NotFound             → NOT_FOUND
     ├── ResourceExhausted    → RESOURCE_EXHAUSTED
     ├── FailedPrecondition   → FAILED_PRECONDITION
-    └── DeadlineExceeded     → DEADLINE_EXCEEDED
+    ├── DeadlineExceeded     → DEADLINE_EXCEEDED
+    ├── Unauthenticated      → UNAUTHENTICATED
+    ├── PermissionDenied     → PERMISSION_DENIED
+    └── WorkerFailed         → INTERNAL (a worker crashed; the message says how)
 
 >>> str(NotFound("model 'abc' is not registered"))
 "model 'abc' is not registered"
@@ -24,7 +27,10 @@ __all__ = [
     "JacserveError",
     "ModelExecutionError",
     "NotFound",
+    "PermissionDenied",
     "ResourceExhausted",
+    "Unauthenticated",
+    "WorkerFailed",
 ]
 
 
@@ -54,3 +60,15 @@ class FailedPrecondition(JacserveError):
 
 class DeadlineExceeded(JacserveError):
     """The caller's deadline passed (or it cancelled) before the work started."""
+
+
+class Unauthenticated(JacserveError):
+    """The call carries no valid credentials."""
+
+
+class PermissionDenied(JacserveError):
+    """The server does not allow this call (for example uploads are switched off)."""
+
+
+class WorkerFailed(JacserveError):
+    """The worker process running the request crashed; the server itself is unaffected."""

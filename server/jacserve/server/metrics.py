@@ -58,12 +58,38 @@ class ServiceMetrics:
             ("method", "mode"),
             registry=self.registry,
         )
-        self._models_cached = Gauge(
-            "jacserve_models_cached", "Models loaded in memory.", registry=self.registry
+        self._in_flight = Gauge(
+            "jacserve_requests_in_flight", "RPCs being handled now.", registry=self.registry
         )
-        self._cache_bytes = Gauge(
-            "jacserve_cache_bytes",
-            "Estimated bytes of the loaded-model cache.",
+        self._queue_wait = Histogram(
+            "jacserve_queue_wait_seconds",
+            "Time a request waited for a free worker process.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._restarts = Counter(
+            "jacserve_worker_restarts",
+            "Worker processes replaced, by reason (deadline, crash, protocol error).",
+            ("reason",),
+            registry=self.registry,
+        )
+        self._busy = Gauge(
+            "jacserve_workers_busy",
+            "Worker processes running a request now.",
+            registry=self.registry,
+        )
+        self._workers = Gauge(
+            "jacserve_workers", "Worker processes configured.", registry=self.registry
+        )
+        self._models = Gauge(
+            "jacserve_models_registered",
+            "Models described in the frontend's catalog.",
+            registry=self.registry,
+        )
+        self._catalog_lookups = Counter(
+            "jacserve_model_cache_lookups",
+            "Model lookups by result: hit (described already) or miss (loaded in a worker).",
+            ("result",),
             registry=self.registry,
         )
 
@@ -76,10 +102,27 @@ class ServiceMetrics:
         if passes:
             self._passes.labels(method, mode).inc(passes)
 
-    def track_cache(self, stats: Callable[[], tuple[int, int]]) -> None:
-        """Read the cache gauges from ``stats() -> (models, bytes)`` at each scrape."""
-        self._models_cached.set_function(lambda: stats()[0])
-        self._cache_bytes.set_function(lambda: stats()[1])
+    def in_flight(self, change: int) -> None:
+        """Count an RPC in (+1) or out (-1)."""
+        self._in_flight.inc(change)
+
+    def worker_event(self, kind: str, value: object) -> None:
+        """Record a worker-pool event: ``queue_wait`` seconds, ``restart`` reason, ``busy`` count."""
+        if kind == "queue_wait":
+            self._queue_wait.observe(float(value))  # type: ignore[arg-type]
+        elif kind == "restart":
+            self._restarts.labels(str(value)).inc()
+        elif kind == "busy":
+            self._busy.set(float(value))  # type: ignore[arg-type]
+
+    def model_lookup(self, hit: bool) -> None:
+        """Count a catalog lookup."""
+        self._catalog_lookups.labels("hit" if hit else "miss").inc()
+
+    def track_models(self, count: Callable[[], int], workers: int) -> None:
+        """Read the registered-model gauge from ``count()`` at each scrape."""
+        self._models.set_function(count)
+        self._workers.set(workers)
 
     def serve_http(self, host: str, port: int) -> tuple[object, int]:
         """Start the ``/metrics`` endpoint in a thread; returns (server, bound port)."""

@@ -84,7 +84,11 @@ class _ProcFiles:
 
     def __init__(self) -> None:
         self.status = os.open(_PROC_STATUS, os.O_RDONLY)
-        self.clear_refs = os.open(_PROC_CLEAR_REFS, os.O_WRONLY)
+        try:
+            self.clear_refs = os.open(_PROC_CLEAR_REFS, os.O_WRONLY)
+        except OSError:
+            os.close(self.status)
+            raise
 
 
 _proc_files: _ProcFiles | None = None

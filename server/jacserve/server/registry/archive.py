@@ -14,12 +14,14 @@ InvalidArgument: archive is not a zip file ...
 from __future__ import annotations
 
 import io
+import json
+import re
 import zipfile
 from enum import Enum
 
 from jacserve.server.errors import InvalidArgument, ResourceExhausted
 
-__all__ = ["MAX_ENTRIES", "ArchiveFormat", "detect_format"]
+__all__ = ["MAX_ENTRIES", "ArchiveFormat", "detect_format", "strip_sample_inputs"]
 
 MAX_ENTRIES = 100_000
 """Most zip entries an archive may hold."""
@@ -82,9 +84,11 @@ def detect_format(data: bytes, *, max_uncompressed_bytes: int) -> ArchiveFormat:
         present = set(names)
         marker = f"{root}/archive_format"
         if marker in present and archive.read(marker).strip() == b"pt2":
+            _check_export_archive(archive, root)
             return ArchiveFormat.TORCH_EXPORT
         if f"{root}/data.pkl" in present:
             if any(name.startswith(f"{root}/code/") for name in names):
+                _check_torchscript_archive(archive, root)
                 return ArchiveFormat.TORCHSCRIPT
             raise InvalidArgument(
                 "archive looks like a torch.save checkpoint (data.pkl without code/), which holds "
@@ -95,3 +99,85 @@ def detect_format(data: bytes, *, max_uncompressed_bytes: int) -> ArchiveFormat:
         "archive is a zip file but neither a TorchScript archive (data.pkl and code/) nor a "
         "torch.export archive (archive_format = pt2)"
     )
+
+
+_SETSTATE = re.compile(rb"\bdef\s+__setstate__\s*\(")
+_PICKLED_OBJECT_PREFIXES = ("custom_obj_", "opaque_obj_")
+
+
+def _check_torchscript_archive(archive: zipfile.ZipFile, root: str) -> None:
+    """Refuse TorchScript code that runs while loading: ``__setstate__`` is called by
+    ``torch.jit.load`` itself, before the server could look at the program's operators."""
+    for entry in archive.infolist():
+        name = entry.filename
+        is_code = name.startswith(f"{root}/code/") and name.endswith(".py")
+        if is_code and _SETSTATE.search(archive.read(entry)):
+            where = entry.filename.removeprefix(f"{root}/code/")
+            raise InvalidArgument(
+                f"archive defines __setstate__ (in code/{where}), which would run inside "
+                "torch.jit.load; the server refuses code that runs on loading. Remove the "
+                "custom __setstate__ (or __getstate__ pair) and save the model again"
+            )
+
+
+def _check_export_archive(archive: zipfile.ZipFile, root: str) -> None:
+    """Refuse the parts of a .pt2 archive that torch.export.load hands to pickle or to
+    native code: AOTInductor binaries and weights, constants or objects stored as pickles."""
+    for name in archive.namelist():
+        relative = name.removeprefix(f"{root}/")
+        if "aotinductor/" in relative:
+            raise InvalidArgument(
+                f"archive contains an AOTInductor package ({relative}), which torch would "
+                "load as native code; upload the torch.export program without "
+                "aoti_compile_and_package"
+            )
+        folder, _, filename = relative.rpartition("/")
+        if folder == "data/constants" and filename.startswith(_PICKLED_OBJECT_PREFIXES):
+            raise InvalidArgument(
+                f"archive stores a Python or script object as a pickle ({relative}); the "
+                "server unpickles nothing from an upload. Keep only tensors in the program's "
+                "constants"
+            )
+        if folder in ("data/weights", "data/constants") and filename.endswith("_config.json"):
+            _check_payload_config(archive.read(name), relative)
+
+
+def _check_payload_config(raw: bytes, where: str) -> None:
+    try:
+        config = json.loads(raw).get("config", {})
+        entries = [(str(k), dict(v)) for k, v in config.items()]
+    except (ValueError, AttributeError, TypeError):
+        raise InvalidArgument(
+            f"archive entry {where} is not the JSON torch.export writes"
+        ) from None
+    for fqn, entry in entries:
+        path = str(entry.get("path_name", ""))
+        if entry.get("use_pickle", False) or path.startswith(_PICKLED_OBJECT_PREFIXES):
+            raise InvalidArgument(
+                f"archive stores {fqn!r} as a pickle ({where}); the server unpickles nothing "
+                "from an upload. Save tensors as plain dense tensors (for example call "
+                ".contiguous() on subclassed or non-standard tensors before exporting)"
+            )
+
+
+def strip_sample_inputs(data: bytes) -> bytes:
+    """A copy of a .pt2 archive whose ``sample_inputs`` entries are emptied.
+
+    torch.export.load unpickles the sample inputs, retrying with ``weights_only=False``;
+    the server never needs them, and an empty entry is one torch skips unread.
+
+    >>> import io, torch
+    >>> buffer = io.BytesIO()
+    >>> torch.export.save(torch.export.export(torch.nn.Tanh(), (torch.ones(2),)), buffer)
+    >>> stripped = strip_sample_inputs(buffer.getvalue())
+    >>> archive = zipfile.ZipFile(io.BytesIO(stripped))
+    >>> [archive.read(n) for n in archive.namelist() if "sample_inputs" in n]
+    [b'']
+    """
+    source = zipfile.ZipFile(io.BytesIO(data))
+    out = io.BytesIO()
+    with source, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as target:
+        for entry in source.infolist():
+            empty = "/data/sample_inputs/" in entry.filename
+            target.writestr(entry, b"" if empty else source.read(entry))
+    return out.getvalue()

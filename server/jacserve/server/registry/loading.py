@@ -20,7 +20,8 @@ import torch
 from jacserve.server.engine import DerivativeCache
 from jacserve.server.engine.compiled import CompiledPrograms, ProgramCompiler
 from jacserve.server.errors import InvalidArgument
-from jacserve.server.registry.archive import ArchiveFormat
+from jacserve.server.registry.archive import ArchiveFormat, strip_sample_inputs
+from jacserve.server.registry.operators import OperatorAllowlist
 
 __all__ = [
     "DERIVATIVE_CACHE_BYTES",
@@ -80,8 +81,10 @@ class LoadedModel:
         methods: Sequence[MethodInfo],
         device: torch.device,
         cache_bytes: int = DERIVATIVE_CACHE_BYTES,
+        warnings: Sequence[str] = (),
     ):
         self.format = fmt
+        self.warnings = tuple(warnings)
         self.module = module
         self.methods = tuple(methods)
         self.device = device
@@ -198,24 +201,32 @@ def _export_methods(program: torch.export.ExportedProgram) -> list[MethodInfo]:
     return [MethodInfo("forward", tuple(inputs))]
 
 
-def load_model(data: bytes, fmt: ArchiveFormat, device: torch.device | str = "cpu") -> LoadedModel:
-    """Load an archive of a known format onto ``device``.
+def load_model(
+    data: bytes,
+    fmt: ArchiveFormat,
+    device: torch.device | str = "cpu",
+    allowlist: OperatorAllowlist | None = None,
+) -> LoadedModel:
+    """Load an archive of a known format onto ``device`` and check its operators.
 
-    TorchScript modules are put in eval mode; torch.export programs run as exported.
+    TorchScript modules are put in eval mode; torch.export programs run as exported, and
+    load without their pickled sample inputs. ``warnings`` of the result name the
+    operators after which derivatives are zero.
 
     Raises:
-        InvalidArgument: when torch cannot load the archive.
+        InvalidArgument: when torch cannot load the archive or it calls an operator
+            outside ``allowlist`` (default: the built-in list).
     """
     device = torch.device(device)
+    allowlist = allowlist or OperatorAllowlist.default()
     try:
         if fmt is ArchiveFormat.TORCHSCRIPT:
             module = torch.jit.load(io.BytesIO(data), map_location=device)
             module.eval()
-            return LoadedModel(fmt, module, _torchscript_methods(module), device)
-        program = torch.export.load(io.BytesIO(data))
-        return LoadedModel(fmt, program.module().to(device), _export_methods(program), device)
-    except InvalidArgument:
-        raise
+            methods = _torchscript_methods(module)
+        else:
+            program = torch.export.load(io.BytesIO(strip_sample_inputs(data)))
+            module, methods = program.module().to(device), _export_methods(program)
     except Exception as exc:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise InvalidArgument(
@@ -223,3 +234,5 @@ def load_model(data: bytes, fmt: ArchiveFormat, device: torch.device | str = "cp
             "Re-save it with the same torch version as the server "
             f"({torch.__version__})"
         ) from exc
+    warnings = allowlist.check(module)
+    return LoadedModel(fmt, module, methods, device, warnings=warnings)

@@ -26,6 +26,7 @@ from jacserve.server.engine.compiled import ProgramCompiler
 from jacserve.server.errors import InvalidArgument, NotFound, ResourceExhausted
 from jacserve.server.registry.archive import ArchiveFormat, detect_format
 from jacserve.server.registry.loading import LoadedModel, MethodInfo, ParameterInfo, load_model
+from jacserve.server.registry.operators import OperatorAllowlist
 
 __all__ = ["ModelInfo", "ModelRegistry", "model_id_of"]
 
@@ -58,8 +59,9 @@ def model_id_of(data: bytes) -> str:
 class ModelRegistry:
     """Content-addressed store of model archives with a byte-bounded cache of loaded models.
 
-    Archives live in ``directory`` as ``<model id>.archive`` (so a restarted server with
-    the same directory still has them); loaded models are kept in memory, least recently
+    Archives live in ``directory`` as ``<model id>.archive``; an archive found there is
+    loaded on first use (so a restarted server, or another worker process sharing the
+    directory, still has it); loaded models are kept in memory, least recently
     used first out, while their estimated size (archive + parameters + buffers) stays
     under ``max_loaded_bytes``. All methods are thread-safe.
 
@@ -71,6 +73,7 @@ class ModelRegistry:
         compiler: where compiled Jacobian programs are built; ``None`` keeps every
             request eager.
         compile_after: eager Jacobians of one signature before its program is built.
+        allowlist: the operators a model may call (default: the built-in list).
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class ModelRegistry:
         device: str = "cpu",
         compiler: ProgramCompiler | None = None,
         compile_after: int = 2,
+        allowlist: OperatorAllowlist | None = None,
     ) -> None:
         self._directory = pathlib.Path(directory)
         self._directory.mkdir(parents=True, exist_ok=True)
@@ -94,19 +98,12 @@ class ModelRegistry:
         self._infos: dict[str, ModelInfo] = {}
         self._loaded: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
         self._loaded_bytes = 0
-        self._restore()
+        self._allowlist = allowlist or OperatorAllowlist.default()
 
     @property
     def max_archive_bytes(self) -> int:
         """Largest archive the registry accepts."""
         return self._max_archive_bytes
-
-    def _restore(self) -> None:
-        for path in sorted(self._directory.glob(f"*{_SUFFIX}")):
-            try:
-                self.add(path.read_bytes())
-            except Exception:
-                _LOG.exception("skipping stored archive %s that no longer loads", path.name)
 
     def add(self, data: bytes, *, expected_id: str = "") -> tuple[ModelInfo, bool]:
         """Register an archive; returns its info and whether it was already registered.
@@ -131,7 +128,7 @@ class ModelRegistry:
             if model_id in self._infos:
                 return self._infos[model_id], True
         fmt = detect_format(data, max_uncompressed_bytes=self._max_archive_bytes)
-        model = load_model(data, fmt, self._device)
+        model = load_model(data, fmt, self._device, self._allowlist)
         size = len(data) + model.nbytes
         if size > self._max_loaded_bytes:
             raise ResourceExhausted(
@@ -163,12 +160,19 @@ class ModelRegistry:
             _LOG.info("evicted model %s on %s from the loaded-model cache", *evicted)
 
     def _known(self, model_id: str) -> ModelInfo:
+        """The info of a registered or stored model; caller holds the lock."""
         if not _MODEL_ID.fullmatch(model_id):
             raise InvalidArgument(
                 f"model_id must be the 64 lowercase hex characters returned by UploadModel; "
                 f"got {model_id!r}"
             )
         info = self._infos.get(model_id)
+        if info is None and (self._directory / f"{model_id}{_SUFFIX}").exists():
+            self._lock.release()  # loading takes long: not under the lock
+            try:
+                info = self.add((self._directory / f"{model_id}{_SUFFIX}").read_bytes())[0]
+            finally:
+                self._lock.acquire()
         if info is None:
             raise NotFound(
                 f"model {model_id} is not registered; upload it first (UploadModel / Client.upload)"
@@ -227,7 +231,7 @@ class ModelRegistry:
                 self._loaded.move_to_end(key)
                 return model
         data = (self._directory / f"{model_id}{_SUFFIX}").read_bytes()
-        model = load_model(data, info.format, key[1])
+        model = load_model(data, info.format, key[1], self._allowlist)
         with self._lock:
             if model_id in self._infos and key not in self._loaded:
                 self._cache(key, model)

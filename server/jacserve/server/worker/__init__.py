@@ -1,0 +1,1 @@
+"""Worker processes: where user code runs, sandboxed, fed by the gRPC frontend."""

@@ -1,0 +1,359 @@
+"""What a worker does with a request: decode → load the model → run the engine → encode.
+
+These are the derivative RPCs' bodies without gRPC: each takes the request message and
+an absolute deadline (``time.monotonic()`` seconds, shared by all processes of the
+machine) and returns the response message, raising :mod:`jacserve.server.errors` for the
+frontend to map to status codes. They run inside a worker process, never in the frontend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from jacserve.codec import decode_tensors, dtype_to_wire, encode_tensors
+from jacserve.server import engine
+from jacserve.server.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
+from jacserve.server.registry import LoadedModel, MethodInfo, ModelInfo, ModelRegistry
+from jacserve.v1 import jacobian_service_pb2 as pb
+
+__all__ = ["DERIVATIVE_REQUESTS", "DerivativeHandlers", "HandlerSettings", "model_info_to_wire"]
+
+DERIVATIVE_REQUESTS: dict[str, type] = {
+    "Jvp": pb.JvpRequest,
+    "Vjp": pb.VjpRequest,
+    "Jacobian": pb.JacobianRequest,
+    "ParameterGradients": pb.ParameterGradientsRequest,
+}
+"""The derivative RPCs a worker serves, by method name, with their request types."""
+
+_MODE_FROM_WIRE = {
+    pb.DERIVATIVE_MODE_UNSPECIFIED: "auto",
+    pb.DERIVATIVE_MODE_AUTO: "auto",
+    pb.DERIVATIVE_MODE_FORWARD: "forward",
+    pb.DERIVATIVE_MODE_REVERSE: "reverse",
+}
+_MODE_TO_WIRE = {"forward": pb.DERIVATIVE_MODE_FORWARD, "reverse": pb.DERIVATIVE_MODE_REVERSE}
+_FORMAT_TO_WIRE = {
+    "torchscript": pb.MODEL_FORMAT_TORCHSCRIPT,
+    "torch_export": pb.MODEL_FORMAT_TORCH_EXPORT,
+}
+
+
+@dataclass(frozen=True)
+class HandlerSettings:
+    """Server-wide defaults and caps of derivative requests."""
+
+    max_tensor_elements: int
+    max_message_bytes: int
+    max_memory_bytes: int = 0
+    device: str = "cpu"
+    memory_meter: str = "rss"
+
+
+def model_info_to_wire(info: ModelInfo) -> pb.ModelInfo:
+    """Convert registry metadata to its message."""
+    methods = [
+        pb.MethodInfo(
+            name=m.name,
+            inputs=[
+                pb.InputInfo(
+                    name=i.name,
+                    dtype=dtype_to_wire(i.dtype) if i.dtype is not None else pb.DTYPE_UNSPECIFIED,
+                    shape=list(i.shape or ()),
+                    has_shape=i.shape is not None,
+                )
+                for i in m.inputs
+            ],
+        )
+        for m in info.methods
+    ]
+    parameters = [
+        pb.ParameterInfo(name=p.name, shape=list(p.shape), dtype=dtype_to_wire(p.dtype))
+        for p in info.parameters
+    ]
+    return pb.ModelInfo(
+        model_id=info.model_id,
+        format=_FORMAT_TO_WIRE[info.format.value],
+        archive_size_bytes=info.archive_size_bytes,
+        methods=methods,
+        parameters=parameters,
+    )
+
+
+class _Phases:
+    """Wall time per phase of one request, in seconds."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.seconds: dict[str, float] = {"decode": 0.0, "load": 0.0, "encode": 0.0}
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - began
+
+
+def _check_deadline(deadline: float) -> None:
+    if time.monotonic() > deadline:
+        raise DeadlineExceeded(
+            "the call's deadline passed before the derivative was computed; nothing was "
+            "computed. Raise the timeout for this model and size"
+        )
+
+
+class DerivativeHandlers:
+    """The derivative RPCs over a registry of loaded models and the engine.
+
+    Args:
+        registry: loads models from the archive directory.
+        settings: caps and defaults.
+    """
+
+    def __init__(self, registry: ModelRegistry, settings: HandlerSettings) -> None:
+        self._registry = registry
+        self._settings = settings
+
+    def describe(self, model_id: str) -> pb.ModelInfo:
+        """Load a stored archive (checking its operators) and describe it."""
+        return model_info_to_wire(self._registry.info(model_id))
+
+    def handle(self, method: str, request: Any, deadline: float) -> Any:
+        """Run the derivative RPC ``method`` on ``request``; returns its response message."""
+        handler: Callable[[Any, float], Any] = getattr(self, f"_{method}")
+        return handler(request, deadline)
+
+    def _device(self, options: pb.ComputeOptions) -> str:
+        """The device a request runs on: its own choice, else the server's."""
+        name = options.device or self._settings.device
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise InvalidArgument(
+                f"options.device: expected 'cpu', 'cuda' or 'cuda:N'; got {name!r}"
+            ) from None
+        if device.type == "cuda" and (
+            not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
+        ):
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            raise InvalidArgument(
+                f"options.device: {name!r} is not available on this server, which has "
+                f"{count} CUDA device(s); use 'cpu'"
+                + (f" or one of cuda:0..cuda:{count - 1}" if count else "")
+            )
+        if device.type not in ("cpu", "cuda"):
+            raise InvalidArgument(f"options.device: only cpu and cuda are supported; got {name!r}")
+        return str(device)
+
+    def _prepare(
+        self,
+        phases: _Phases,
+        ref: pb.FunctionRef,
+        options: pb.ComputeOptions,
+        **fields: Sequence[pb.Tensor],
+    ) -> tuple[LoadedModel, Callable[..., Any], MethodInfo, dict[str, tuple[torch.Tensor, ...]]]:
+        """Decode the request's tensors and load its model, both on the request's device."""
+        device = self._device(options)
+        with phases.phase("decode"):
+            tensors = {
+                name: tuple(
+                    t.to(device)
+                    for t in decode_tensors(
+                        messages, name=name, max_elements=self._settings.max_tensor_elements
+                    )
+                )
+                for name, messages in fields.items()
+            }
+        with phases.phase("load"):
+            if ref.WhichOneof("source") != "model_id":
+                raise InvalidArgument(
+                    "function: expected model_id (from UploadModel) or an inline archive; got neither"
+                )
+            model = self._registry.get(ref.model_id, device)
+        fn, method = model.method(ref.method or "forward")
+        return model, fn, method, tensors
+
+    def _encode(self, phases: _Phases, *groups: Sequence[torch.Tensor]) -> list[list[pb.Tensor]]:
+        size = sum(t.numel() * t.element_size() for group in groups for t in group)
+        limit = self._settings.max_message_bytes
+        if size > limit:
+            raise ResourceExhausted(
+                f"the response would carry {size} bytes of tensors, above the message limit of "
+                f"{limit} (--max-message-bytes); differentiate fewer inputs "
+                "(wrt) or raise the limit on both server and client"
+            )
+        with phases.phase("encode"):
+            return [encode_tensors(group) for group in groups]  # the codec moves them to CPU
+
+    @staticmethod
+    def _wire_metrics(
+        result: engine.EngineResult, phases: _Phases, model: LoadedModel
+    ) -> pb.DerivativeMetrics:
+        m = result.metrics
+        return pb.DerivativeMetrics(
+            mode=_MODE_TO_WIRE[m.mode],
+            mode_reason=m.mode_reason,
+            input_size=m.input_size,
+            output_size=m.output_size,
+            passes=m.passes,
+            vectorized=m.vectorized,
+            fallback_reason=m.fallback_reason,
+            timing=pb.PhaseTimings(
+                decode_seconds=phases.seconds["decode"],
+                load_seconds=phases.seconds["load"],
+                forward_seconds=m.forward_seconds,
+                derivative_seconds=m.derivative_seconds,
+                encode_seconds=phases.seconds["encode"],
+                total_seconds=time.perf_counter() - phases.start,
+                plan_seconds=m.plan_seconds,
+            ),
+            peak_memory_bytes=m.peak_memory_bytes,
+            memory_method=m.memory_method,
+            nonfinite_count=m.nonfinite_count,
+            warnings=[*model.warnings, *m.warnings],
+            device=m.device,
+            chunks=m.chunks,
+            chunk_size=m.chunk_size,
+            batch_size=m.batch_size,
+            estimated_forward_seconds=m.estimated_forward_seconds,
+            estimated_reverse_seconds=m.estimated_reverse_seconds,
+            memory_budget_bytes=m.memory_budget_bytes,
+            estimated_peak_bytes=m.estimated_peak_bytes,
+            execution_path=m.execution_path,
+            compilation=m.compilation,
+        )
+
+    def _Jvp(self, request: pb.JvpRequest, deadline: float) -> pb.JvpResponse:
+        phases = _Phases()
+        model, fn, method, t = self._prepare(
+            phases, request.function, request.options,
+            primals=request.primals, tangents=request.tangents,
+        )  # fmt: skip
+        model.check_inputs(method, t["primals"])
+        _check_deadline(deadline)
+        result = engine.jvp(
+            fn,
+            t["primals"],
+            t["tangents"],
+            wrt=list(request.wrt),
+            batched=request.batched,
+            memory_meter=self._settings.memory_meter,
+            method=method.name,
+        )
+        outputs, values = self._encode(phases, result.outputs, result.values)
+        return pb.JvpResponse(
+            outputs=outputs,
+            tuple_output=result.tuple_output,
+            jvp=values,
+            metrics=self._wire_metrics(result, phases, model),
+        )
+
+    def _Vjp(self, request: pb.VjpRequest, deadline: float) -> pb.VjpResponse:
+        phases = _Phases()
+        model, fn, method, t = self._prepare(
+            phases, request.function, request.options,
+            primals=request.primals, cotangents=request.cotangents,
+        )  # fmt: skip
+        model.check_inputs(method, t["primals"])
+        _check_deadline(deadline)
+        result = engine.vjp(
+            fn,
+            t["primals"],
+            t["cotangents"],
+            wrt=list(request.wrt),
+            batched=request.batched,
+            memory_meter=self._settings.memory_meter,
+            method=method.name,
+        )
+        outputs, values = self._encode(phases, result.outputs, result.values)
+        return pb.VjpResponse(
+            outputs=outputs,
+            tuple_output=result.tuple_output,
+            vjp=values,
+            metrics=self._wire_metrics(result, phases, model),
+        )
+
+    def _Jacobian(self, request: pb.JacobianRequest, deadline: float) -> pb.JacobianResponse:
+        phases = _Phases()
+        model, fn, method, t = self._prepare(
+            phases, request.function, request.options, inputs=request.inputs
+        )
+        inputs = t["inputs"]
+        model.check_inputs(method, inputs, batched=request.batched)
+        mode = _MODE_FROM_WIRE.get(request.mode)
+        if mode is None:
+            raise InvalidArgument(f"mode: expected AUTO, FORWARD or REVERSE; got {request.mode}")
+        options = request.options
+        if options.max_memory_bytes < 0 or options.chunk_size < 0:
+            raise InvalidArgument(
+                "options: max_memory_bytes and chunk_size must be >= 0 (0 = server default); "
+                f"got {options.max_memory_bytes} and {options.chunk_size}"
+            )
+        budget = options.max_memory_bytes or self._settings.max_memory_bytes
+        _check_deadline(deadline)
+        result = engine.jacobian(
+            fn,
+            inputs,
+            wrt=list(request.wrt),
+            mode=mode,
+            batched=request.batched,
+            chunk_size=options.chunk_size or None,
+            max_memory_bytes=budget or None,
+            max_elements=self._settings.max_tensor_elements,
+            cache=model.derivative_cache,
+            compiled=model.compiled_programs,
+            memory_meter=self._settings.memory_meter,
+            method=method.name,
+        )
+        outputs, values = self._encode(phases, result.outputs, result.values)
+        return pb.JacobianResponse(
+            outputs=outputs,
+            tuple_output=result.tuple_output,
+            jacobian=values,
+            metrics=self._wire_metrics(result, phases, model),
+        )
+
+    def _ParameterGradients(
+        self, request: pb.ParameterGradientsRequest, deadline: float
+    ) -> pb.ParameterGradientsResponse:
+        phases = _Phases()
+        model, fn, method, t = self._prepare(
+            phases, request.function, request.options,
+            inputs=request.inputs, cotangents=request.cotangents,
+        )  # fmt: skip
+        model.check_inputs(method, t["inputs"])
+        parameters = model.parameters
+        if request.parameters:
+            unknown = [n for n in request.parameters if n not in parameters]
+            if unknown:
+                raise InvalidArgument(
+                    f"parameters: unknown name(s) {unknown}; the model's parameters are "
+                    f"{list(parameters)[:20]}"
+                )
+            parameters = {n: parameters[n] for n in request.parameters}
+        _check_deadline(deadline)
+        result = engine.parameter_gradients(
+            fn,
+            t["inputs"],
+            parameters,
+            cotangents=t["cotangents"] or None,
+            memory_meter=self._settings.memory_meter,
+            method=method.name,
+        )
+        outputs, values = self._encode(phases, result.outputs, result.values)
+        return pb.ParameterGradientsResponse(
+            outputs=outputs,
+            tuple_output=result.tuple_output,
+            gradients=[
+                pb.NamedTensor(name=n, tensor=t) for n, t in zip(result.names, values, strict=True)
+            ],
+            metrics=self._wire_metrics(result, phases, model),
+        )

@@ -1,0 +1,151 @@
+"""A worker process: the only place user code (archives) is loaded and run.
+
+Started by :class:`~jacserve.server.worker.pool.WorkerPool` as
+``python -m jacserve.server.worker.process FD SETTINGS_JSON``, where ``FD`` is its end of
+a ``SOCK_SEQPACKET`` socket pair. It imports torch, confines itself
+(:mod:`~jacserve.server.worker.sandbox`), says ``ready`` and then answers one request at a
+time until the socket closes. Replies are ``{"ok": true, ...}`` with the serialized
+response in shared memory, or ``{"ok": false, "error": CLASS, "message": TEXT}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import time
+from typing import Any
+
+import torch
+
+from jacserve.codec import TensorCodecError
+from jacserve.server import errors
+from jacserve.server.allocator import keep_freed_memory
+from jacserve.server.engine.compiled import ProgramCompiler
+from jacserve.server.logs import configure_logging
+from jacserve.server.registry import ModelRegistry, OperatorAllowlist
+from jacserve.server.worker.handlers import (
+    DERIVATIVE_REQUESTS,
+    DerivativeHandlers,
+    HandlerSettings,
+)
+from jacserve.server.worker.protocol import receive_message, send_message
+from jacserve.server.worker.sandbox import SandboxSettings, apply_sandbox, set_cpu_budget
+from jacserve.server.worker.settings import WorkerSettings
+from jacserve.v1 import jacobian_service_pb2 as pb
+
+__all__ = ["main", "run_worker"]
+
+_LOG = logging.getLogger("jacserve.worker")
+_ALLOCATION_FAILURES = ("can't allocate memory", "out of memory", "std::bad_alloc")
+
+
+def _build(settings: WorkerSettings) -> DerivativeHandlers:
+    extra = settings.allow_ops
+    allowlist = (
+        OperatorAllowlist.from_file(settings.op_allowlist, extra)
+        if settings.op_allowlist
+        else OperatorAllowlist.default(extra)
+    )
+    registry = ModelRegistry(
+        settings.model_dir,
+        max_archive_bytes=settings.max_archive_bytes,
+        max_loaded_bytes=settings.max_loaded_bytes,
+        device=settings.device,
+        compiler=ProgramCompiler() if settings.compile == "on" else None,
+        compile_after=settings.compile_after,
+        allowlist=allowlist,
+    )
+    return DerivativeHandlers(
+        registry,
+        HandlerSettings(
+            max_tensor_elements=settings.max_tensor_elements,
+            max_message_bytes=settings.max_message_bytes,
+            max_memory_bytes=settings.max_memory_bytes,
+            device=settings.device,
+            memory_meter=settings.memory_meter,
+        ),
+    )
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, errors.JacserveError):
+        return {"ok": False, "error": type(exc).__name__, "message": str(exc)}
+    if isinstance(exc, TensorCodecError):
+        return {"ok": False, "error": "InvalidArgument", "message": str(exc)}
+    text = str(exc)
+    if isinstance(exc, MemoryError) or any(s in text for s in _ALLOCATION_FAILURES):
+        return {
+            "ok": False,
+            "error": "ResourceExhausted",
+            "message": "the model ran out of memory in its worker (the per-worker memory "
+            "limit is --worker-memory-bytes); use smaller inputs or a memory budget "
+            f"(options.max_memory_bytes): {text.splitlines()[0][:200] if text else type(exc).__name__}",
+        }
+    _LOG.exception("request failed unexpectedly")
+    return {"ok": False, "error": "Internal", "message": f"{type(exc).__name__} in the worker"}
+
+
+def _answer(handlers: DerivativeHandlers, header: dict[str, Any], payload: bytes | None) -> Any:
+    op = header.get("op")
+    if op == "describe":
+        return handlers.describe(str(header["model_id"]))
+    request_type = DERIVATIVE_REQUESTS.get(str(op))
+    if request_type is None or payload is None:
+        raise errors.InvalidArgument(f"unknown worker operation {op!r}")
+    return handlers.handle(str(op), request_type.FromString(payload), float(header["deadline"]))
+
+
+def run_worker(sock: socket.socket, settings: WorkerSettings) -> None:
+    """Serve requests from ``sock`` until it closes."""
+    handlers = _build(settings)
+    send_message(sock, {"ready": True, "pid": os.getpid()})
+    while True:
+        try:
+            header, payload = receive_message(sock, max_payload_bytes=settings.max_message_bytes)
+        except EOFError:
+            return
+        set_cpu_budget(settings.cpu_seconds)
+        try:
+            response = _answer(handlers, header, payload)
+            metrics = getattr(response, "metrics", None)
+            reply: dict[str, Any] = {"ok": True}
+            if metrics is not None:
+                reply["mode"] = (
+                    "forward" if metrics.mode == pb.DERIVATIVE_MODE_FORWARD else "reverse"
+                )
+                reply["passes"] = metrics.passes
+            body = response.SerializeToString()
+        except Exception as exc:
+            reply, body = _error(exc), None
+        send_message(sock, reply, body)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: ``python -m jacserve.server.worker.process FD SETTINGS_JSON``."""
+    fd_text, settings_json = (argv or sys.argv[1:])[:2]
+    settings = WorkerSettings.from_json(settings_json)
+    configure_logging(settings.log_level, settings.log_format)
+    sock = socket.socket(fileno=int(fd_text))
+    if settings.allocator == "keep":
+        keep_freed_memory()
+    torch.set_num_threads(max(1, settings.torch_threads))
+    os.makedirs(settings.scratch_dir, exist_ok=True)
+    if settings.sandbox:
+        applied = apply_sandbox(
+            SandboxSettings(
+                memory_bytes=settings.memory_limit_bytes if settings.device == "cpu" else 0,
+                open_files=settings.open_files,
+                scratch_dir=settings.scratch_dir,
+                read_dirs=(settings.model_dir,),
+            )
+        )
+        _LOG.info("sandbox: %s", "; ".join(f"{k}: {v}" for k, v in applied.items()))
+    started = time.perf_counter()
+    run_worker(sock, settings)
+    _LOG.debug("worker exits after %.1fs", time.perf_counter() - started)
+
+
+if __name__ == "__main__":
+    main()
