@@ -164,3 +164,17 @@ def central_differences(
                 derivative = ((hi - lo) / (2 * eps)).to(torch.float64)
                 blocks[i][col].reshape(*base[i].shape, -1)[..., k] = derivative
     return blocks
+
+
+class Slow(nn.Module):
+    """f(x) = 2x, after ``iterations`` interpreter loop steps (about 1 µs each)."""
+
+    def __init__(self, iterations: int) -> None:
+        super().__init__()
+        self.iterations = iterations
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = x
+        for _ in range(self.iterations):
+            y = y * 1.0
+        return 2 * y

@@ -64,6 +64,12 @@ class Client:
         max_message_bytes: largest message sent or received; match the server's
             ``--max-message-bytes``.
         metadata: extra gRPC metadata sent with every call.
+        token: bearer token for a server started with ``--auth-token-file`` or
+            ``JACSERVE_AUTH_TOKEN`` (sent as ``authorization: Bearer <token>``).
+        tls: connect with TLS using the system's root certificates.
+        root_certificates: PEM CA bundle that signed the server's certificate (implies TLS).
+        private_key: PEM key of this client, for a server that requires mutual TLS.
+        certificate_chain: PEM certificate of this client, for mutual TLS.
 
     Every method raises a :class:`~jacserve.client.errors.JacserveError` subclass on
     failure. Use as a context manager, or call :meth:`close`.
@@ -81,18 +87,28 @@ class Client:
         timeout: float | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         metadata: Sequence[tuple[str, str]] = (),
+        token: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
-        self._metadata = tuple(metadata)
+        authorization = (("authorization", f"Bearer {token}"),) if token else ()
+        self._metadata = (*authorization, *tuple(metadata))
         self._chunk_bytes = max(1, min(UPLOAD_CHUNK_BYTES, max_message_bytes - 1024))
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.max_receive_message_length", max_message_bytes),
-            ],
-        )
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+        if tls or root_certificates or certificate_chain:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates, private_key, certificate_chain
+            )
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
         self._stub = pb_grpc.JacobianServiceStub(self._channel)
         self._known_ids: set[str] = set()
         self._lock = threading.Lock()

@@ -26,7 +26,12 @@ from typing import Any
 
 import torch
 
-from jacserve.server.errors import InvalidArgument, JacserveError, ModelExecutionError
+from jacserve.server.errors import (
+    InvalidArgument,
+    JacserveError,
+    ModelExecutionError,
+    ResourceExhausted,
+)
 
 __all__ = [
     "DERIVATIVE_HINT",
@@ -68,6 +73,9 @@ def _summarize(exc: BaseException) -> str:
     return text.removeprefix(f"{type(exc).__name__}: ").rstrip(".")[:_MAX_ERROR_CHARS]
 
 
+_ALLOCATION_FAILURES = ("can't allocate memory", "out of memory", "std::bad_alloc")
+
+
 @contextlib.contextmanager
 def user_code(what: str, hint: str = _CALL_HINT) -> Iterator[None]:
     """Turn any non-jacserve exception raised in the block into a :class:`ModelExecutionError`.
@@ -86,6 +94,12 @@ def user_code(what: str, hint: str = _CALL_HINT) -> Iterator[None]:
     except JacserveError:
         raise
     except Exception as exc:
+        if isinstance(exc, MemoryError) or any(s in str(exc) for s in _ALLOCATION_FAILURES):
+            raise ResourceExhausted(
+                f"{what} ran out of memory ({_summarize(exc)}); the worker's memory is capped "
+                "(--worker-memory-bytes). Use smaller inputs or a memory budget "
+                "(options.max_memory_bytes)"
+            ) from exc
         raise ModelExecutionError(
             f"{what} raised {type(exc).__name__}: {_summarize(exc)}. {hint}"
         ) from exc

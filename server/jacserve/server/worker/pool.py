@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from jacserve.server import errors
-from jacserve.server.worker.protocol import ProtocolError, receive_message, send_message
+from jacserve.server.worker.protocol import Channel, ProtocolError
 from jacserve.server.worker.settings import WorkerSettings
 
 __all__ = ["WorkerPool"]
@@ -51,7 +51,7 @@ _ERRORS: dict[str, type[errors.JacserveError]] = {
 class _Worker:
     index: int
     process: subprocess.Popen[bytes]
-    sock: socket.socket
+    channel: Channel
     models: list[str] = field(default_factory=list)  # most recent last: routing affinity
 
     def served(self, model_id: str) -> None:
@@ -123,6 +123,7 @@ class WorkerPool:
     def _start_worker(self, index: int) -> bool:
         scratch = os.path.join(self._settings.scratch_dir, f"worker-{index}")
         shutil.rmtree(scratch, ignore_errors=True)
+        os.makedirs(scratch)
         settings = replace(self._settings, scratch_dir=scratch)
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {k: v for k, v in os.environ.items() if k not in _SECRET_VARIABLES}
@@ -131,29 +132,32 @@ class WorkerPool:
             TORCHINDUCTOR_CACHE_DIR=os.path.join(scratch, "inductor"),
             OMP_NUM_THREADS=str(max(1, settings.torch_threads)),
         )
-        command = [sys.executable, "-m", "jacserve.server.worker.process"]
+        safe_path = ["-P"] if sys.version_info >= (3, 11) else []  # no cwd on sys.path
+        command = [sys.executable, *safe_path, "-m", "jacserve.server.worker.process"]
         try:
             process = subprocess.Popen(
                 [*command, str(child.fileno()), settings.to_json()],
                 pass_fds=(child.fileno(),),
                 env=env,
+                cwd=scratch,
                 stdin=subprocess.DEVNULL,
             )
         finally:
             child.close()
         parent.settimeout(120)
+        channel = Channel(parent)
         try:
-            header, _ = receive_message(parent, max_payload_bytes=0)
+            header, _ = channel.receive(max_payload_bytes=0)
             if not header.get("ready"):
                 raise ProtocolError(f"unexpected first message {header}")
         except (OSError, EOFError, ProtocolError) as exc:
             _LOG.error("worker %d did not start: %s (exit code %s)", index, exc, process.poll())
             process.kill()
             process.wait()
-            parent.close()
+            channel.close()
             return False
         parent.settimeout(None)
-        worker = _Worker(index, process, parent)
+        worker = _Worker(index, process, channel)
         with self._lock:
             if self._closed.is_set():
                 self._stop_worker(worker)
@@ -186,7 +190,7 @@ class WorkerPool:
     def _stop_worker(worker: _Worker, *, kill: bool = False) -> None:
         if kill and worker.process.poll() is None:
             worker.process.kill()
-        worker.sock.close()
+        worker.channel.close()
         try:
             worker.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -303,7 +307,7 @@ class WorkerPool:
         """Send, wait, receive; on any failure the worker is replaced and this raises."""
         began = time.monotonic()
         try:
-            send_message(worker.sock, header, payload)
+            worker.channel.send(header, payload)
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or cancelled():
@@ -313,10 +317,10 @@ class WorkerPool:
                         "worker was stopped and replaced. Raise the timeout or use a smaller "
                         "problem (if the model loops forever, fix the model)"
                     )
-                ready, _, _ = select.select([worker.sock], [], [], min(remaining, _POLL_SECONDS))
+                ready, _, _ = select.select([worker.channel], [], [], min(remaining, _POLL_SECONDS))
                 if ready:
-                    return receive_message(
-                        worker.sock, max_payload_bytes=self._settings.max_message_bytes + (1 << 20)
+                    return worker.channel.receive(
+                        max_payload_bytes=self._settings.max_message_bytes + (1 << 20)
                     )
         except (OSError, EOFError, ProtocolError) as exc:
             raise self._died(worker, exc, loading) from None
@@ -327,7 +331,7 @@ class WorkerPool:
         except subprocess.TimeoutExpired:
             code = None  # alive but speaking nonsense: a protocol error
         self._replace(worker, "crash" if code is not None else "protocol error")
-        how = _describe_exit(code) if code is not None else f"broke the protocol ({exc})"
+        how = _describe_exit(code) if code is not None else f"protocol error: {exc}"
         if code == -signal.SIGXCPU:
             return errors.ResourceExhausted(
                 f"the request used more than {self._settings.cpu_seconds:g} CPU seconds, the "
@@ -345,7 +349,8 @@ class WorkerPool:
                 "hostile and was not registered"
             )
         return errors.WorkerFailed(
-            f"the worker running this request {how}; the model is faulty on these inputs. "
+            f"the worker running this request crashed ({how}); the model is faulty on these "
+            "inputs. "
             "A new worker was started and other requests are unaffected"
         )
 
@@ -361,9 +366,10 @@ class WorkerPool:
 
 
 def _describe_exit(code: int) -> str:
+    """``SIGSEGV`` for a signal, ``exit code 1`` otherwise."""
     if code < 0:
         try:
-            return f"crashed with {signal.Signals(-code).name}"
+            return signal.Signals(-code).name
         except ValueError:
-            return f"was stopped by signal {-code}"
-    return f"exited with code {code}"
+            return f"signal {-code}"
+    return f"exit code {code}"

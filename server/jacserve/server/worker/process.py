@@ -30,7 +30,7 @@ from jacserve.server.worker.handlers import (
     DerivativeHandlers,
     HandlerSettings,
 )
-from jacserve.server.worker.protocol import receive_message, send_message
+from jacserve.server.worker.protocol import Channel
 from jacserve.server.worker.sandbox import SandboxSettings, apply_sandbox, set_cpu_budget
 from jacserve.server.worker.settings import WorkerSettings
 from jacserve.v1 import jacobian_service_pb2 as pb
@@ -97,13 +97,13 @@ def _answer(handlers: DerivativeHandlers, header: dict[str, Any], payload: bytes
     return handlers.handle(str(op), request_type.FromString(payload), float(header["deadline"]))
 
 
-def run_worker(sock: socket.socket, settings: WorkerSettings) -> None:
-    """Serve requests from ``sock`` until it closes."""
+def run_worker(channel: Channel, settings: WorkerSettings) -> None:
+    """Serve requests from ``channel`` until it closes."""
     handlers = _build(settings)
-    send_message(sock, {"ready": True, "pid": os.getpid()})
+    channel.send({"ready": True, "pid": os.getpid()})
     while True:
         try:
-            header, payload = receive_message(sock, max_payload_bytes=settings.max_message_bytes)
+            header, payload = channel.receive(max_payload_bytes=settings.max_message_bytes)
         except EOFError:
             return
         set_cpu_budget(settings.cpu_seconds)
@@ -119,7 +119,7 @@ def run_worker(sock: socket.socket, settings: WorkerSettings) -> None:
             body = response.SerializeToString()
         except Exception as exc:
             reply, body = _error(exc), None
-        send_message(sock, reply, body)
+        channel.send(reply, body)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     fd_text, settings_json = (argv or sys.argv[1:])[:2]
     settings = WorkerSettings.from_json(settings_json)
     configure_logging(settings.log_level, settings.log_format)
-    sock = socket.socket(fileno=int(fd_text))
+    channel = Channel(socket.socket(fileno=int(fd_text)))
     if settings.allocator == "keep":
         keep_freed_memory()
     torch.set_num_threads(max(1, settings.torch_threads))
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         _LOG.info("sandbox: %s", "; ".join(f"{k}: {v}" for k, v in applied.items()))
     started = time.perf_counter()
-    run_worker(sock, settings)
+    run_worker(channel, settings)
     _LOG.debug("worker exits after %.1fs", time.perf_counter() - started)
 
 

@@ -93,7 +93,8 @@ def apply_sandbox(settings: SandboxSettings) -> dict[str, str]:
     if settings.restrict_network:
         applied["network"] = _deny_network(libc)
     if settings.restrict_files:
-        read = [*_SYSTEM_READ_PATHS, sys.prefix, sys.base_prefix, *sys.path, *settings.read_dirs]
+        imports = [p for p in sys.path if p and os.path.realpath(p) != os.getcwd()]
+        read = [*_SYSTEM_READ_PATHS, sys.prefix, sys.base_prefix, *imports, *settings.read_dirs]
         applied["files"] = _restrict_files(libc, read, settings.scratch_dir)
     return applied
 

@@ -1,0 +1,143 @@
+"""Worker processes: crashes, kills, CPU limits and the sandbox, each costing only the
+request that caused it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from jacserve.client import Client, ResourceExhausted
+from jacserve.server.app import RunningServer, serve
+from jacserve.server.config import ServerConfig
+from tests import hostile
+
+X = torch.randn(3)
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    running = serve(
+        ServerConfig(
+            port=0,
+            metrics_port=0,
+            workers=2,
+            compile="off",
+            worker_cpu_seconds=1.0,
+            model_dir=str(tmp_path_factory.mktemp("limited-models")),
+        )
+    )
+    yield running
+    running.stop(grace=0)
+
+
+def _wait_for_workers(server: RunningServer, count: int) -> None:
+    deadline = time.monotonic() + 60
+    while len(server.pool.pids()) < count:
+        assert time.monotonic() < deadline, "workers were not replaced"
+        time.sleep(0.05)
+
+
+def test_a_worker_killed_mid_request_costs_only_that_request(limited):
+    with Client(limited.target, timeout=60) as client:
+        looping = client.upload(hostile.infinite_loop())
+        good = client.upload(hostile.good_script())
+        client.jacobian(good, X)
+        errors: list[Exception] = []
+
+        def doomed() -> None:
+            try:
+                client.jvp(looping, X, X, timeout=30)
+            except Exception as exc:
+                errors.append(exc)
+
+        before = set(limited.pool.pids())
+        thread = threading.Thread(target=doomed)
+        thread.start()
+        time.sleep(0.5)
+        victim = next(pid for pid in limited.pool.pids() if _busy(pid))
+        os.kill(victim, signal.SIGKILL)
+        thread.join(timeout=30)
+        assert len(errors) == 1 and isinstance(errors[0], ResourceExhausted)
+        assert "SIGKILL" in str(errors[0])
+        assert client.jacobian(good, X).jacobian.shape == (2, 3)  # the other worker serves
+        _wait_for_workers(limited, 2)
+        assert victim not in limited.pool.pids() and set(limited.pool.pids()) != before
+
+
+def _busy(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(") ", 1)[1].split()[0] == "R"
+
+
+def test_cpu_time_limit_stops_a_runaway_request(limited):
+    with Client(limited.target, timeout=60) as client:
+        began = time.monotonic()
+        with pytest.raises(ResourceExhausted, match="CPU seconds"):
+            client.jvp(hostile.infinite_loop(), X, X, timeout=30)
+        assert time.monotonic() - began < 10
+        assert client.jacobian(hostile.good_script(), X).jacobian.shape == (2, 3)
+        _wait_for_workers(limited, 2)
+
+
+SANDBOX_PROBE = textwrap.dedent(
+    """
+    import json, os, socket, sys, tempfile
+    import torch
+    from jacserve.server.worker.sandbox import SandboxSettings, apply_sandbox
+    scratch, secret = sys.argv[1], sys.argv[2]
+    applied = apply_sandbox(SandboxSettings(memory_bytes=8 << 30, open_files=128, scratch_dir=scratch))
+    found = {"applied": applied}
+    for name, action in {
+        "read_secret": lambda: open(secret).read(),
+        "read_etc": lambda: open("/etc/passwd").read(),
+        "write_tmp": lambda: open(os.path.join(os.path.dirname(secret), "new"), "w").write("x"),
+        "write_scratch": lambda: open(os.path.join(scratch, "ok"), "w").write("x"),
+        "inet_socket": lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM),
+        "unix_socket": lambda: socket.socketpair(),
+        "torch_math": lambda: torch.ones(3).sum(),
+    }.items():
+        try:
+            action()
+            found[name] = "allowed"
+        except OSError as exc:
+            found[name] = f"denied: {exc.errno}"
+    print(json.dumps(found))
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="Linux sandbox layers")
+def test_sandbox_denies_files_and_network_but_allows_scratch_and_math(tmp_path):
+    import json
+
+    secret = tmp_path / "secret" / "token"
+    secret.parent.mkdir()
+    secret.write_text("s3cret")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    out = subprocess.run(
+        [sys.executable, "-c", SANDBOX_PROBE, str(scratch), str(secret)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (
+        found["inet_socket"].startswith("denied") or "not restricted" in found["applied"]["network"]
+    )
+    assert found["unix_socket"] == "allowed" and found["torch_math"] == "allowed"
+    assert found["write_scratch"] == "allowed"
+    if "Landlock" in found["applied"]["files"]:
+        assert found["read_secret"].startswith("denied")
+        assert found["read_etc"].startswith("denied")
+        assert found["write_tmp"].startswith("denied")
