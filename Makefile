@@ -33,6 +33,7 @@ proto-check:
 bench:
 	$(PYTHON) -m pip install -e '.[bench]'
 	$(PYTHON) bench/suite.py
+	$(PYTHON) bench/service.py
 
 ci:
 	CI=true bash .ci/run

@@ -3,6 +3,8 @@ request that caused it."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import signal
 import subprocess
@@ -15,10 +17,12 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from jacserve.client import Client, ResourceExhausted
+from jacserve.client import Client, NotFound, ResourceExhausted
 from jacserve.server.app import RunningServer, serve
 from jacserve.server.config import ServerConfig
+from jacserve.server.logs import JsonFormatter
 from tests import hostile
+from tests.models import Slow, archive_of
 
 X = torch.randn(3)
 
@@ -71,6 +75,10 @@ def test_a_worker_killed_mid_request_costs_only_that_request(limited):
         assert client.jacobian(good, X).jacobian.shape == (2, 3)  # the other worker serves
         _wait_for_workers(limited, 2)
         assert victim not in limited.pool.pids() and set(limited.pool.pids()) != before
+        scrape = __import__("urllib.request").request.urlopen(
+            f"http://127.0.0.1:{limited.metrics_port}/metrics", timeout=10
+        )
+        assert 'jacserve_worker_restarts_total{reason="crash"} 1.0' in scrape.read().decode()
 
 
 def _busy(pid: int) -> bool:
@@ -141,3 +149,45 @@ def test_sandbox_denies_files_and_network_but_allows_scratch_and_math(tmp_path):
         assert found["read_secret"].startswith("denied")
         assert found["read_etc"].startswith("denied")
         assert found["write_tmp"].startswith("denied")
+
+
+def test_a_full_queue_is_resource_exhausted_and_drains(tmp_path):
+    running = serve(
+        ServerConfig(port=0, metrics_port=None, workers=1, max_queue=1, compile="off",
+                     model_dir=str(tmp_path))
+    )  # fmt: skip
+    try:
+        with Client(running.target, timeout=60) as client:
+            slow = client.upload(archive_of(Slow(300_000), (X,), "torchscript"))
+            outcomes: list[object] = []
+
+            def call() -> None:
+                try:
+                    outcomes.append(client.jvp(slow, X, X).jvp)
+                except Exception as exc:
+                    outcomes.append(exc)
+
+            threads = [threading.Thread(target=call) for _ in range(3)]
+            for t in threads:  # one runs, one waits, one finds the queue full
+                t.start()
+                time.sleep(0.15)
+            for t in threads:
+                t.join(timeout=60)
+            refused = [o for o in outcomes if isinstance(o, Exception)]
+            assert len(refused) == 1 and isinstance(refused[0], ResourceExhausted)
+            assert "already queued" in str(refused[0])
+            assert client.jvp(slow, X, X).jvp.shape == (3,)
+    finally:
+        running.stop(grace=0)
+
+
+def test_logs_are_json_with_the_request_id_the_client_sees(limited, caplog):
+    caplog.set_level(logging.INFO, logger="jacserve.server.rpc")
+    with Client(limited.target, timeout=60) as client, pytest.raises(NotFound) as info:
+        client.jacobian("b" * 64, X)
+    request_id = info.value.request_id
+    assert request_id
+    records = [r for r in caplog.records if getattr(r, "request_id", None) == request_id]
+    assert records and records[0].code == "NOT_FOUND" and records[0].rpc == "Jacobian"
+    line = json.loads(JsonFormatter().format(records[0]))
+    assert line["request_id"] == request_id and line["message"] == "rpc finished"
