@@ -6,6 +6,7 @@ same server as the tests.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Iterator
 
@@ -18,6 +19,18 @@ from jacserve.server.config import ServerConfig
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", message=".*TorchScript.*")
+
+
+@contextlib.contextmanager
+def running_server(model_dir: str | None = None, **settings: object) -> Iterator[RunningServer]:
+    """A server on free ports for one test module or test (no metrics unless asked)."""
+    settings.setdefault("metrics_port", None)
+    settings.setdefault("compile", "off")
+    running = serve(ServerConfig(port=0, model_dir=model_dir, **settings))  # type: ignore[arg-type]
+    try:
+        yield running
+    finally:
+        running.stop(grace=0)
 
 
 @pytest.fixture(scope="session")

@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 
+from conftest import running_server
 from jacserve.client import Client, InvalidArgument, NotFound, ResourceExhausted
 from jacserve.client.errors import DeadlineExceeded, JacserveError
-from jacserve.server.app import RunningServer, serve
-from jacserve.server.config import ServerConfig
+from jacserve.server.app import RunningServer
 from tests import hostile
 
 X = torch.randn(3)
@@ -25,19 +25,11 @@ X = torch.randn(3)
 
 @pytest.fixture(scope="module")
 def attacked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = serve(
-        ServerConfig(
-            port=0,
-            metrics_port=None,
-            workers=2,
-            compile="off",
-            max_archive_bytes=64 << 20,
-            max_message_bytes=8 << 20,
-            model_dir=str(tmp_path_factory.mktemp("attacked-models")),
-        )
-    )
-    yield running
-    running.stop(grace=0)
+    folder = str(tmp_path_factory.mktemp("attacked-models"))
+    with running_server(
+        folder, workers=2, max_archive_bytes=64 << 20, max_message_bytes=8 << 20
+    ) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch.func import jacrev, vjp
 
+from conftest import running_server
 from jacserve.client import Client
-from jacserve.server.app import RunningServer, serve
-from jacserve.server.config import ServerConfig
+from jacserve.server.app import RunningServer
 from tests.models import MLP, archive_of
 
 CLIENTS, REQUESTS = 16, 200
@@ -28,18 +28,9 @@ def _rss_bytes(pid: int) -> int:
 
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = serve(
-        ServerConfig(
-            port=0,
-            metrics_port=None,
-            workers=2,
-            compile="off",
-            log_level="WARNING",
-            model_dir=str(tmp_path_factory.mktemp("load-models")),
-        )
-    )
-    yield running
-    running.stop(grace=0)
+    folder = str(tmp_path_factory.mktemp("load-models"))
+    with running_server(folder, workers=2, log_level="WARNING") as running:
+        yield running
 
 
 def _one_client(target: str, ids: dict[str, str], models: dict[str, MLP], seed: int,

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from conftest import running_server
 from jacserve.client import Client, NotFound, ResourceExhausted
-from jacserve.server.app import RunningServer, serve
-from jacserve.server.config import ServerConfig
+from jacserve.server.app import RunningServer
 from jacserve.server.logs import JsonFormatter
 from tests import hostile
 from tests.models import Slow, archive_of
@@ -29,18 +29,9 @@ X = torch.randn(3)
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = serve(
-        ServerConfig(
-            port=0,
-            metrics_port=0,
-            workers=2,
-            compile="off",
-            worker_cpu_seconds=1.0,
-            model_dir=str(tmp_path_factory.mktemp("limited-models")),
-        )
-    )
-    yield running
-    running.stop(grace=0)
+    folder = str(tmp_path_factory.mktemp("limited-models"))
+    with running_server(folder, metrics_port=0, workers=2, worker_cpu_seconds=1.0) as running:
+        yield running
 
 
 def _wait_for_workers(server: RunningServer, count: int) -> None:
@@ -89,8 +80,9 @@ def _busy(pid: int) -> bool:
 def test_cpu_time_limit_stops_a_runaway_request(limited):
     with Client(limited.target, timeout=60) as client:
         began = time.monotonic()
-        with pytest.raises(ResourceExhausted, match="CPU seconds"):
+        with pytest.raises(ResourceExhausted) as info:
             client.jvp(hostile.infinite_loop(), X, X, timeout=30)
+        assert "CPU seconds" in str(info.value), str(info.value)
         assert time.monotonic() - began < 10
         assert client.jacobian(hostile.good_script(), X).jacobian.shape == (2, 3)
         _wait_for_workers(limited, 2)
@@ -152,33 +144,29 @@ def test_sandbox_denies_files_and_network_but_allows_scratch_and_math(tmp_path):
 
 
 def test_a_full_queue_is_resource_exhausted_and_drains(tmp_path):
-    running = serve(
-        ServerConfig(port=0, metrics_port=None, workers=1, max_queue=1, compile="off",
-                     model_dir=str(tmp_path))
-    )  # fmt: skip
-    try:
-        with Client(running.target, timeout=60) as client:
-            slow = client.upload(archive_of(Slow(300_000), (X,), "torchscript"))
-            outcomes: list[object] = []
+    with (
+        running_server(str(tmp_path), workers=1, max_queue=1) as running,
+        Client(running.target, timeout=60) as client,
+    ):
+        slow = client.upload(archive_of(Slow(1_000_000), (X,), "torchscript"))
+        outcomes: list[object] = []
 
-            def call() -> None:
-                try:
-                    outcomes.append(client.jvp(slow, X, X).jvp)
-                except Exception as exc:
-                    outcomes.append(exc)
+        def call() -> None:
+            try:
+                outcomes.append(client.jvp(slow, X, X).jvp)
+            except Exception as exc:
+                outcomes.append(exc)
 
-            threads = [threading.Thread(target=call) for _ in range(3)]
-            for t in threads:  # one runs, one waits, one finds the queue full
-                t.start()
-                time.sleep(0.15)
-            for t in threads:
-                t.join(timeout=60)
-            refused = [o for o in outcomes if isinstance(o, Exception)]
-            assert len(refused) == 1 and isinstance(refused[0], ResourceExhausted)
-            assert "already queued" in str(refused[0])
-            assert client.jvp(slow, X, X).jvp.shape == (3,)
-    finally:
-        running.stop(grace=0)
+        threads = [threading.Thread(target=call) for _ in range(3)]
+        for t in threads:  # one runs, one waits, one finds the queue full
+            t.start()
+            time.sleep(0.15)
+        for t in threads:
+            t.join(timeout=60)
+        refused = [o for o in outcomes if isinstance(o, Exception)]
+        assert len(refused) == 1 and isinstance(refused[0], ResourceExhausted)
+        assert "already queued" in str(refused[0])
+        assert client.jvp(slow, X, X).jvp.shape == (3,)
 
 
 def test_logs_are_json_with_the_request_id_the_client_sees(limited, caplog):

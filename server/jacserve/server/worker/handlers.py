@@ -231,55 +231,39 @@ class DerivativeHandlers:
             compilation=m.compilation,
         )
 
-    def _Jvp(self, request: pb.JvpRequest, deadline: float) -> pb.JvpResponse:
+    def _product(self, request: Any, deadline: float, *, kind: str) -> Any:
+        """A JVP (``kind="jvp"``, vectors are tangents) or VJP (cotangents)."""
+        vectors = "tangents" if kind == "jvp" else "cotangents"
         phases = _Phases()
         model, fn, method, t = self._prepare(
             phases, request.function, request.options,
-            primals=request.primals, tangents=request.tangents,
+            primals=request.primals, **{vectors: getattr(request, vectors)},
         )  # fmt: skip
         model.check_inputs(method, t["primals"])
         _check_deadline(deadline)
-        result = engine.jvp(
+        result = getattr(engine, kind)(
             fn,
             t["primals"],
-            t["tangents"],
+            t[vectors],
             wrt=list(request.wrt),
             batched=request.batched,
             memory_meter=self._settings.memory_meter,
             method=method.name,
         )
         outputs, values = self._encode(phases, result.outputs, result.values)
-        return pb.JvpResponse(
+        response = pb.JvpResponse if kind == "jvp" else pb.VjpResponse
+        return response(
             outputs=outputs,
             tuple_output=result.tuple_output,
-            jvp=values,
             metrics=self._wire_metrics(result, phases, model),
+            **{kind: values},
         )
 
+    def _Jvp(self, request: pb.JvpRequest, deadline: float) -> pb.JvpResponse:
+        return self._product(request, deadline, kind="jvp")
+
     def _Vjp(self, request: pb.VjpRequest, deadline: float) -> pb.VjpResponse:
-        phases = _Phases()
-        model, fn, method, t = self._prepare(
-            phases, request.function, request.options,
-            primals=request.primals, cotangents=request.cotangents,
-        )  # fmt: skip
-        model.check_inputs(method, t["primals"])
-        _check_deadline(deadline)
-        result = engine.vjp(
-            fn,
-            t["primals"],
-            t["cotangents"],
-            wrt=list(request.wrt),
-            batched=request.batched,
-            memory_meter=self._settings.memory_meter,
-            method=method.name,
-        )
-        outputs, values = self._encode(phases, result.outputs, result.values)
-        return pb.VjpResponse(
-            outputs=outputs,
-            tuple_output=result.tuple_output,
-            vjp=values,
-            metrics=self._wire_metrics(result, phases, model),
-        )
+        return self._product(request, deadline, kind="vjp")
 
     def _Jacobian(self, request: pb.JacobianRequest, deadline: float) -> pb.JacobianResponse:
         phases = _Phases()
