@@ -69,3 +69,17 @@ def test_the_client_never_imports_the_server():
 def test_the_engine_and_registry_import_no_grpc():
     loaded = _modules_loaded_by("import jacserve.server.engine, jacserve.server.registry")
     assert not any(m == "grpc" or m.startswith("grpc.") for m in loaded)
+
+
+def test_the_frontend_never_imports_torch_even_while_serving():
+    """Model code can only run where torch is: the frontend process never has it."""
+    serving = (
+        "from jacserve.server.app import serve; from jacserve.server.config import ServerConfig; "
+        "import grpc; from grpc_health.v1 import health_pb2, health_pb2_grpc; "
+        "s = serve(ServerConfig(port=0, metrics_port=0, workers=1, compile='off')); "
+        "health_pb2_grpc.HealthStub(grpc.insecure_channel(s.target)).Check("
+        "health_pb2.HealthCheckRequest()); s.stop(0)"
+    )
+    loaded = _modules_loaded_by(serving)
+    assert "jacserve.server.service" in loaded and "jacserve.server.worker.pool" in loaded
+    assert "torch" not in loaded and "jacserve.server.engine" not in loaded

@@ -1,5 +1,5 @@
-"""Shutdown and restart: in-flight requests finish on SIGTERM, and a client that retries
-rides through a restart of the server."""
+"""Start-up, shutdown and restart: health says SERVING only once the workers are up,
+in-flight requests finish on SIGTERM, and a client that retries rides through a restart."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import sys
 import threading
 import time
 
+import grpc
 import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from jacserve.client import Client
 from jacserve.client.errors import JacserveError, Unavailable
@@ -105,5 +107,29 @@ def test_a_retrying_client_rides_through_a_restart(tmp_path):
                 torch.testing.assert_close(result.jvp, 2 * X)
                 answered += 1
         assert answered == 60
+    finally:
+        process.kill()
+
+
+def test_health_is_not_serving_until_the_workers_are_up(tmp_path):
+    port = _free_port()
+    process = _start(port, str(tmp_path))
+    seen: list[str] = []
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            deadline = time.monotonic() + 120
+            while not seen or seen[-1] != "SERVING":
+                assert time.monotonic() < deadline and process.poll() is None
+                try:
+                    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    seen.append(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+                except grpc.RpcError:
+                    time.sleep(0.01)  # not listening yet
+        assert seen[0] == "NOT_SERVING", seen[:3]  # listening, workers still starting
+        with Client(f"127.0.0.1:{port}", timeout=60) as client:  # SERVING: workers answer
+            began = time.monotonic()
+            assert client.jvp(archive_of(Slow(1), (X,), "torchscript"), X, X).jvp.shape == (3,)
+            assert time.monotonic() - began < 10
     finally:
         process.kill()

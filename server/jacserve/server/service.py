@@ -34,7 +34,7 @@ from jacserve.server.errors import (
 )
 from jacserve.server.metrics import ServiceMetrics
 from jacserve.server.registry.store import ArchiveStore, check_model_id
-from jacserve.server.worker.handlers import DERIVATIVE_REQUESTS
+from jacserve.server.worker.operations import DERIVATIVE_REQUESTS
 from jacserve.server.worker.pool import WorkerPool
 from jacserve.v1 import jacobian_service_pb2 as pb
 

@@ -22,15 +22,7 @@ from jacserve.server.errors import DeadlineExceeded, InvalidArgument, ResourceEx
 from jacserve.server.registry import LoadedModel, MethodInfo, ModelInfo, ModelRegistry
 from jacserve.v1 import jacobian_service_pb2 as pb
 
-__all__ = ["DERIVATIVE_REQUESTS", "DerivativeHandlers", "HandlerSettings", "model_info_to_wire"]
-
-DERIVATIVE_REQUESTS: dict[str, type] = {
-    "Jvp": pb.JvpRequest,
-    "Vjp": pb.VjpRequest,
-    "Jacobian": pb.JacobianRequest,
-    "ParameterGradients": pb.ParameterGradientsRequest,
-}
-"""The derivative RPCs a worker serves, by method name, with their request types."""
+__all__ = ["DerivativeHandlers", "HandlerSettings", "model_info_to_wire"]
 
 _MODE_FROM_WIRE = {
     pb.DERIVATIVE_MODE_UNSPECIFIED: "auto",

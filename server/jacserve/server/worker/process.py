@@ -10,6 +10,7 @@ response in shared memory, or ``{"ok": false, "error": CLASS, "message": TEXT}``
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import socket
@@ -25,11 +26,8 @@ from jacserve.server.allocator import keep_freed_memory
 from jacserve.server.engine.compiled import ProgramCompiler
 from jacserve.server.logs import configure_logging
 from jacserve.server.registry import ModelRegistry, OperatorAllowlist
-from jacserve.server.worker.handlers import (
-    DERIVATIVE_REQUESTS,
-    DerivativeHandlers,
-    HandlerSettings,
-)
+from jacserve.server.worker.handlers import DerivativeHandlers, HandlerSettings
+from jacserve.server.worker.operations import DERIVATIVE_REQUESTS
 from jacserve.server.worker.protocol import Channel
 from jacserve.server.worker.sandbox import SandboxSettings, apply_sandbox, set_cpu_budget
 from jacserve.server.worker.settings import WorkerSettings
@@ -133,12 +131,15 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(max(1, settings.torch_threads))
     os.makedirs(settings.scratch_dir, exist_ok=True)
     if settings.sandbox:
+        gpus = tuple(glob.glob("/dev/nvidia*"))  # requests may pick a GPU (options.device)
         applied = apply_sandbox(
             SandboxSettings(
-                memory_bytes=settings.memory_limit_bytes if settings.device == "cpu" else 0,
+                # CUDA reserves vast address space: no RLIMIT_AS on a machine with GPUs
+                memory_bytes=0 if gpus else settings.memory_limit_bytes,
                 open_files=settings.open_files,
                 scratch_dir=settings.scratch_dir,
                 read_dirs=(settings.model_dir,),
+                device_files=gpus,
             )
         )
         _LOG.info("sandbox: %s", "; ".join(f"{k}: {v}" for k, v in applied.items()))

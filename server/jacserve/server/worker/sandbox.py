@@ -50,6 +50,7 @@ class SandboxSettings:
         open_files: most open file descriptors.
         scratch_dir: the one writable directory.
         read_dirs: extra read-only directories (the model directory).
+        device_files: device nodes opened read-write (``/dev/nvidia*`` for CUDA).
         restrict_files: apply Landlock where available.
         restrict_network: apply the seccomp socket filter where available.
     """
@@ -58,6 +59,7 @@ class SandboxSettings:
     open_files: int
     scratch_dir: str
     read_dirs: tuple[str, ...] = ()
+    device_files: tuple[str, ...] = ()
     restrict_files: bool = True
     restrict_network: bool = True
 
@@ -95,7 +97,7 @@ def apply_sandbox(settings: SandboxSettings) -> dict[str, str]:
     if settings.restrict_files:
         imports = [p for p in sys.path if p and os.path.realpath(p) != os.getcwd()]
         read = [*_SYSTEM_READ_PATHS, sys.prefix, sys.base_prefix, *imports, *settings.read_dirs]
-        applied["files"] = _restrict_files(libc, read, settings.scratch_dir)
+        applied["files"] = _restrict_files(libc, read, settings.scratch_dir, settings.device_files)
     return applied
 
 
@@ -131,7 +133,9 @@ def _deny_network(libc: ctypes.CDLL) -> str:
     return "Unix sockets only (seccomp)"
 
 
-def _restrict_files(libc: ctypes.CDLL, read_paths: Iterable[str], scratch: str) -> str:
+def _restrict_files(
+    libc: ctypes.CDLL, read_paths: Iterable[str], scratch: str, device_files: Iterable[str]
+) -> str:
     abi = libc.syscall(_LANDLOCK_CREATE, None, 0, 1)  # LANDLOCK_CREATE_RULESET_VERSION
     if abi < 1:
         return f"not restricted (Landlock unavailable: {os.strerror(ctypes.get_errno())})"
@@ -143,7 +147,8 @@ def _restrict_files(libc: ctypes.CDLL, read_paths: Iterable[str], scratch: str) 
         for path in dict.fromkeys(os.path.realpath(p) for p in read_paths if p):
             _allow(libc, ruleset, path, _LL_READ)
         _allow(libc, ruleset, os.path.realpath(scratch), handled)
-        _allow(libc, ruleset, "/dev/null", _LL_READ_FILE | _LL_WRITE_FILE)
+        for path in ("/dev/null", *device_files):
+            _allow(libc, ruleset, path, _LL_READ_FILE | _LL_WRITE_FILE)
         # the RSS peak-memory meter resets the high-water mark through this file
         _allow(libc, ruleset, os.path.realpath("/proc/self/clear_refs"), _LL_WRITE_FILE)
         if libc.syscall(_LANDLOCK_RESTRICT, ruleset, 0):

@@ -1,0 +1,16 @@
+"""The derivative RPCs a worker serves, by name, with their request types (no torch here:
+the frontend imports this)."""
+
+from __future__ import annotations
+
+from jacserve.v1 import jacobian_service_pb2 as pb
+
+__all__ = ["DERIVATIVE_REQUESTS"]
+
+DERIVATIVE_REQUESTS: dict[str, type] = {
+    "Jvp": pb.JvpRequest,
+    "Vjp": pb.VjpRequest,
+    "Jacobian": pb.JacobianRequest,
+    "ParameterGradients": pb.ParameterGradientsRequest,
+}
+"""The derivative RPCs a worker serves, by method name, with their request types."""
