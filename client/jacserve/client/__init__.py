@@ -5,6 +5,7 @@
 'Client'
 """
 
+from jacserve.client._async_client import AsyncClient
 from jacserve.client._client import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TARGET, Client
 from jacserve.client._results import (
     DerivativeMetrics,
@@ -17,6 +18,7 @@ from jacserve.client._results import (
     ParameterInfo,
     VjpResult,
 )
+from jacserve.client._retry import RetryPolicy
 from jacserve.client.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -33,6 +35,7 @@ from jacserve.client.errors import (
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_TARGET",
+    "AsyncClient",
     "Client",
     "DeadlineExceeded",
     "DerivativeMetrics",
@@ -50,6 +53,7 @@ __all__ = [
     "ParameterInfo",
     "PermissionDenied",
     "ResourceExhausted",
+    "RetryPolicy",
     "Unauthenticated",
     "Unavailable",
     "VjpResult",

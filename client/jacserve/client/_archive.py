@@ -2,29 +2,136 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pathlib
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from typing import Any, Union
 
 import torch
 
 __all__ = ["ModelSource", "archive_bytes"]
 
-ModelSource = Union[str, os.PathLike, bytes, torch.jit.ScriptModule, torch.export.ExportedProgram]  # noqa: UP007
+ModelSource = Union[  # noqa: UP007
+    str,
+    os.PathLike,
+    bytes,
+    torch.jit.ScriptModule,
+    torch.export.ExportedProgram,
+    torch.nn.Module,
+    Callable[..., Any],
+]
+_SERIALIZED: OrderedDict[str, bytes] = OrderedDict()  # content key → archive, most recent last
+_SERIALIZED_MAX = 32
 
 
-def archive_bytes(model: Any) -> bytes:
-    """Serialize a path, bytes, ScriptModule or ExportedProgram into archive bytes.
+class _Function(torch.nn.Module):
+    """A plain Python function as a module, so that it can be exported or traced."""
 
-    Saving is deterministic, so the same module always gives the same model id.
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args: torch.Tensor) -> Any:
+        return self.fn(*args)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _content_key(model: Any, example: Sequence[torch.Tensor]) -> str:
+    """A hash of what the archive would contain: code identity, weights, input signature."""
+    digest = hashlib.sha256()
+    kind = type(model) if isinstance(model, torch.nn.Module) else model
+    digest.update(f"{kind.__module__}.{getattr(kind, '__qualname__', repr(kind))}".encode())
+    forward = getattr(type(model), "forward", None)
+    code = getattr(model, "__code__", None) or getattr(forward, "__code__", None)
+    if code is not None:
+        digest.update(code.co_code + repr(code.co_consts).encode())
+    state = model.state_dict() if isinstance(model, torch.nn.Module) else {}
+    for name, tensor in state.items():
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    for tensor in example:
+        digest.update(f"in:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+    return digest.hexdigest()
+
+
+def _tensors(value: Any) -> tuple[torch.Tensor, ...]:
+    """The output as a tuple of tensors; anything else is not servable."""
+    items = value if isinstance(value, tuple | list) else (value,)
+    if not items or not all(isinstance(t, torch.Tensor) for t in items):
+        raise TypeError(f"the model must return tensors; it returned {type(value).__name__}")
+    return tuple(items)
+
+
+def _load(data: bytes) -> Callable[..., Any]:
+    try:
+        return torch.jit.load(io.BytesIO(data))
+    except RuntimeError:
+        return torch.export.load(io.BytesIO(data)).module()
+
+
+def _serialize_module(model: Any, example: tuple[torch.Tensor, ...]) -> bytes:
+    """torch.export first, then TorchScript scripting, then tracing; the first archive that
+    loads back and reproduces the model's output on ``example`` wins, every failure named."""
+    module = model if isinstance(model, torch.nn.Module) else _Function(model)
+    attempts: list[tuple[str, Callable[[], Any]]] = [
+        ("torch.export.export", lambda: torch.export.export(module, example)),
+        ("torch.jit.script", lambda: torch.jit.script(module)),
+        ("torch.jit.trace", lambda: torch.jit.trace(module, example)),
+    ]
+    failures = []
+    for name, make in attempts:
+        buffer = io.BytesIO()
+        try:
+            expected = _tensors(module(*example))
+            program = make()
+            if isinstance(program, torch.export.ExportedProgram):
+                torch.export.save(program, buffer)
+            else:
+                torch.jit.save(program, buffer)
+            got = _tensors(_load(buffer.getvalue())(*example))
+            for a, b in zip(got, expected, strict=True):
+                torch.testing.assert_close(a, b, equal_nan=True)
+            return buffer.getvalue()
+        except Exception as exc:  # each way's failure goes into the message
+            failures.append(f"{name}: {type(exc).__name__}: {_first_line(exc)}")
+    raise ValueError(
+        f"upload: could not serialize {type(model).__name__} "
+        f"{getattr(model, '__qualname__', '')}".rstrip()
+        + " — "
+        + "; ".join(failures)
+        + ". Export or script it yourself and upload the result"
+    )
+
+
+def archive_bytes(model: Any, example_inputs: Sequence[torch.Tensor] | None = None) -> bytes:
+    """Serialize a model into archive bytes.
+
+    Args:
+        model: a path, archive bytes, a ``ScriptModule``, an ``ExportedProgram``, or a
+            plain ``nn.Module`` or Python function of tensors (then ``example_inputs`` is
+            needed: it is exported with torch.export, else scripted, else traced).
+        example_inputs: inputs to export or trace a module or function with.
+
+    Saving is deterministic, and a module or function is serialized once per content
+    (code, weights, input shapes), so the same model always gives the same model id. The
+    archive is loaded back and run on ``example_inputs`` before it is used: it must
+    reproduce the model's output.
 
     Raises:
-        TypeError: for other types (plain ``nn.Module`` s must be scripted or exported first).
+        TypeError: for other types, or a module or function without ``example_inputs``.
+        ValueError: a module or function that none of the three ways can serialize.
         FileNotFoundError: for a path that does not exist.
 
     >>> data = archive_bytes(torch.jit.script(torch.nn.Linear(2, 2)))
     >>> data[:2]
+    b'PK'
+    >>> archive_bytes(torch.sin, example_inputs=(torch.ones(2),))[:2]
     b'PK'
     """
     if isinstance(model, bytes | bytearray | memoryview):
@@ -34,12 +141,26 @@ def archive_bytes(model: Any) -> bytes:
     buffer = io.BytesIO()
     if isinstance(model, torch.jit.ScriptModule):
         torch.jit.save(model, buffer)
-    elif isinstance(model, torch.export.ExportedProgram):
+        return buffer.getvalue()
+    if isinstance(model, torch.export.ExportedProgram):
         torch.export.save(model, buffer)
-    else:
-        raise TypeError(
-            f"upload: expected a path, bytes, torch.jit.ScriptModule or "
-            f"torch.export.ExportedProgram; got {type(model).__name__}. Convert an nn.Module "
-            "with torch.export.export(module, example_inputs) or torch.jit.script(module)"
-        )
-    return buffer.getvalue()
+        return buffer.getvalue()
+    if isinstance(model, torch.nn.Module) or callable(model):
+        if example_inputs is None:
+            raise TypeError(
+                f"upload: a {type(model).__name__} needs example_inputs to be exported or "
+                "traced; pass example_inputs=(x,), or call jacobian/jvp/... with the model "
+                "directly (their inputs serve as the example)"
+            )
+        example = tuple(torch.as_tensor(t) for t in example_inputs)
+        key = _content_key(model, example)
+        if key not in _SERIALIZED:
+            _SERIALIZED[key] = _serialize_module(model, example)
+            while len(_SERIALIZED) > _SERIALIZED_MAX:
+                _SERIALIZED.popitem(last=False)
+        _SERIALIZED.move_to_end(key)
+        return _SERIALIZED[key]
+    raise TypeError(
+        f"upload: expected a path, bytes, torch.jit.ScriptModule, torch.export."
+        f"ExportedProgram, nn.Module or function; got {type(model).__name__}"
+    )

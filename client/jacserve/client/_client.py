@@ -3,56 +3,47 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
-import torch
 
 from jacserve.client._archive import ModelSource, archive_bytes
+from jacserve.client._calls import (
+    Prepared,
+    prepare_gradients,
+    prepare_jacobian,
+    prepare_jvp,
+    prepare_vjp,
+    upload_chunks,
+)
+from jacserve.client._connection import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_TARGET,
+    MODEL_ID,
+    ConnectionSettings,
+)
 from jacserve.client._results import (
-    DerivativeMetrics,
     GradientsResult,
     JacobianResult,
     JvpResult,
     ModelInfo,
-    TensorOrTuple,
     VjpResult,
 )
+from jacserve.client._retry import RetryPolicy
 from jacserve.client.errors import NotFound, from_rpc_error
-from jacserve.codec import decode_tensor, decode_tensors, encode_tensors
 from jacserve.v1 import jacobian_service_pb2 as pb
 from jacserve.v1 import jacobian_service_pb2_grpc as pb_grpc
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_TARGET", "Client"]
 
-DEFAULT_TARGET = "127.0.0.1:50051"
-DEFAULT_MAX_MESSAGE_BYTES = 512 << 20
-UPLOAD_CHUNK_BYTES = 1 << 20
-_MODEL_ID = re.compile(r"[0-9a-f]{64}")
-_MODES = {
-    "auto": pb.DERIVATIVE_MODE_AUTO,
-    "forward": pb.DERIVATIVE_MODE_FORWARD,
-    "reverse": pb.DERIVATIVE_MODE_REVERSE,
-}
 _UNSET: Any = object()
 _T = TypeVar("_T")
 
 Model = ModelSource  # an id (64 hex characters) or anything upload() takes
 Inputs = Any  # a tensor / ndarray, or a tuple or list of them (one per model input)
-
-
-def _as_sequence(value: Inputs) -> tuple[bool, list[Any]]:
-    """(whether the user passed a tuple/list, the items)."""
-    if isinstance(value, tuple | list):
-        return True, list(value)
-    return False, [value]
-
-
-def _structure(tensors: Sequence[torch.Tensor], as_tuple: bool) -> TensorOrTuple:
-    return tuple(tensors) if as_tuple else tensors[0]
 
 
 class Client:
@@ -64,6 +55,8 @@ class Client:
         max_message_bytes: largest message sent or received; match the server's
             ``--max-message-bytes``.
         metadata: extra gRPC metadata sent with every call.
+        retry: when to try a failed call again (default: up to 5 tries with exponential
+            backoff on UNAVAILABLE and a busy server; ``RetryPolicy.off()`` disables).
         token: bearer token for a server started with ``--auth-token-file`` or
             ``JACSERVE_AUTH_TOKEN`` (sent as ``authorization: Bearer <token>``).
         tls: connect with TLS using the system's root certificates.
@@ -92,23 +85,22 @@ class Client:
         root_certificates: bytes | None = None,
         private_key: bytes | None = None,
         certificate_chain: bytes | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
-        authorization = (("authorization", f"Bearer {token}"),) if token else ()
-        self._metadata = (*authorization, *tuple(metadata))
-        self._chunk_bytes = max(1, min(UPLOAD_CHUNK_BYTES, max_message_bytes - 1024))
-        options = [
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-        ]
-        if tls or root_certificates or certificate_chain:
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates, private_key, certificate_chain
-            )
-            self._channel = grpc.secure_channel(target, credentials, options=options)
-        else:
-            self._channel = grpc.insecure_channel(target, options=options)
+        self.retry = retry or RetryPolicy()
+        self._settings = ConnectionSettings(
+            target, max_message_bytes, token, tls, root_certificates, private_key,
+            certificate_chain, tuple(metadata),
+        )  # fmt: skip
+        credentials = self._settings.credentials()
+        options = self._settings.options()
+        self._channel = (
+            grpc.secure_channel(target, credentials, options=options)
+            if credentials is not None
+            else grpc.insecure_channel(target, options=options)
+        )
         self._stub = pb_grpc.JacobianServiceStub(self._channel)
         self._known_ids: set[str] = set()
         self._lock = threading.Lock()
@@ -125,22 +117,44 @@ class Client:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def _call(self, rpc: Callable[..., _T], request: Any, timeout: float | None) -> _T:
-        try:
-            return rpc(
-                request,
-                timeout=self.timeout if timeout is _UNSET else timeout,
-                metadata=self._metadata,
-            )
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+    def _call(self, rpc: str, request: Any, timeout: float | None) -> Any:
+        """Call ``rpc`` with retries (see :class:`RetryPolicy`) inside one deadline.
+
+        ``request`` is a message, or a factory of a request stream (made anew per try).
+        """
+        timeout = self.timeout if timeout is _UNSET else timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        attempt = 0
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return getattr(self._stub, rpc)(
+                    request() if callable(request) else request,
+                    timeout=remaining,
+                    metadata=self._settings.metadata,
+                )
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc)
+            wait = self.retry.backoff(attempt)
+            late = deadline is not None and time.monotonic() + wait >= deadline
+            if late or not self.retry.should_retry(error.code, attempt, error.message):
+                raise error
+            time.sleep(wait)
+            attempt += 1
 
     def _with_model(
-        self, model: Model, method: str, call: Callable[[pb.FunctionRef], _T], timeout: float | None
+        self,
+        model: Model,
+        method: str,
+        call: Callable[[pb.FunctionRef], _T],
+        timeout: float | None,
+        example: Sequence[Any] = (),
     ) -> _T:
         """Run ``call`` on a FunctionRef; re-upload once if the server lost an uploaded model."""
-        is_id = isinstance(model, str) and _MODEL_ID.fullmatch(model) is not None
-        model_id = model if is_id else self.upload(model, timeout=timeout)
+        is_id = isinstance(model, str) and MODEL_ID.fullmatch(model) is not None
+        model_id = (
+            model if is_id else self.upload(model, example_inputs=example or None, timeout=timeout)
+        )
         try:
             return call(pb.FunctionRef(model_id=model_id, method=method))
         except NotFound:
@@ -148,17 +162,36 @@ class Client:
                 raise
             with self._lock:
                 self._known_ids.discard(model_id)
-            model_id = self.upload(model, timeout=timeout)
+            model_id = self.upload(model, example_inputs=example or None, timeout=timeout)
             return call(pb.FunctionRef(model_id=model_id, method=method))
+
+    def _derive(
+        self, model: Model, method: str, prepared: Prepared[_T], timeout: float | None
+    ) -> _T:
+        def call(ref: pb.FunctionRef) -> _T:
+            prepared.request.function.CopyFrom(ref)
+            return prepared.parse(self._call(prepared.rpc, prepared.request, timeout))
+
+        return self._with_model(model, method, call, timeout, prepared.example)
 
     # -- models ---------------------------------------------------------------------------
 
-    def upload(self, model: ModelSource, *, timeout: float | None = _UNSET) -> str:
+    def upload(
+        self,
+        model: ModelSource,
+        *,
+        example_inputs: Sequence[Any] | None = None,
+        timeout: float | None = _UNSET,
+    ) -> str:
         """Upload a model archive (once) and return its id, the SHA-256 of its bytes.
 
         Args:
-            model: a path to an archive, its bytes, a ``torch.jit.ScriptModule`` or a
-                ``torch.export.ExportedProgram``.
+            model: a path to an archive, its bytes, a ``torch.jit.ScriptModule``, a
+                ``torch.export.ExportedProgram``, or a plain ``nn.Module`` or function of
+                tensors (exported with torch.export, else scripted, else traced, using
+                ``example_inputs``; serialized once per code, weights and input shapes).
+            example_inputs: inputs for exporting a plain module or function. Derivative
+                calls given a module or function use their own inputs.
             timeout: deadline in seconds for this call (default: the client's).
 
         Returns:
@@ -169,12 +202,14 @@ class Client:
             InvalidArgument: the server cannot load the archive (the message says why).
             ResourceExhausted: the archive is above the server's size limit.
             TypeError: ``model`` is none of the accepted types.
+            ValueError: a module or function that cannot be exported, scripted or traced
+                (the message names each failure).
 
         >>> model_id = client.upload(torch.jit.script(torch.nn.Linear(3, 2)))
         >>> len(model_id)
         64
         """
-        data = archive_bytes(model)
+        data = archive_bytes(model, example_inputs)
         model_id = hashlib.sha256(data).hexdigest()
         with self._lock:
             if model_id in self._known_ids:
@@ -182,14 +217,8 @@ class Client:
         try:
             self.get_model(model_id, timeout=timeout)
         except NotFound:
-
-            def chunks() -> Iterator[pb.UploadModelRequest]:
-                size = self._chunk_bytes
-                yield pb.UploadModelRequest(chunk=data[:size], expected_model_id=model_id)
-                for start in range(size, len(data), size):
-                    yield pb.UploadModelRequest(chunk=data[start : start + size])
-
-            self._call(self._stub.UploadModel, chunks(), timeout)
+            chunks = upload_chunks(data, self._settings.upload_chunk_bytes)
+            self._call("UploadModel", chunks, timeout)
         with self._lock:
             self._known_ids.add(model_id)
         return model_id
@@ -204,7 +233,7 @@ class Client:
         >>> info.format, [(p.name, p.shape) for p in info.parameters]
         ('torchscript', [('weight', (2, 3)), ('bias', (2,))])
         """
-        response = self._call(self._stub.GetModel, pb.GetModelRequest(model_id=model_id), timeout)
+        response = self._call("GetModel", pb.GetModelRequest(model_id=model_id), timeout)
         return ModelInfo.from_wire(response.model)
 
     def list_models(self, *, timeout: float | None = _UNSET) -> list[ModelInfo]:
@@ -213,7 +242,7 @@ class Client:
         >>> model_id in [m.model_id for m in client.list_models()]
         True
         """
-        response = self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+        response = self._call("ListModels", pb.ListModelsRequest(), timeout)
         return [ModelInfo.from_wire(m) for m in response.models]
 
     def delete_model(self, model_id: str, *, timeout: float | None = _UNSET) -> None:
@@ -227,7 +256,7 @@ class Client:
         >>> scratch in [m.model_id for m in client.list_models()]
         False
         """
-        self._call(self._stub.DeleteModel, pb.DeleteModelRequest(model_id=model_id), timeout)
+        self._call("DeleteModel", pb.DeleteModelRequest(model_id=model_id), timeout)
         with self._lock:
             self._known_ids.discard(model_id)
 
@@ -266,26 +295,8 @@ class Client:
         >>> r.jvp.shape, r.metrics.mode
         (torch.Size([2]), 'forward')
         """
-        _, primal_list = _as_sequence(primals)
-        _, tangent_list = _as_sequence(tangents)
-        request = pb.JvpRequest(
-            primals=encode_tensors(primal_list, name="primals"),
-            tangents=encode_tensors(tangent_list, name="tangents"),
-            wrt=list(wrt or ()),
-            batched=batched,
-            options=pb.ComputeOptions(device=device),
-        )
-
-        def call(ref: pb.FunctionRef) -> JvpResult:
-            request.function.CopyFrom(ref)
-            response = self._call(self._stub.Jvp, request, timeout)
-            return JvpResult(
-                output=_structure(decode_tensors(response.outputs), response.tuple_output),
-                jvp=_structure(decode_tensors(response.jvp), response.tuple_output),
-                metrics=DerivativeMetrics.from_wire(response.metrics),
-            )
-
-        return self._with_model(model, method, call, timeout)
+        prepared = prepare_jvp(primals, tangents, wrt=wrt, batched=batched, device=device)
+        return self._derive(model, method, prepared, timeout)
 
     def vjp(
         self,
@@ -320,26 +331,8 @@ class Client:
         >>> r.vjp.shape, r.metrics.mode
         (torch.Size([3]), 'reverse')
         """
-        primals_tuple, primal_list = _as_sequence(primals)
-        _, cotangent_list = _as_sequence(cotangents)
-        request = pb.VjpRequest(
-            primals=encode_tensors(primal_list, name="primals"),
-            cotangents=encode_tensors(cotangent_list, name="cotangents"),
-            wrt=list(wrt or ()),
-            batched=batched,
-            options=pb.ComputeOptions(device=device),
-        )
-
-        def call(ref: pb.FunctionRef) -> VjpResult:
-            request.function.CopyFrom(ref)
-            response = self._call(self._stub.Vjp, request, timeout)
-            return VjpResult(
-                output=_structure(decode_tensors(response.outputs), response.tuple_output),
-                vjp=_structure(decode_tensors(response.vjp), primals_tuple),
-                metrics=DerivativeMetrics.from_wire(response.metrics),
-            )
-
-        return self._with_model(model, method, call, timeout)
+        prepared = prepare_vjp(primals, cotangents, wrt=wrt, batched=batched, device=device)
+        return self._derive(model, method, prepared, timeout)
 
     def jacobian(
         self,
@@ -383,41 +376,11 @@ class Client:
         >>> r.jacobian.shape, r.metrics.mode, r.metrics.passes
         (torch.Size([2, 3]), 'reverse', 2)
         """
-        if mode not in _MODES:
-            raise ValueError(
-                f"jacobian: expected mode 'auto', 'forward' or 'reverse'; got {mode!r}"
-            )
-        inputs_tuple, input_list = _as_sequence(inputs)
-        request = pb.JacobianRequest(
-            inputs=encode_tensors(input_list, name="inputs"),
-            wrt=list(wrt or ()),
-            mode=_MODES[mode],
-            batched=batched,
-            options=pb.ComputeOptions(
-                max_memory_bytes=max_memory_bytes, chunk_size=chunk_size, device=device
-            ),
-        )
-
-        def call(ref: pb.FunctionRef) -> JacobianResult:
-            request.function.CopyFrom(ref)
-            response = self._call(self._stub.Jacobian, request, timeout)
-            outputs = decode_tensors(response.outputs)
-            blocks = [
-                decode_tensor(t, name=f"jacobian[{k}]") for k, t in enumerate(response.jacobian)
-            ]
-            n_in = len(blocks) // max(len(outputs), 1)
-            rows = [tuple(blocks[i * n_in : (i + 1) * n_in]) for i in range(len(outputs))]
-            if response.tuple_output:
-                jac: Any = tuple(row if inputs_tuple else row[0] for row in rows)
-            else:
-                jac = rows[0] if inputs_tuple else rows[0][0]
-            return JacobianResult(
-                output=_structure(outputs, response.tuple_output),
-                jacobian=jac,
-                metrics=DerivativeMetrics.from_wire(response.metrics),
-            )
-
-        return self._with_model(model, method, call, timeout)
+        prepared = prepare_jacobian(
+            inputs, mode=mode, wrt=wrt, batched=batched, max_memory_bytes=max_memory_bytes,
+            chunk_size=chunk_size, device=device,
+        )  # fmt: skip
+        return self._derive(model, method, prepared, timeout)
 
     def parameter_gradients(
         self,
@@ -450,25 +413,5 @@ class Client:
         >>> {name: tuple(g.shape) for name, g in r.gradients.items()}
         {'weight': (2, 3), 'bias': (2,)}
         """
-        _, input_list = _as_sequence(inputs)
-        cotangent_list = [] if cotangent is None else _as_sequence(cotangent)[1]
-        request = pb.ParameterGradientsRequest(
-            inputs=encode_tensors(input_list, name="inputs"),
-            cotangents=encode_tensors(cotangent_list, name="cotangents"),
-            parameters=list(parameters or ()),
-            options=pb.ComputeOptions(device=device),
-        )
-
-        def call(ref: pb.FunctionRef) -> GradientsResult:
-            request.function.CopyFrom(ref)
-            response = self._call(self._stub.ParameterGradients, request, timeout)
-            return GradientsResult(
-                output=_structure(decode_tensors(response.outputs), response.tuple_output),
-                gradients={
-                    g.name: decode_tensor(g.tensor, name=f"gradients[{g.name!r}]")
-                    for g in response.gradients
-                },
-                metrics=DerivativeMetrics.from_wire(response.metrics),
-            )
-
-        return self._with_model(model, method, call, timeout)
+        prepared = prepare_gradients(inputs, cotangent, parameters=parameters, device=device)
+        return self._derive(model, method, prepared, timeout)

@@ -161,6 +161,10 @@ def serve(config: ServerConfig, environ: dict[str, str] | None = None) -> Runnin
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 0),
+            # the SDK pings idle connections every 60 s; accept that (the default would
+            # answer pings more often than every 5 minutes with GOAWAY "too_many_pings")
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 30_000),
         ],
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
@@ -242,7 +246,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     flags = vars(parser.parse_args(argv))
     config = config_from_flags(flags, os.environ, parser)
     configure_logging(config.log_level, config.log_format)
-    running = serve(config)
     stopped = threading.Event()
 
     def shut_down(signum: int, _frame: Any) -> None:
@@ -251,8 +254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         stopped.set()
 
+    # before serve(): a signal during start-up (workers starting) still shuts down cleanly
     signal.signal(signal.SIGTERM, shut_down)
     signal.signal(signal.SIGINT, shut_down)
+    running = serve(config)
     stopped.wait()
     running.stop()
     return 0

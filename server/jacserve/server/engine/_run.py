@@ -8,6 +8,15 @@ on exit. Measured here on torch 2.13: 3 of 120 forward-mode Jacobians of an eage
 Linear+Tanh computed from 4 threads came back wrong, with no error. Every forward-mode
 computation therefore holds :data:`FORWARD_AD_LOCK`; reverse mode keeps its state per
 thread and runs concurrently. Parallel forward mode needs separate processes.
+
+NOTE: [Tracing patches nn.Module.__call__ process-wide]
+torch.fx's tracer (under torch.export, make_fx and torch.compile's AOT step) replaces
+``torch.nn.Module.__call__`` for the whole process while it traces. A model called from
+another thread meanwhile goes through the tracer's hook and fails with "NameError: module
+is not installed as a submodule" (seen in the benchmark: a request raced the background
+compile of another program). Engine calls therefore hold :data:`MODEL_CALLS` shared and
+the compiler holds it exclusively while it builds, so a request waits for a build to
+finish (seconds, once per compiled program) instead of failing.
 """
 
 from __future__ import annotations
@@ -26,9 +35,11 @@ from jacserve.server.errors import InvalidArgument
 
 __all__ = [
     "FORWARD_AD_LOCK",
+    "MODEL_CALLS",
     "EngineMetrics",
     "EngineResult",
     "Run",
+    "SharedExclusiveLock",
     "check_floating_outputs",
     "engine_call",
     "finish",
@@ -36,6 +47,52 @@ __all__ = [
 ]
 
 FORWARD_AD_LOCK = threading.Lock()
+
+
+class SharedExclusiveLock:
+    """Many holders of :meth:`shared` at once, or one of :meth:`exclusive`.
+
+    >>> lock = SharedExclusiveLock()
+    >>> with lock.shared(), lock.shared():
+    ...     pass
+    >>> with lock.exclusive():
+    ...     pass
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        """Hold the lock alongside other shared holders."""
+        with self._condition:
+            self._condition.wait_for(lambda: not self._exclusive)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._shared -= 1
+                self._condition.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the lock alone."""
+        with self._condition:
+            self._condition.wait_for(lambda: not self._exclusive and self._shared == 0)
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._exclusive = False
+                self._condition.notify_all()
+
+
+MODEL_CALLS = SharedExclusiveLock()
+"""Shared by engine calls, exclusive while a program is traced (see the NOTE above)."""
 
 
 @dataclass(frozen=True)
@@ -116,7 +173,12 @@ def engine_call(inputs: Sequence[torch.Tensor], memory_meter: str = "rss") -> It
     if memory_meter not in MEMORY_METERS:
         raise InvalidArgument(f"memory_meter must be one of {MEMORY_METERS}; got {memory_meter!r}")
     device = inputs[0].device if inputs else torch.device("cpu")
-    with safe_execution(), torch.no_grad(), measure_peak_memory(device, memory_meter) as peak:
+    with (
+        MODEL_CALLS.shared(),
+        safe_execution(),
+        torch.no_grad(),
+        measure_peak_memory(device, memory_meter) as peak,
+    ):
         yield Run(device=device, peak=peak)
 
 

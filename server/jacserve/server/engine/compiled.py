@@ -48,6 +48,8 @@ from dataclasses import dataclass
 import torch
 from torch.func import jacfwd, jacrev
 
+from jacserve.server.engine._run import MODEL_CALLS
+
 __all__ = ["CompiledPrograms", "ProgramCompiler", "Traceable"]
 
 _LOG = logging.getLogger(__name__)
@@ -88,7 +90,9 @@ class ProgramCompiler:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         while (job := self._jobs.get()) is not None:
             try:
-                job()
+                # NOTE: [Tracing patches nn.Module.__call__ process-wide]
+                with MODEL_CALLS.exclusive():
+                    job()
             except Exception:  # a job records its own failure; this guards the thread
                 _LOG.exception("compile job failed")
             finally:

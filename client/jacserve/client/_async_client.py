@@ -1,0 +1,229 @@
+"""The asyncio jacserve client: :class:`Client`'s methods as coroutines over grpc.aio."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+
+from jacserve.client._archive import ModelSource, archive_bytes
+from jacserve.client._calls import (
+    Prepared,
+    prepare_gradients,
+    prepare_jacobian,
+    prepare_jvp,
+    prepare_vjp,
+    upload_chunks,
+)
+from jacserve.client._connection import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_TARGET,
+    MODEL_ID,
+    ConnectionSettings,
+)
+from jacserve.client._results import (
+    GradientsResult,
+    JacobianResult,
+    JvpResult,
+    ModelInfo,
+    VjpResult,
+)
+from jacserve.client._retry import RetryPolicy
+from jacserve.client.errors import NotFound, from_rpc_error
+from jacserve.v1 import jacobian_service_pb2 as pb
+from jacserve.v1 import jacobian_service_pb2_grpc as pb_grpc
+
+__all__ = ["AsyncClient"]
+
+_UNSET: Any = object()
+_T = TypeVar("_T")
+
+
+class AsyncClient:
+    """An asyncio connection to a jacserve server; the same methods as
+    :class:`~jacserve.client.Client`, each a coroutine, and the same arguments, results
+    and exceptions.
+
+    >>> import asyncio
+    >>> async def main():
+    ...     async with AsyncClient(target, timeout=30) as c:
+    ...         r = await c.jacobian(torch.jit.script(torch.nn.Linear(3, 2)), torch.randn(3))
+    ...         return r.jacobian.shape
+    >>> asyncio.run(main())
+    torch.Size([2, 3])
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        metadata: Sequence[tuple[str, str]] = (),
+        token: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self._settings = ConnectionSettings(
+            target, max_message_bytes, token, tls, root_certificates, private_key,
+            certificate_chain, tuple(metadata),
+        )  # fmt: skip
+        credentials = self._settings.credentials()
+        options = self._settings.options()
+        self._channel = (
+            grpc.aio.secure_channel(target, credentials, options=options)
+            if credentials is not None
+            else grpc.aio.insecure_channel(target, options=options)
+        )
+        self._stub = pb_grpc.JacobianServiceStub(self._channel)
+        self._known_ids: set[str] = set()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel; the client cannot be used afterwards."""
+        await self._channel.close()
+
+    async def _call(self, rpc: str, request: Any, timeout: float | None) -> Any:
+        """As :meth:`Client._call`: retries inside one deadline."""
+        timeout = self.timeout if timeout is _UNSET else timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        attempt = 0
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return await getattr(self._stub, rpc)(
+                    request() if callable(request) else request,
+                    timeout=remaining,
+                    metadata=self._settings.metadata,
+                )
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc)
+            wait = self.retry.backoff(attempt)
+            late = deadline is not None and time.monotonic() + wait >= deadline
+            if late or not self.retry.should_retry(error.code, attempt, error.message):
+                raise error
+            await asyncio.sleep(wait)
+            attempt += 1
+
+    async def _derive(
+        self, model: ModelSource, method: str, prepared: Prepared[_T], timeout: float | None
+    ) -> _T:
+        async def call(ref: pb.FunctionRef) -> _T:
+            prepared.request.function.CopyFrom(ref)
+            return prepared.parse(await self._call(prepared.rpc, prepared.request, timeout))
+
+        return await self._with_model(model, method, call, timeout, prepared.example)
+
+    async def _with_model(
+        self,
+        model: ModelSource,
+        method: str,
+        call: Callable[[pb.FunctionRef], Awaitable[_T]],
+        timeout: float | None,
+        example: Sequence[Any] = (),
+    ) -> _T:
+        is_id = isinstance(model, str) and MODEL_ID.fullmatch(model) is not None
+        model_id = (
+            model
+            if is_id
+            else await self.upload(model, example_inputs=example or None, timeout=timeout)
+        )
+        try:
+            return await call(pb.FunctionRef(model_id=model_id, method=method))
+        except NotFound:
+            if is_id:
+                raise
+            self._known_ids.discard(model_id)
+            model_id = await self.upload(model, example_inputs=example or None, timeout=timeout)
+            return await call(pb.FunctionRef(model_id=model_id, method=method))
+
+    async def upload(
+        self,
+        model: ModelSource,
+        *,
+        example_inputs: Sequence[Any] | None = None,
+        timeout: float | None = _UNSET,
+    ) -> str:
+        """As :meth:`Client.upload`."""
+        data = archive_bytes(model, example_inputs)
+        model_id = hashlib.sha256(data).hexdigest()
+        if model_id in self._known_ids:
+            return model_id
+        try:
+            await self.get_model(model_id, timeout=timeout)
+        except NotFound:
+            chunks = upload_chunks(data, self._settings.upload_chunk_bytes)
+            await self._call("UploadModel", chunks, timeout)
+        self._known_ids.add(model_id)
+        return model_id
+
+    async def get_model(self, model_id: str, *, timeout: float | None = _UNSET) -> ModelInfo:
+        """As :meth:`Client.get_model`."""
+        response = await self._call("GetModel", pb.GetModelRequest(model_id=model_id), timeout)
+        return ModelInfo.from_wire(response.model)
+
+    async def list_models(self, *, timeout: float | None = _UNSET) -> list[ModelInfo]:
+        """As :meth:`Client.list_models`."""
+        response = await self._call("ListModels", pb.ListModelsRequest(), timeout)
+        return [ModelInfo.from_wire(m) for m in response.models]
+
+    async def delete_model(self, model_id: str, *, timeout: float | None = _UNSET) -> None:
+        """As :meth:`Client.delete_model`."""
+        await self._call("DeleteModel", pb.DeleteModelRequest(model_id=model_id), timeout)
+        self._known_ids.discard(model_id)
+
+    async def jvp(
+        self, model: ModelSource, primals: Any, tangents: Any, *,
+        wrt: Sequence[int] | None = None, batched: bool = False, device: str = "",
+        method: str = "forward", timeout: float | None = _UNSET,
+    ) -> JvpResult:  # fmt: skip
+        """As :meth:`Client.jvp`."""
+        prepared = prepare_jvp(primals, tangents, wrt=wrt, batched=batched, device=device)
+        return await self._derive(model, method, prepared, timeout)
+
+    async def vjp(
+        self, model: ModelSource, primals: Any, cotangents: Any, *,
+        wrt: Sequence[int] | None = None, batched: bool = False, device: str = "",
+        method: str = "forward", timeout: float | None = _UNSET,
+    ) -> VjpResult:  # fmt: skip
+        """As :meth:`Client.vjp`."""
+        prepared = prepare_vjp(primals, cotangents, wrt=wrt, batched=batched, device=device)
+        return await self._derive(model, method, prepared, timeout)
+
+    async def jacobian(
+        self, model: ModelSource, inputs: Any, *, mode: str = "auto",
+        wrt: Sequence[int] | None = None, batched: bool = False, max_memory_bytes: int = 0,
+        chunk_size: int = 0, device: str = "", method: str = "forward",
+        timeout: float | None = _UNSET,
+    ) -> JacobianResult:  # fmt: skip
+        """As :meth:`Client.jacobian`."""
+        prepared = prepare_jacobian(
+            inputs, mode=mode, wrt=wrt, batched=batched, max_memory_bytes=max_memory_bytes,
+            chunk_size=chunk_size, device=device,
+        )  # fmt: skip
+        return await self._derive(model, method, prepared, timeout)
+
+    async def parameter_gradients(
+        self, model: ModelSource, inputs: Any, cotangent: Any | None = None, *,
+        parameters: Sequence[str] | None = None, device: str = "", method: str = "forward",
+        timeout: float | None = _UNSET,
+    ) -> GradientsResult:  # fmt: skip
+        """As :meth:`Client.parameter_gradients`."""
+        prepared = prepare_gradients(inputs, cotangent, parameters=parameters, device=device)
+        return await self._derive(model, method, prepared, timeout)

@@ -1,0 +1,207 @@
+"""What the sync and async clients send and how they read the answers — one place.
+
+Each ``prepare_*`` function turns user arguments into a :class:`Prepared` call: the RPC's
+name, its request message (the model reference is filled in by the client) and a parser
+from the response message to the typed result. The clients differ only in transport.
+
+>>> import torch
+>>> prepared = prepare_jvp(torch.ones(3), torch.ones(3))
+>>> prepared.rpc, len(prepared.request.primals)
+('Jvp', 1)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import torch
+
+from jacserve.client._results import (
+    DerivativeMetrics,
+    GradientsResult,
+    JacobianResult,
+    JvpResult,
+    TensorOrTuple,
+    VjpResult,
+)
+from jacserve.codec import decode_tensor, decode_tensors, encode_tensors
+from jacserve.v1 import jacobian_service_pb2 as pb
+
+__all__ = [
+    "MODES",
+    "Prepared",
+    "prepare_gradients",
+    "prepare_jacobian",
+    "prepare_jvp",
+    "prepare_vjp",
+    "upload_chunks",
+]
+
+R = TypeVar("R")
+MODES = {
+    "auto": pb.DERIVATIVE_MODE_AUTO,
+    "forward": pb.DERIVATIVE_MODE_FORWARD,
+    "reverse": pb.DERIVATIVE_MODE_REVERSE,
+}
+
+
+@dataclass(frozen=True)
+class Prepared(Generic[R]):
+    """One derivative call, ready to send once its ``request.function`` is set;
+    ``example`` is one point's inputs, to export a plain module or function with."""
+
+    rpc: str
+    request: Any
+    parse: Callable[[Any], R]
+    example: tuple[Any, ...] = ()
+
+
+def _example(inputs: Any, batched: bool) -> tuple[Any, ...]:
+    tensors = [torch.as_tensor(t) for t in _as_sequence(inputs)[1]]
+    return tuple(t[0] if batched and t.dim() > 0 else t for t in tensors)
+
+
+def _as_sequence(value: Any) -> tuple[bool, list[Any]]:
+    """(whether the user passed a tuple/list, the items)."""
+    if isinstance(value, tuple | list):
+        return True, list(value)
+    return False, [value]
+
+
+def _structure(tensors: Sequence[torch.Tensor], as_tuple: bool) -> TensorOrTuple:
+    return tuple(tensors) if as_tuple else tensors[0]
+
+
+def prepare_jvp(
+    primals: Any, tangents: Any, *, wrt: Sequence[int] | None = None, batched: bool = False,
+    device: str = "",
+) -> Prepared[JvpResult]:  # fmt: skip
+    """A ``Jvp`` call (arguments as :meth:`jacserve.client.Client.jvp`)."""
+    request = pb.JvpRequest(
+        primals=encode_tensors(_as_sequence(primals)[1], name="primals"),
+        tangents=encode_tensors(_as_sequence(tangents)[1], name="tangents"),
+        wrt=list(wrt or ()),
+        batched=batched,
+        options=pb.ComputeOptions(device=device),
+    )
+
+    def parse(response: pb.JvpResponse) -> JvpResult:
+        return JvpResult(
+            output=_structure(decode_tensors(response.outputs), response.tuple_output),
+            jvp=_structure(decode_tensors(response.jvp), response.tuple_output),
+            metrics=DerivativeMetrics.from_wire(response.metrics),
+        )
+
+    return Prepared("Jvp", request, parse, _example(primals, batched=False))
+
+
+def prepare_vjp(
+    primals: Any, cotangents: Any, *, wrt: Sequence[int] | None = None, batched: bool = False,
+    device: str = "",
+) -> Prepared[VjpResult]:  # fmt: skip
+    """A ``Vjp`` call (arguments as :meth:`jacserve.client.Client.vjp`)."""
+    primals_tuple, primal_list = _as_sequence(primals)
+    request = pb.VjpRequest(
+        primals=encode_tensors(primal_list, name="primals"),
+        cotangents=encode_tensors(_as_sequence(cotangents)[1], name="cotangents"),
+        wrt=list(wrt or ()),
+        batched=batched,
+        options=pb.ComputeOptions(device=device),
+    )
+
+    def parse(response: pb.VjpResponse) -> VjpResult:
+        return VjpResult(
+            output=_structure(decode_tensors(response.outputs), response.tuple_output),
+            vjp=_structure(decode_tensors(response.vjp), primals_tuple),
+            metrics=DerivativeMetrics.from_wire(response.metrics),
+        )
+
+    return Prepared("Vjp", request, parse, _example(primals, batched=False))
+
+
+def prepare_jacobian(
+    inputs: Any, *, mode: str = "auto", wrt: Sequence[int] | None = None, batched: bool = False,
+    max_memory_bytes: int = 0, chunk_size: int = 0, device: str = "",
+) -> Prepared[JacobianResult]:  # fmt: skip
+    """A ``Jacobian`` call (arguments as :meth:`jacserve.client.Client.jacobian`).
+
+    Raises:
+        ValueError: unknown ``mode``.
+    """
+    if mode not in MODES:
+        raise ValueError(f"jacobian: expected mode 'auto', 'forward' or 'reverse'; got {mode!r}")
+    inputs_tuple, input_list = _as_sequence(inputs)
+    request = pb.JacobianRequest(
+        inputs=encode_tensors(input_list, name="inputs"),
+        wrt=list(wrt or ()),
+        mode=MODES[mode],
+        batched=batched,
+        options=pb.ComputeOptions(
+            max_memory_bytes=max_memory_bytes, chunk_size=chunk_size, device=device
+        ),
+    )
+
+    def parse(response: pb.JacobianResponse) -> JacobianResult:
+        outputs = decode_tensors(response.outputs)
+        blocks = [decode_tensor(t, name=f"jacobian[{k}]") for k, t in enumerate(response.jacobian)]
+        n_in = len(blocks) // max(len(outputs), 1)
+        rows = [tuple(blocks[i * n_in : (i + 1) * n_in]) for i in range(len(outputs))]
+        if response.tuple_output:
+            jacobian: Any = tuple(row if inputs_tuple else row[0] for row in rows)
+        else:
+            jacobian = rows[0] if inputs_tuple else rows[0][0]
+        return JacobianResult(
+            output=_structure(outputs, response.tuple_output),
+            jacobian=jacobian,
+            metrics=DerivativeMetrics.from_wire(response.metrics),
+        )
+
+    return Prepared("Jacobian", request, parse, _example(inputs, batched))
+
+
+def prepare_gradients(
+    inputs: Any, cotangent: Any | None = None, *, parameters: Sequence[str] | None = None,
+    device: str = "",
+) -> Prepared[GradientsResult]:  # fmt: skip
+    """A ``ParameterGradients`` call (arguments as
+    :meth:`jacserve.client.Client.parameter_gradients`)."""
+    request = pb.ParameterGradientsRequest(
+        inputs=encode_tensors(_as_sequence(inputs)[1], name="inputs"),
+        cotangents=encode_tensors(
+            [] if cotangent is None else _as_sequence(cotangent)[1], name="cotangents"
+        ),
+        parameters=list(parameters or ()),
+        options=pb.ComputeOptions(device=device),
+    )
+
+    def parse(response: pb.ParameterGradientsResponse) -> GradientsResult:
+        return GradientsResult(
+            output=_structure(decode_tensors(response.outputs), response.tuple_output),
+            gradients={
+                g.name: decode_tensor(g.tensor, name=f"gradients[{g.name!r}]")
+                for g in response.gradients
+            },
+            metrics=DerivativeMetrics.from_wire(response.metrics),
+        )
+
+    return Prepared("ParameterGradients", request, parse, _example(inputs, batched=False))
+
+
+def upload_chunks(data: bytes, chunk_bytes: int) -> Callable[[], Iterator[pb.UploadModelRequest]]:
+    """A factory of the upload stream for ``data`` (a fresh iterator per attempt).
+
+    >>> chunks = list(upload_chunks(b"abcde", 2)())
+    >>> [c.chunk for c in chunks], chunks[0].expected_model_id[:8]
+    ([b'ab', b'cd', b'e'], '36bbe50e')
+    """
+    model_id = hashlib.sha256(data).hexdigest()
+
+    def chunks() -> Iterator[pb.UploadModelRequest]:
+        yield pb.UploadModelRequest(chunk=data[:chunk_bytes], expected_model_id=model_id)
+        for start in range(chunk_bytes, len(data), chunk_bytes):
+            yield pb.UploadModelRequest(chunk=data[start : start + chunk_bytes])
+
+    return chunks

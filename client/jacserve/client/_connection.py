@@ -1,0 +1,67 @@
+"""How both clients reach a server: channel options, credentials, metadata.
+
+>>> settings = ConnectionSettings("127.0.0.1:50051", token="t")
+>>> settings.metadata
+(('authorization', 'Bearer t'),)
+>>> dict(settings.options())["grpc.keepalive_time_ms"]
+60000
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import grpc
+
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_TARGET", "MODEL_ID", "ConnectionSettings"]
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_MAX_MESSAGE_BYTES = 512 << 20
+UPLOAD_CHUNK_BYTES = 1 << 20
+MODEL_ID = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """Where and how to connect (the constructor arguments both clients share)."""
+
+    target: str
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    token: str | None = None
+    tls: bool = False
+    root_certificates: bytes | None = None
+    private_key: bytes | None = None
+    certificate_chain: bytes | None = None
+    extra_metadata: Sequence[tuple[str, str]] = field(default_factory=tuple)
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """Sent with every call: the bearer token, then the caller's own entries."""
+        token = (("authorization", f"Bearer {self.token}"),) if self.token else ()
+        return (*token, *tuple(self.extra_metadata))
+
+    @property
+    def upload_chunk_bytes(self) -> int:
+        """Size of each upload message, below the message limit."""
+        return max(1, min(UPLOAD_CHUNK_BYTES, self.max_message_bytes - 1024))
+
+    def options(self) -> list[tuple[str, int]]:
+        """Channel options: message limits and keepalive (a ping a minute while idle,
+        so a dead connection behind a load balancer is noticed)."""
+        return [
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.keepalive_time_ms", 60_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        """TLS credentials, or ``None`` for a plaintext channel."""
+        if self.tls or self.root_certificates or self.certificate_chain:
+            return grpc.ssl_channel_credentials(
+                self.root_certificates, self.private_key, self.certificate_chain
+            )
+        return None
