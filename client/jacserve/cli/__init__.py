@@ -1,0 +1,56 @@
+"""The ``jacserve`` command: serve, manage models, and ask for derivatives from a shell.
+
+Exit codes: 0 success, 1 unexpected failure, 2 usage error (bad flags or input files),
+3 the server refused the request (its message is printed), 4 no server reachable (or the
+deadline passed).
+
+>>> build_parser().prog
+'jacserve'
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from jacserve.cli._commands import COMMANDS, add_client_commands
+
+__all__ = ["build_parser", "main"]
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_SERVER, EXIT_CONNECTION = 0, 1, 2, 3, 4
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every ``jacserve`` command."""
+    parser = argparse.ArgumentParser(
+        prog="jacserve",
+        description="Remote differentiation of PyTorch programs: a server and its client.",
+        epilog="Run 'jacserve COMMAND --help' for a command's flags and examples.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "serve",
+        help="start the gRPC server (all server flags: jacserve serve --help)",
+        add_help=False,
+    )
+    add_client_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``jacserve``; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        from jacserve.server.app import main as serve_main  # the server only when serving
+
+        return serve_main(argv)
+    args = build_parser().parse_args(argv)
+    from jacserve.cli._commands import run
+
+    return run(COMMANDS[args.command], args, os.environ)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""The client commands of ``jacserve``: each a function of parsed flags and a client."""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from jacserve.cli._io import InputError, read_tensors, write_results
+from jacserve.client import Client, DeadlineExceeded, JacserveError, Unavailable
+from jacserve.client._connection import DEFAULT_TARGET
+
+__all__ = ["COMMANDS", "add_client_commands", "run"]
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _print(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _connection_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--target", help=f"server host:port (env JACSERVE_TARGET; default {DEFAULT_TARGET})"
+    )
+    parser.add_argument("--token", help="bearer token (env JACSERVE_TOKEN)")
+    parser.add_argument(
+        "--tls-ca", metavar="PEM", help="CA that signed the server's certificate (TLS)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds per call (default 300)"
+    )
+
+
+def _inputs_flag(
+    parser: argparse.ArgumentParser, name: str, what: str, required: bool = True
+) -> None:
+    parser.add_argument(
+        f"--{name}", required=required, metavar="FILE",
+        help=f"{what}: .npy, .npz (one array per input), .pt or .json",
+    )  # fmt: skip
+
+
+def _output_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--output", "-o", metavar="FILE", help="write results to .npy/.npz/.pt/.json"
+    )
+    parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32",
+                        help="dtype of numbers read from JSON (default float32)")  # fmt: skip
+
+
+def _model_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="model id (from 'jacserve upload') or an archive file")
+
+
+def _model(args: argparse.Namespace) -> str:
+    path = pathlib.Path(args.model)
+    return str(path) if path.exists() else args.model
+
+
+def _read(args: argparse.Namespace, flag: str) -> tuple[list[str], list[torch.Tensor]]:
+    return read_tensors(getattr(args, flag), dtype=_DTYPES[args.dtype])
+
+
+def _summary(kind: str, tensor: torch.Tensor, metrics: Any) -> None:
+    _print(f"{kind}: shape {list(tensor.shape)}, dtype {str(tensor.dtype).removeprefix('torch.')}, "
+           f"norm {float(tensor.double().norm()):.6g}")  # fmt: skip
+    _print(f"mode: {metrics.mode} ({metrics.mode_reason}); passes: {metrics.passes}")
+    timing = ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in metrics.timing.items() if v)
+    _print(f"time: {timing}")
+    for warning in metrics.warnings:
+        _print(f"warning: {warning}")
+
+
+def _pack(tensors: list[torch.Tensor]) -> Any:
+    """One tensor as itself, several as a tuple (the model's positional inputs)."""
+    return tensors[0] if len(tensors) == 1 else tuple(tensors)
+
+
+def _first(value: Any) -> torch.Tensor:
+    while isinstance(value, tuple | list):
+        value = value[0]
+    return value
+
+
+def cmd_upload(client: Client, args: argparse.Namespace) -> None:
+    _print(client.upload(args.archive))
+
+
+def cmd_models(client: Client, args: argparse.Namespace) -> None:
+    if args.action == "list":
+        for info in client.list_models():
+            methods = ", ".join(m.name for m in info.methods)
+            _print(
+                f"{info.model_id}  {info.format:<12}  {info.archive_size_bytes:>10} bytes  {methods}"
+            )
+        return
+    if not args.model_id:
+        raise InputError(f"'jacserve models {args.action}' needs a model id")
+    if args.action == "delete":
+        client.delete_model(args.model_id)
+        _print(f"deleted {args.model_id}")
+        return
+    info = client.get_model(args.model_id)
+    _print(f"model {info.model_id} ({info.format}, {info.archive_size_bytes} bytes)")
+    for method in info.methods:
+        signature = ", ".join(
+            f"{i.name}: {i.dtype or 'any'}{list(i.shape) if i.shape is not None else ''}"
+            for i in method.inputs
+        )
+        _print(f"  {method.name}({signature})")
+    for parameter in info.parameters:
+        _print(f"  parameter {parameter.name}: {parameter.dtype}{list(parameter.shape)}")
+
+
+def cmd_jvp(client: Client, args: argparse.Namespace) -> None:
+    _, primals = _read(args, "inputs")
+    _, tangents = _read(args, "tangents")
+    result = client.jvp(_model(args), _pack(primals), _pack(tangents), device=args.device)
+    _summary("jvp", _first(result.jvp), result.metrics)
+    if args.output:
+        write_results(args.output, {"jvp": result.jvp, "output": result.output}, result.metrics)
+
+
+def cmd_vjp(client: Client, args: argparse.Namespace) -> None:
+    _, primals = _read(args, "inputs")
+    _, cotangents = _read(args, "cotangents")
+    result = client.vjp(_model(args), _pack(primals), _pack(cotangents), device=args.device)
+    _summary("vjp", _first(result.vjp), result.metrics)
+    if args.output:
+        write_results(args.output, {"vjp": result.vjp, "output": result.output}, result.metrics)
+
+
+def _names(flag: str | None, count: int, fallback: list[str]) -> list[str] | None:
+    if flag:
+        names = [n.strip() for n in flag.split(",")]
+        if len(names) != count:
+            raise InputError(f"{len(names)} names given for {count} entries: {flag}")
+        return names
+    return fallback if len(fallback) == count and all(fallback) else None
+
+
+def cmd_jacobian(client: Client, args: argparse.Namespace) -> None:
+    names, inputs = _read(args, "inputs")
+    result = client.jacobian(_model(args), _pack(inputs), mode=args.mode, device=args.device)
+    _summary("jacobian", _first(result.jacobian), result.metrics)
+    if args.output:
+        write_results(args.output, {"jacobian": result.jacobian, "output": result.output},
+                      result.metrics)  # fmt: skip
+    if args.plot:
+        from jacserve.cli._plot import plot_jacobian
+
+        matrix = _matrix(result)
+        input_names = _input_labels(names, inputs)
+        plot_jacobian(
+            matrix, args.plot,
+            input_names=_names(args.input_names, matrix.shape[1], input_names),
+            output_names=_names(args.output_names, matrix.shape[0], []),
+        )  # fmt: skip
+        _print(f"plot: {args.plot}")
+
+
+def _matrix(result: Any) -> torch.Tensor:
+    """All Jacobian blocks as one (outputs × inputs) matrix, entries flattened in order."""
+    outputs = result.output if isinstance(result.output, tuple) else (result.output,)
+    rows = result.jacobian if isinstance(result.output, tuple) else (result.jacobian,)
+    rows = [row if isinstance(row, tuple) else (row,) for row in rows]
+    return torch.cat(
+        [
+            torch.cat([block.reshape(out.numel(), -1) for block in row], dim=1)
+            for row, out in zip(rows, outputs, strict=True)
+        ],
+        dim=0,
+    )
+
+
+def _input_labels(names: list[str], inputs: list[torch.Tensor]) -> list[str]:
+    labels = []
+    for name, tensor in zip(names, inputs, strict=True):
+        count = tensor.numel()
+        labels += [name] if count == 1 else [f"{name}[{i}]" for i in range(count)]
+    return labels if all(names) else []
+
+
+def cmd_grad(client: Client, args: argparse.Namespace) -> None:
+    _, inputs = _read(args, "inputs")
+    cotangents = _pack(_read(args, "cotangents")[1]) if args.cotangents else None
+    result = client.parameter_gradients(_model(args), _pack(inputs), cotangents, device=args.device)
+    _print(f"gradients of {len(result.gradients)} parameters:")
+    for name, gradient in result.gradients.items():
+        _print(
+            f"  {name}: shape {list(gradient.shape)}, norm {float(gradient.double().norm()):.6g}"
+        )
+    _print(f"time: {result.metrics.timing.get('total', 0.0) * 1e3:.2f} ms")
+    if args.output:
+        write_results(args.output, {"grad": result.gradients, "output": result.output},
+                      result.metrics)  # fmt: skip
+    if args.plot:
+        from jacserve.cli._plot import plot_gradients
+
+        plot_gradients(result.gradients, args.plot, top=args.top)
+        _print(f"plot: {args.plot}")
+
+
+COMMANDS: dict[str, Callable[[Client, argparse.Namespace], None]] = {
+    "upload": cmd_upload,
+    "models": cmd_models,
+    "jvp": cmd_jvp,
+    "vjp": cmd_vjp,
+    "jacobian": cmd_jacobian,
+    "grad": cmd_grad,
+}
+
+
+def add_client_commands(commands: Any) -> None:
+    """Add the client subcommands to ``jacserve``'s subparsers."""
+    example = "Examples:\n  "
+    raw = argparse.RawDescriptionHelpFormatter
+
+    upload = commands.add_parser("upload", help="upload a model archive; prints its id",
+        formatter_class=raw, epilog=example + "jacserve upload model.pt2 --target host:50051")  # fmt: skip
+    upload.add_argument("archive", help="a torch.jit.save or torch.export.save file")
+    _connection_flags(upload)
+
+    models = commands.add_parser("models", help="list, show or delete models", formatter_class=raw,
+        epilog=example + "jacserve models list\n  jacserve models show MODEL_ID\n  "
+        "jacserve models delete MODEL_ID")  # fmt: skip
+    models.add_argument("action", choices=["list", "show", "delete"])
+    models.add_argument("model_id", nargs="?", help="for show and delete")
+    _connection_flags(models)
+
+    for name, help_text, vectors in (
+        ("jvp", "Jacobian-vector product J·v", "tangents"),
+        ("vjp", "vector-Jacobian product uᵀ·J", "cotangents"),
+    ):
+        sub = commands.add_parser(name, help=help_text, formatter_class=raw,
+            epilog=example + f"jacserve {name} MODEL_ID --inputs x.npy --{vectors} v.npy -o out.npz")  # fmt: skip
+        _model_arg(sub)
+        _inputs_flag(sub, "inputs", "the model's inputs")
+        _inputs_flag(sub, vectors, f"the {vectors}")
+        sub.add_argument("--device", default="", help="cpu, cuda or cuda:N (default: the server's)")
+        _output_flags(sub)
+        _connection_flags(sub)
+
+    jacobian = commands.add_parser("jacobian", help="the full Jacobian, with an optional heatmap",
+        formatter_class=raw, epilog=example + "jacserve jacobian MODEL_ID --inputs params.json "
+        "--plot jacobian.png --output-names S,I,R")  # fmt: skip
+    _model_arg(jacobian)
+    _inputs_flag(jacobian, "inputs", "the model's inputs (npz/json keys name the heatmap columns)")
+    jacobian.add_argument("--mode", choices=["auto", "forward", "reverse"], default="auto")
+    jacobian.add_argument("--device", default="", help="cpu, cuda or cuda:N")
+    jacobian.add_argument("--plot", metavar="PNG", help="draw the Jacobian as a signed heatmap")
+    jacobian.add_argument("--input-names", help="comma-separated labels of the input entries")
+    jacobian.add_argument("--output-names", help="comma-separated labels of the output entries")
+    _output_flags(jacobian)
+    _connection_flags(jacobian)
+
+    grad = commands.add_parser("grad", help="gradients with respect to the model's parameters",
+        formatter_class=raw, epilog=example + "jacserve grad MODEL_ID --inputs x.npy "
+        "--cotangents ones.npy --plot grads.png --top 15")  # fmt: skip
+    _model_arg(grad)
+    _inputs_flag(grad, "inputs", "the model's inputs")
+    _inputs_flag(
+        grad, "cotangents", "weights of the outputs (omit for a scalar output)", required=False
+    )
+    grad.add_argument("--device", default="", help="cpu, cuda or cuda:N")
+    grad.add_argument("--plot", metavar="PNG", help="bar chart of the largest gradient entries")
+    grad.add_argument("--top", type=int, default=20, help="entries in the bar chart (default 20)")
+    _output_flags(grad)
+    _connection_flags(grad)
+
+
+def run(
+    command: Callable[[Client, argparse.Namespace], None],
+    args: argparse.Namespace,
+    environ: Mapping[str, str],
+) -> int:
+    """Connect, run ``command``, and map failures to exit codes (see :mod:`jacserve.cli`)."""
+    target = args.target or environ.get("JACSERVE_TARGET") or DEFAULT_TARGET
+    token = args.token or environ.get("JACSERVE_TOKEN") or None
+    ca = pathlib.Path(args.tls_ca).read_bytes() if args.tls_ca else None
+    try:
+        with Client(target, timeout=args.timeout, token=token, root_certificates=ca) as client:
+            command(client, args)
+    except InputError as exc:
+        sys.stderr.write(f"jacserve: {exc}\n")
+        return 2
+    except (Unavailable, DeadlineExceeded) as exc:
+        sys.stderr.write(f"jacserve: cannot reach a server at {target}: {exc.message}\n")
+        return 4
+    except JacserveError as exc:
+        sys.stderr.write(f"jacserve: the server refused: {exc}\n")
+        return 3
+    return 0

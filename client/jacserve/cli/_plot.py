@@ -1,0 +1,106 @@
+"""Pictures of results: a signed Jacobian heatmap and a ranked bar chart of gradients.
+
+matplotlib is an optional extra (``pip install 'jacserve[plot]'``); it is imported on use.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Mapping, Sequence
+
+import torch
+
+__all__ = ["plot_gradients", "plot_jacobian"]
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("--plot needs matplotlib: pip install 'jacserve[plot]'") from None
+    return plt
+
+
+def _ticks(axis_set, names: Sequence[str] | None, count: int, rotate: bool = False) -> None:
+    if names and len(names) == count and count <= 40:
+        axis_set(range(count), names, rotation=90 if rotate else 0, fontsize=8)
+
+
+def plot_jacobian(
+    jacobian: torch.Tensor,
+    path: str | pathlib.Path,
+    *,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    title: str = "Jacobian ∂output/∂input",
+) -> None:
+    """Draw ``jacobian`` (flattened to outputs × inputs) as a heatmap with a diverging
+    colour map centred on zero, so that sign and size read at a glance.
+
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "j.png"
+    >>> plot_jacobian(torch.tensor([[1.0, -2.0], [0.5, 0.0]]), out, input_names=["a", "b"])
+    >>> out.stat().st_size > 1000
+    True
+    """
+    plt = _pyplot()
+    matrix = jacobian.detach().double().cpu()
+    if matrix.dim() != 2:
+        matrix = matrix.reshape(-1, matrix.shape[-1] if matrix.dim() else 1)
+    limit = float(matrix.abs().max()) or 1.0
+    rows, cols = matrix.shape
+    figure, axes = plt.subplots(figsize=(min(12, 3 + cols * 0.35), min(10, 2.5 + rows * 0.3)))
+    image = axes.imshow(matrix.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    figure.colorbar(image, ax=axes, label="∂ output / ∂ input")
+    axes.set_xlabel("input")
+    axes.set_ylabel("output")
+    _ticks(axes.set_xticks, input_names, cols, rotate=True)
+    _ticks(axes.set_yticks, output_names, rows)
+    axes.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_gradients(
+    gradients: Mapping[str, torch.Tensor],
+    path: str | pathlib.Path,
+    *,
+    top: int = 20,
+    title: str = "Largest sensitivities",
+) -> None:
+    """Draw the ``top`` entries of the gradients with the largest magnitude, ranked, as
+    horizontal bars coloured by sign; each bar is labelled ``name[index]``.
+
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "g.png"
+    >>> plot_gradients({"w": torch.tensor([[0.5, -2.0]]), "b": torch.tensor([1.0])}, out)
+    >>> out.stat().st_size > 1000
+    True
+    """
+    plt = _pyplot()
+    entries = []
+    for name, tensor in gradients.items():
+        flat = tensor.detach().double().cpu().reshape(-1)
+        for index, value in enumerate(flat.tolist()):
+            where = (
+                list(torch.unravel_index(torch.tensor(index), tensor.shape)) if tensor.dim() else []
+            )
+            label = f"{name}[{', '.join(str(int(i)) for i in where)}]" if where else name
+            entries.append((abs(value), value, label))
+    entries = sorted(entries, reverse=True)[:top][::-1]
+    figure, axes = plt.subplots(figsize=(8, 1.5 + 0.3 * len(entries)))
+    axes.barh(
+        [label for _, _, label in entries],
+        [value for _, value, _ in entries],
+        color=["#b2182b" if value > 0 else "#2166ac" for _, value, _ in entries],
+    )
+    axes.axvline(0, color="black", linewidth=0.8)
+    axes.set_xlabel("gradient (red: positive, blue: negative)")
+    axes.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -1,0 +1,127 @@
+"""Every ``jacserve`` client command end to end against the test server."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import socket
+
+import numpy as np
+import pytest
+import torch
+from matplotlib import image as mpimg
+from torch.func import jacrev
+
+from jacserve.cli import main
+from tests.models import MLP, archive_of
+
+F64 = torch.float64
+
+
+@pytest.fixture()
+def cli(server, capsys):
+    """Run ``jacserve ARGS --target <test server>``; returns (exit code, stdout, stderr)."""
+
+    def run(*args: str, target: str | None = None) -> tuple[int, str, str]:
+        code = main([*args, "--target", target or server.target])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture()
+def model(tmp_path: pathlib.Path) -> tuple[MLP, pathlib.Path]:
+    module = MLP(3, 6, 2, F64)
+    path = tmp_path / "mlp.pt"
+    path.write_bytes(archive_of(module, (torch.ones(3, dtype=F64),), "torchscript"))
+    return module, path
+
+
+def _not_blank_png(path: pathlib.Path, min_pixels: int = 200) -> None:
+    pixels = mpimg.imread(path)
+    assert pixels.shape[0] >= min_pixels and pixels.shape[1] >= min_pixels, pixels.shape
+    assert float(pixels[..., :3].std()) > 0.05, "the image is blank"
+
+
+def test_upload_and_models_commands(cli, model):
+    _, path = model
+    code, out, _ = cli("upload", str(path))
+    model_id = out.strip()
+    assert code == 0 and len(model_id) == 64
+    code, out, _ = cli("models", "list")
+    assert code == 0 and model_id in out and "torchscript" in out
+    code, out, _ = cli("models", "show", model_id)
+    assert code == 0 and "forward(" in out and "parameter layers.0.weight" in out
+    code, out, _ = cli("models", "delete", model_id)
+    assert code == 0 and "deleted" in out
+    code, _, err = cli("models", "show", model_id)
+    assert code == 3 and "not registered" in err
+
+
+def test_jvp_and_vjp_read_and_write_every_format(cli, model, tmp_path):
+    module, path = model
+    x, v, u = torch.randn(3, dtype=F64), torch.randn(3, dtype=F64), torch.randn(2, dtype=F64)
+    np.save(tmp_path / "x.npy", x.numpy())
+    torch.save(v, tmp_path / "v.pt")
+    (tmp_path / "u.json").write_text(json.dumps(u.tolist()))
+    jacobian = jacrev(module)(x)
+
+    code, out, _ = cli("jvp", str(path), "--inputs", str(tmp_path / "x.npy"),
+                       "--tangents", str(tmp_path / "v.pt"), "-o", str(tmp_path / "jvp.npz"))  # fmt: skip
+    assert code == 0 and "jvp: shape [2]" in out and "mode: forward" in out
+    with np.load(tmp_path / "jvp.npz") as saved:
+        torch.testing.assert_close(torch.from_numpy(saved["jvp"]), jacobian @ v)
+
+    code, out, _ = cli("vjp", str(path), "--inputs", str(tmp_path / "x.npy"), "--cotangents",
+                       str(tmp_path / "u.json"), "--dtype", "float64", "-o", str(tmp_path / "vjp.json"))  # fmt: skip
+    assert code == 0 and "vjp: shape [3]" in out
+    saved = json.loads((tmp_path / "vjp.json").read_text())
+    torch.testing.assert_close(torch.tensor(saved["vjp"], dtype=F64), u @ jacobian)
+    assert saved["metrics"]["mode"] == "reverse"
+
+
+def test_jacobian_writes_npy_and_a_labelled_heatmap(cli, model, tmp_path):
+    module, path = model
+    x = torch.randn(3, dtype=F64)
+    np.savez(tmp_path / "x.npz", x=x.numpy())
+    code, out, _ = cli("jacobian", str(path), "--inputs", str(tmp_path / "x.npz"),
+                       "-o", str(tmp_path / "j.pt"), "--plot", str(tmp_path / "j.png"),
+                       "--output-names", "lift,drag")  # fmt: skip
+    assert code == 0 and "jacobian: shape [2, 3]" in out and "plot:" in out
+    torch.testing.assert_close(torch.load(tmp_path / "j.pt")["jacobian"], jacrev(module)(x))
+    _not_blank_png(tmp_path / "j.png")
+
+
+def test_grad_draws_the_largest_sensitivities(cli, model, tmp_path):
+    _, path = model
+    np.save(tmp_path / "x.npy", np.ones(3))
+    np.save(tmp_path / "u.npy", np.ones(2))
+    code, out, _ = cli("grad", str(path), "--inputs", str(tmp_path / "x.npy"), "--cotangents",
+                       str(tmp_path / "u.npy"), "--plot", str(tmp_path / "g.png"), "--top", "8")  # fmt: skip
+    assert code == 0 and "gradients of 4 parameters" in out
+    _not_blank_png(tmp_path / "g.png")
+
+
+def test_exit_codes_tell_usage_server_and_connection_failures(cli, model, tmp_path):
+    _, path = model
+    code, _, err = cli("jacobian", str(path), "--inputs", str(tmp_path / "missing.npy"))
+    assert code == 2 and "no such file" in err
+    np.save(tmp_path / "x.npy", np.ones(5))
+    code, _, err = cli("jacobian", str(path), "--inputs", str(tmp_path / "x.npy"))
+    assert code == 3 and "refused" in err
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{s.getsockname()[1]}"
+    code, _, err = cli("models", "list", "--timeout", "3", target=closed)
+    assert code == 4 and "cannot reach a server" in err
+    with pytest.raises(SystemExit) as usage:
+        main(["jacobian"])
+    assert usage.value.code == 2
+
+
+@pytest.mark.parametrize("command", ["upload", "models", "jvp", "vjp", "jacobian", "grad"])
+def test_every_command_has_help_with_an_example(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0 and "Examples:" in capsys.readouterr().out
