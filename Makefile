@@ -34,6 +34,7 @@ bench:
 	$(PYTHON) -m pip install -e '.[bench]'
 	$(PYTHON) bench/suite.py
 	$(PYTHON) bench/service.py
+	$(PYTHON) bench/streaming.py
 
 ci:
 	CI=true bash .ci/run

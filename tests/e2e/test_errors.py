@@ -261,7 +261,8 @@ def test_size_limits_give_resource_exhausted(tmp_path):
             with pytest.raises(
                 ResourceExhausted, match=r"16640 bytes of tensors.*--max-message-bytes"
             ):
-                c.jacobian(narrow_id, x)
+                c.jacobian(narrow_id, x, stream=False)  # one message: above the limit
+            assert c.jacobian(narrow_id, x).jacobian.shape == (32, 64)  # streamed: fits
             assert c.jvp(narrow_id, x, torch.ones(64, dtype=torch.float64)).jvp.shape == (32,)
     finally:
         small.stop(grace=0)

@@ -86,22 +86,24 @@ def _scrape(port: int) -> dict[str, float]:
 def test_prometheus_endpoint_counts_requests_by_method_mode_and_code(server, client: Client):
     x = torch.randn(2, dtype=torch.float64)
     model_id = client.upload(archive_of(MLP(2, 3, 6, torch.float64), (x,), "torchscript"))
-    key = 'jacserve_requests_total{code="OK",method="Jacobian",mode="forward"}'
+    key = 'jacserve_requests_total{code="OK",method="StreamJacobian",mode="forward"}'
     before = _scrape(server.metrics_port).get(key, 0.0)
     client.jacobian(model_id, x, mode="forward")
     with pytest.raises(NotFound):
         client.jacobian("e" * 64, x)
     after = _scrape(server.metrics_port)
     assert after[key] == before + 1
-    assert after['jacserve_requests_total{code="NOT_FOUND",method="Jacobian",mode="none"}'] >= 1
-    assert after['jacserve_derivative_passes_total{method="Jacobian",mode="forward"}'] >= 2
+    assert (
+        after['jacserve_requests_total{code="NOT_FOUND",method="StreamJacobian",mode="none"}'] >= 1
+    )
+    assert after['jacserve_derivative_passes_total{method="StreamJacobian",mode="forward"}'] >= 2
     assert (
         after["jacserve_models_registered"] >= 1 and after["jacserve_workers"] == server.pool.size
     )
     assert after['jacserve_model_cache_lookups_total{result="hit"}'] >= 1
     assert after["jacserve_queue_wait_seconds_count"] >= 2
     assert after["jacserve_requests_in_flight"] == 0 and after["jacserve_workers_busy"] == 0
-    assert 'jacserve_request_duration_seconds_count{method="Jacobian"}' in after
+    assert 'jacserve_request_duration_seconds_count{method="StreamJacobian"}' in after
 
 
 def _free_port() -> int:

@@ -176,6 +176,6 @@ def test_logs_are_json_with_the_request_id_the_client_sees(limited, caplog):
     request_id = info.value.request_id
     assert request_id
     records = [r for r in caplog.records if getattr(r, "request_id", None) == request_id]
-    assert records and records[0].code == "NOT_FOUND" and records[0].rpc == "Jacobian"
+    assert records and records[0].code == "NOT_FOUND" and records[0].rpc == "StreamJacobian"
     line = json.loads(JsonFormatter().format(records[0]))
     assert line["request_id"] == request_id and line["message"] == "rpc finished"

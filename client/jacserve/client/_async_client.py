@@ -14,9 +14,11 @@ import grpc.aio
 from jacserve.client._archive import ModelSource, archive_bytes
 from jacserve.client._calls import (
     Prepared,
+    SliceCallback,
     prepare_gradients,
     prepare_jacobian,
     prepare_jvp,
+    prepare_stream_jacobian,
     prepare_vjp,
     upload_chunks,
 )
@@ -99,19 +101,25 @@ class AsyncClient:
         """Close the channel; the client cannot be used afterwards."""
         await self._channel.close()
 
-    async def _call(self, rpc: str, request: Any, timeout: float | None) -> Any:
-        """As :meth:`Client._call`: retries inside one deadline."""
+    async def _call(
+        self, rpc: str, request: Any, timeout: float | None, *, streaming: bool = False
+    ) -> Any:
+        """As :meth:`Client._call`: retries inside one deadline; a ``streaming`` call is
+        returned as (its first message, the call) once that message has arrived."""
         timeout = self.timeout if timeout is _UNSET else timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         attempt = 0
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                return await getattr(self._stub, rpc)(
+                call = getattr(self._stub, rpc)(
                     request() if callable(request) else request,
                     timeout=remaining,
                     metadata=self._settings.metadata,
                 )
+                if not streaming:
+                    return await call
+                return await call.read(), call
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc)
             wait = self.retry.backoff(attempt)
@@ -125,8 +133,20 @@ class AsyncClient:
         self, model: ModelSource, method: str, prepared: Prepared[_T], timeout: float | None
     ) -> _T:
         async def call(ref: pb.FunctionRef) -> _T:
-            prepared.request.function.CopyFrom(ref)
-            return prepared.parse(await self._call(prepared.rpc, prepared.request, timeout))
+            prepared.function.CopyFrom(ref)
+            if not prepared.streaming:
+                return prepared.parse(await self._call(prepared.rpc, prepared.request, timeout))
+            message, stream = await self._call(
+                prepared.rpc, prepared.request, timeout, streaming=True
+            )
+            assembler = prepared.parse(None)
+            try:
+                while message is not grpc.aio.EOF:
+                    assembler.feed(message)
+                    message = await stream.read()
+            except grpc.RpcError as exc:
+                raise from_rpc_error(exc) from None
+            return assembler.result()
 
         return await self._with_model(model, method, call, timeout, prepared.example)
 
@@ -210,13 +230,23 @@ class AsyncClient:
         self, model: ModelSource, inputs: Any, *, mode: str = "auto",
         wrt: Sequence[int] | None = None, batched: bool = False, max_memory_bytes: int = 0,
         chunk_size: int = 0, device: str = "", method: str = "forward",
-        timeout: float | None = _UNSET,
+        timeout: float | None = _UNSET, stream: bool = True, progress: bool | None = None,
+        on_slice: SliceCallback | None = None, max_block_bytes: int = 0,
     ) -> JacobianResult:  # fmt: skip
         """As :meth:`Client.jacobian`."""
-        prepared = prepare_jacobian(
-            inputs, mode=mode, wrt=wrt, batched=batched, max_memory_bytes=max_memory_bytes,
-            chunk_size=chunk_size, device=device,
-        )  # fmt: skip
+        options = dict(mode=mode, wrt=wrt, batched=batched, max_memory_bytes=max_memory_bytes,
+                       chunk_size=chunk_size, device=device)  # fmt: skip
+        prepared = (
+            prepare_stream_jacobian(
+                inputs,
+                **options,
+                max_block_bytes=max_block_bytes,
+                progress=progress,
+                on_slice=on_slice,
+            )
+            if stream or on_slice is not None
+            else prepare_jacobian(inputs, **options)
+        )
         return await self._derive(model, method, prepared, timeout)
 
     async def parameter_gradients(

@@ -13,6 +13,7 @@ from the response message to the typed result. The clients differ only in transp
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -27,15 +28,18 @@ from jacserve.client._results import (
     TensorOrTuple,
     VjpResult,
 )
-from jacserve.codec import decode_tensor, decode_tensors, encode_tensors
+from jacserve.codec import decode_tensor, decode_tensors, dtype_from_wire, encode_tensors
 from jacserve.v1 import jacobian_service_pb2 as pb
 
 __all__ = [
     "MODES",
+    "JacobianAssembler",
     "Prepared",
+    "SliceCallback",
     "prepare_gradients",
     "prepare_jacobian",
     "prepare_jvp",
+    "prepare_stream_jacobian",
     "prepare_vjp",
     "upload_chunks",
 ]
@@ -57,6 +61,13 @@ class Prepared(Generic[R]):
     request: Any
     parse: Callable[[Any], R]
     example: tuple[Any, ...] = ()
+    streaming: bool = False  # parse then takes an iterator of response messages
+
+    @property
+    def function(self) -> pb.FunctionRef:
+        """The model reference to fill in before sending."""
+        inner = getattr(self.request, "request", None)
+        return inner.function if inner is not None else self.request.function
 
 
 def _example(inputs: Any, batched: bool) -> tuple[Any, ...]:
@@ -147,19 +158,123 @@ def prepare_jacobian(
     def parse(response: pb.JacobianResponse) -> JacobianResult:
         outputs = decode_tensors(response.outputs)
         blocks = [decode_tensor(t, name=f"jacobian[{k}]") for k, t in enumerate(response.jacobian)]
-        n_in = len(blocks) // max(len(outputs), 1)
-        rows = [tuple(blocks[i * n_in : (i + 1) * n_in]) for i in range(len(outputs))]
-        if response.tuple_output:
-            jacobian: Any = tuple(row if inputs_tuple else row[0] for row in rows)
-        else:
-            jacobian = rows[0] if inputs_tuple else rows[0][0]
         return JacobianResult(
             output=_structure(outputs, response.tuple_output),
-            jacobian=jacobian,
+            jacobian=_layout(blocks, len(outputs), response.tuple_output, inputs_tuple),
             metrics=DerivativeMetrics.from_wire(response.metrics),
         )
 
     return Prepared("Jacobian", request, parse, _example(inputs, batched))
+
+
+SliceCallback = Callable[[int, int, torch.Tensor], None]
+"""``on_slice(block, start, values)``: flat elements ``[start, start + len(values))`` of
+Jacobian block ``block`` (row-major over outputs × differentiated inputs)."""
+
+
+class JacobianAssembler:
+    """Builds a :class:`JacobianResult` from StreamJacobian messages as they arrive.
+
+    Memory: the assembled Jacobian plus the slice being copied. With ``on_slice`` the
+    slices go to the callback instead and ``jacobian`` of the result is ``None``.
+    """
+
+    def __init__(
+        self,
+        inputs_tuple: bool,
+        progress: bool | None = None,
+        on_slice: SliceCallback | None = None,
+    ) -> None:
+        self._inputs_tuple = inputs_tuple
+        self._progress = progress
+        self._on_slice = on_slice
+        self._blocks: list[torch.Tensor] = []
+        self._outputs: list[torch.Tensor] = []
+        self._tuple_output = False
+        self._bar: Any = None
+        self._metrics: DerivativeMetrics | None = None
+
+    def feed(self, message: pb.StreamJacobianResponse) -> None:
+        """Take one message of the stream."""
+        part = message.WhichOneof("part")
+        if part == "header":
+            header = message.header
+            self._outputs = list(decode_tensors(header.outputs))
+            self._tuple_output = header.tuple_output
+            if self._on_slice is None:
+                self._blocks = [
+                    torch.empty(list(b.dims), dtype=dtype_from_wire(b.dtype))
+                    for b in header.block_shapes
+                ]
+            self._bar = _progress_bar(self._progress, header.slices)
+        elif part == "slice":
+            values = decode_tensor(message.slice.values, name="slice")
+            block, start = message.slice.block, message.slice.start
+            if self._on_slice is not None:
+                self._on_slice(block, start, values)
+            else:
+                self._blocks[block].view(-1)[start : start + values.numel()] = values
+            if self._bar is not None:
+                self._bar.update(1)
+        elif part == "metrics":
+            self._metrics = DerivativeMetrics.from_wire(message.metrics)
+
+    def result(self) -> JacobianResult:
+        """The assembled result, once the metrics (the last message) arrived."""
+        if self._bar is not None:
+            self._bar.close()
+        if self._metrics is None:
+            raise ConnectionError("the Jacobian stream ended before its last message")
+        jacobian = (
+            None if self._on_slice is not None
+            else _layout(self._blocks, len(self._outputs), self._tuple_output, self._inputs_tuple)
+        )  # fmt: skip
+        return JacobianResult(
+            output=_structure(self._outputs, self._tuple_output),
+            jacobian=jacobian,
+            metrics=self._metrics,
+        )
+
+
+def _progress_bar(progress: bool | None, total: int) -> Any:
+    show = sys.stderr.isatty() if progress is None else progress
+    if not show:
+        return None
+    from tqdm.auto import tqdm  # imported on use
+
+    return tqdm(total=total, unit="slice", desc="jacobian")
+
+
+def _layout(
+    blocks: Sequence[torch.Tensor], outputs: int, tuple_output: bool, inputs_tuple: bool
+) -> Any:
+    """Blocks (row-major: output i, input j) in torch.autograd.functional.jacobian's layout."""
+    n_in = len(blocks) // max(outputs, 1)
+    rows = [tuple(blocks[i * n_in : (i + 1) * n_in]) for i in range(outputs)]
+    if tuple_output:
+        return tuple(row if inputs_tuple else row[0] for row in rows)
+    return rows[0] if inputs_tuple else rows[0][0]
+
+
+def prepare_stream_jacobian(
+    inputs: Any, *, mode: str = "auto", wrt: Sequence[int] | None = None, batched: bool = False,
+    max_memory_bytes: int = 0, chunk_size: int = 0, device: str = "", max_block_bytes: int = 0,
+    progress: bool | None = None, on_slice: SliceCallback | None = None,
+) -> Prepared[JacobianAssembler]:  # fmt: skip
+    """A ``StreamJacobian`` call; ``parse`` makes the assembler to feed the messages to."""
+    unary = prepare_jacobian(
+        inputs, mode=mode, wrt=wrt, batched=batched, max_memory_bytes=max_memory_bytes,
+        chunk_size=chunk_size, device=device,
+    )  # fmt: skip
+    inputs_tuple = _as_sequence(inputs)[0]
+    request = pb.StreamJacobianRequest(request=unary.request, max_block_bytes=max_block_bytes)
+    return Prepared(
+        "StreamJacobian",
+        request,
+        lambda _: JacobianAssembler(inputs_tuple, progress, on_slice),
+        unary.example,
+        streaming=True,
+    )
 
 
 def prepare_gradients(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -13,9 +14,11 @@ import grpc
 from jacserve.client._archive import ModelSource, archive_bytes
 from jacserve.client._calls import (
     Prepared,
+    SliceCallback,
     prepare_gradients,
     prepare_jacobian,
     prepare_jvp,
+    prepare_stream_jacobian,
     prepare_vjp,
     upload_chunks,
 )
@@ -117,10 +120,14 @@ class Client:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def _call(self, rpc: str, request: Any, timeout: float | None) -> Any:
+    def _call(
+        self, rpc: str, request: Any, timeout: float | None, *, streaming: bool = False
+    ) -> Any:
         """Call ``rpc`` with retries (see :class:`RetryPolicy`) inside one deadline.
 
         ``request`` is a message, or a factory of a request stream (made anew per try).
+        A ``streaming`` response is returned as an iterator whose first message has
+        arrived (so that failing to reach the server is retried too).
         """
         timeout = self.timeout if timeout is _UNSET else timeout
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -128,11 +135,16 @@ class Client:
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                return getattr(self._stub, rpc)(
+                response = getattr(self._stub, rpc)(
                     request() if callable(request) else request,
                     timeout=remaining,
                     metadata=self._settings.metadata,
                 )
+                if not streaming:
+                    return response
+                return itertools.chain([next(response)], response)
+            except StopIteration:
+                return iter(())
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc)
             wait = self.retry.backoff(attempt)
@@ -169,8 +181,17 @@ class Client:
         self, model: Model, method: str, prepared: Prepared[_T], timeout: float | None
     ) -> _T:
         def call(ref: pb.FunctionRef) -> _T:
-            prepared.request.function.CopyFrom(ref)
-            return prepared.parse(self._call(prepared.rpc, prepared.request, timeout))
+            prepared.function.CopyFrom(ref)
+            if not prepared.streaming:
+                return prepared.parse(self._call(prepared.rpc, prepared.request, timeout))
+            messages = self._call(prepared.rpc, prepared.request, timeout, streaming=True)
+            assembler = prepared.parse(None)
+            try:
+                for message in messages:
+                    assembler.feed(message)
+            except grpc.RpcError as exc:
+                raise from_rpc_error(exc) from None
+            return assembler.result()
 
         return self._with_model(model, method, call, timeout, prepared.example)
 
@@ -347,6 +368,10 @@ class Client:
         device: str = "",
         method: str = "forward",
         timeout: float | None = _UNSET,
+        stream: bool = True,
+        progress: bool | None = None,
+        on_slice: SliceCallback | None = None,
+        max_block_bytes: int = 0,
     ) -> JacobianResult:
         """The full Jacobian at ``inputs``.
 
@@ -364,6 +389,14 @@ class Client:
             device: where to compute (``"cpu"``, ``"cuda"``); default the server's.
             method: the model method to call.
             timeout: deadline in seconds for this call.
+            stream: receive the Jacobian as a stream of slices (``StreamJacobian``), so that
+                no message exceeds the message limit whatever its size and the client
+                holds one copy plus one slice; ``False`` uses the single-message RPC.
+            progress: show a progress bar over the slices (default: when stderr is a
+                terminal).
+            on_slice: ``on_slice(block, start, values)`` receives every slice instead of
+                the SDK assembling them (``jacobian`` of the result is then ``None``).
+            max_block_bytes: tensor bytes per slice (default: the server's, 4 MiB).
 
         Returns:
             :class:`JacobianResult`, structured as ``torch.autograd.functional.jacobian``
@@ -376,10 +409,19 @@ class Client:
         >>> r.jacobian.shape, r.metrics.mode, r.metrics.passes
         (torch.Size([2, 3]), 'reverse', 2)
         """
-        prepared = prepare_jacobian(
-            inputs, mode=mode, wrt=wrt, batched=batched, max_memory_bytes=max_memory_bytes,
-            chunk_size=chunk_size, device=device,
-        )  # fmt: skip
+        options = dict(mode=mode, wrt=wrt, batched=batched, max_memory_bytes=max_memory_bytes,
+                       chunk_size=chunk_size, device=device)  # fmt: skip
+        prepared = (
+            prepare_stream_jacobian(
+                inputs,
+                **options,
+                max_block_bytes=max_block_bytes,
+                progress=progress,
+                on_slice=on_slice,
+            )
+            if stream or on_slice is not None
+            else prepare_jacobian(inputs, **options)
+        )
         return self._derive(model, method, prepared, timeout)
 
     def parameter_gradients(

@@ -326,6 +326,70 @@ class JacobianResponse(_message.Message):
     metrics: DerivativeMetrics
     def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., jacobian: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ...) -> None: ...
 
+class StreamJacobianRequest(_message.Message):
+    __slots__ = ("request", "max_block_bytes")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    MAX_BLOCK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    request: JacobianRequest
+    max_block_bytes: int
+    def __init__(self, request: _Optional[_Union[JacobianRequest, _Mapping]] = ..., max_block_bytes: _Optional[int] = ...) -> None: ...
+
+class JacobianStreamHeader(_message.Message):
+    __slots__ = ("outputs", "tuple_output", "block_shapes", "slices")
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    TUPLE_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_SHAPES_FIELD_NUMBER: _ClassVar[int]
+    SLICES_FIELD_NUMBER: _ClassVar[int]
+    outputs: _containers.RepeatedCompositeFieldContainer[Tensor]
+    tuple_output: bool
+    block_shapes: _containers.RepeatedCompositeFieldContainer[BlockShape]
+    slices: int
+    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., block_shapes: _Optional[_Iterable[_Union[BlockShape, _Mapping]]] = ..., slices: _Optional[int] = ...) -> None: ...
+
+class BlockShape(_message.Message):
+    __slots__ = ("dims", "dtype")
+    DIMS_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    dims: _containers.RepeatedScalarFieldContainer[int]
+    dtype: Dtype
+    def __init__(self, dims: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[Dtype, str]] = ...) -> None: ...
+
+class JacobianSlice(_message.Message):
+    __slots__ = ("block", "start", "values")
+    BLOCK_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    block: int
+    start: int
+    values: Tensor
+    def __init__(self, block: _Optional[int] = ..., start: _Optional[int] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class StreamJacobianResponse(_message.Message):
+    __slots__ = ("header", "slice", "metrics")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    SLICE_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    header: JacobianStreamHeader
+    slice: JacobianSlice
+    metrics: DerivativeMetrics
+    def __init__(self, header: _Optional[_Union[JacobianStreamHeader, _Mapping]] = ..., slice: _Optional[_Union[JacobianSlice, _Mapping]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ...) -> None: ...
+
+class GetServerInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetServerInfoResponse(_message.Message):
+    __slots__ = ("max_message_bytes", "max_archive_bytes", "uploads_allowed", "workers")
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_ARCHIVE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    UPLOADS_ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    max_message_bytes: int
+    max_archive_bytes: int
+    uploads_allowed: bool
+    workers: int
+    def __init__(self, max_message_bytes: _Optional[int] = ..., max_archive_bytes: _Optional[int] = ..., uploads_allowed: _Optional[bool] = ..., workers: _Optional[int] = ...) -> None: ...
+
 class ParameterGradientsRequest(_message.Message):
     __slots__ = ("function", "inputs", "cotangents", "parameters", "options")
     FUNCTION_FIELD_NUMBER: _ClassVar[int]

@@ -70,6 +70,16 @@ class JacobianServiceStub:
                 request_serializer=jacserve_dot_v1_dot_jacobian__service__pb2.JacobianRequest.SerializeToString,
                 response_deserializer=jacserve_dot_v1_dot_jacobian__service__pb2.JacobianResponse.FromString,
                 _registered_method=True)
+        self.StreamJacobian = channel.unary_stream(
+                '/jacserve.v1.JacobianService/StreamJacobian',
+                request_serializer=jacserve_dot_v1_dot_jacobian__service__pb2.StreamJacobianRequest.SerializeToString,
+                response_deserializer=jacserve_dot_v1_dot_jacobian__service__pb2.StreamJacobianResponse.FromString,
+                _registered_method=True)
+        self.GetServerInfo = channel.unary_unary(
+                '/jacserve.v1.JacobianService/GetServerInfo',
+                request_serializer=jacserve_dot_v1_dot_jacobian__service__pb2.GetServerInfoRequest.SerializeToString,
+                response_deserializer=jacserve_dot_v1_dot_jacobian__service__pb2.GetServerInfoResponse.FromString,
+                _registered_method=True)
         self.ParameterGradients = channel.unary_unary(
                 '/jacserve.v1.JacobianService/ParameterGradients',
                 request_serializer=jacserve_dot_v1_dot_jacobian__service__pb2.ParameterGradientsRequest.SerializeToString,
@@ -130,6 +140,22 @@ class JacobianServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamJacobian(self, request, context):
+        """StreamJacobian returns the same Jacobian as a stream of messages, none larger than
+        max_block_bytes or the server's message limit: a header (outputs and block shapes),
+        then slices of each block in order, then the metrics. For results of any size.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetServerInfo(self, request, context):
+        """GetServerInfo says what the server accepts, so that clients can adapt (message limit).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ParameterGradients(self, request, context):
         """ParameterGradients computes gradients with respect to the model's named parameters.
         """
@@ -174,6 +200,16 @@ def add_JacobianServiceServicer_to_server(servicer, server):
                     servicer.Jacobian,
                     request_deserializer=jacserve_dot_v1_dot_jacobian__service__pb2.JacobianRequest.FromString,
                     response_serializer=jacserve_dot_v1_dot_jacobian__service__pb2.JacobianResponse.SerializeToString,
+            ),
+            'StreamJacobian': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamJacobian,
+                    request_deserializer=jacserve_dot_v1_dot_jacobian__service__pb2.StreamJacobianRequest.FromString,
+                    response_serializer=jacserve_dot_v1_dot_jacobian__service__pb2.StreamJacobianResponse.SerializeToString,
+            ),
+            'GetServerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerInfo,
+                    request_deserializer=jacserve_dot_v1_dot_jacobian__service__pb2.GetServerInfoRequest.FromString,
+                    response_serializer=jacserve_dot_v1_dot_jacobian__service__pb2.GetServerInfoResponse.SerializeToString,
             ),
             'ParameterGradients': grpc.unary_unary_rpc_method_handler(
                     servicer.ParameterGradients,
@@ -371,6 +407,60 @@ class JacobianService:
             '/jacserve.v1.JacobianService/Jacobian',
             jacserve_dot_v1_dot_jacobian__service__pb2.JacobianRequest.SerializeToString,
             jacserve_dot_v1_dot_jacobian__service__pb2.JacobianResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamJacobian(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/jacserve.v1.JacobianService/StreamJacobian',
+            jacserve_dot_v1_dot_jacobian__service__pb2.StreamJacobianRequest.SerializeToString,
+            jacserve_dot_v1_dot_jacobian__service__pb2.StreamJacobianResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jacserve.v1.JacobianService/GetServerInfo',
+            jacserve_dot_v1_dot_jacobian__service__pb2.GetServerInfoRequest.SerializeToString,
+            jacserve_dot_v1_dot_jacobian__service__pb2.GetServerInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -147,6 +147,7 @@ def serve(config: ServerConfig, environ: dict[str, str] | None = None) -> Runnin
         metrics,
         FrontendSettings(
             max_archive_bytes=config.max_archive_bytes,
+            max_message_bytes=config.max_message_bytes,
             allow_uploads=config.allow_uploads,
             request_timeout_seconds=config.request_timeout,
         ),

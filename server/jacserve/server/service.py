@@ -10,7 +10,9 @@ id the caller can quote (the traceback goes to the log only).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import inspect
 import logging
 import math
 import threading
@@ -18,7 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
@@ -34,7 +36,7 @@ from jacserve.server.errors import (
 )
 from jacserve.server.metrics import ServiceMetrics
 from jacserve.server.registry.store import ArchiveStore, check_model_id
-from jacserve.server.worker.operations import DERIVATIVE_REQUESTS
+from jacserve.server.worker.operations import DERIVATIVE_REQUESTS, STREAMING_REQUESTS
 from jacserve.server.worker.pool import WorkerPool
 from jacserve.v1 import jacobian_service_pb2 as pb
 
@@ -43,7 +45,6 @@ __all__ = ["REQUEST_ID_KEY", "SERVICE_NAME", "FrontendSettings", "JacobianServic
 _LOG = logging.getLogger("jacserve.server.rpc")
 REQUEST_ID_KEY = "x-request-id"
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["JacobianService"].full_name
-_Response = TypeVar("_Response")
 
 _STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
@@ -77,62 +78,76 @@ class FrontendSettings:
     """Caps and switches of the frontend."""
 
     max_archive_bytes: int
+    max_message_bytes: int = 512 << 20
     allow_uploads: bool = True
     request_timeout_seconds: float = 300.0
 
 
-def _rpc(name: str) -> Callable[[Callable[..., _Response]], Callable[..., _Response]]:
-    """Wrap a handler: request id, error mapping, logging and Prometheus, in one place."""
+@contextlib.contextmanager
+def _recorded(
+    servicer: JacobianServicer, name: str, context: grpc.ServicerContext
+) -> Iterator[_Observed]:
+    """One RPC's request id, error mapping, log line and Prometheus record."""
+    metadata = dict(context.invocation_metadata() or ())
+    request_id = str(metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex)[:64]
+    context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+    started = time.perf_counter()
+    observed, code = _Observed(), grpc.StatusCode.OK
+    servicer._metrics.in_flight(+1)
+    try:
+        yield observed
+    except Exception as exc:
+        mapped = _status_for(exc)
+        if mapped is None:
+            code = grpc.StatusCode.INTERNAL
+            _LOG.exception("rpc=%s request_id=%s failed unexpectedly", name, request_id)
+            message = (
+                f"{name}: internal error (request id {request_id}); the server log has the details"
+            )
+        else:
+            code, message = mapped, f"{name}: {exc}"
+        context.abort(code, message)
+    except GeneratorExit:
+        code = grpc.StatusCode.CANCELLED  # a stream whose caller went away
+        raise
+    finally:
+        seconds = time.perf_counter() - started
+        servicer._metrics.in_flight(-1)
+        _LOG.info(
+            "rpc finished",
+            extra={
+                "rpc": name,
+                "request_id": request_id,
+                "code": code.name,
+                "mode": observed.mode,
+                "passes": observed.passes,
+                "seconds": round(seconds, 6),
+            },
+        )
+        servicer._metrics.observe_rpc(
+            name, mode=observed.mode, code=code.name, seconds=seconds, passes=observed.passes
+        )
 
-    def decorate(handler: Callable[..., _Response]) -> Callable[..., _Response]:
+
+def _rpc(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Wrap a handler (plain or generator) in :func:`_recorded`."""
+
+    def decorate(handler: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.isgeneratorfunction(handler):
+
+            @functools.wraps(handler)
+            def streaming(self: JacobianServicer, request: Any, context: Any) -> Iterator[Any]:
+                with _recorded(self, name, context) as observed:
+                    yield from handler(self, request, context, observed)
+
+            return streaming
+
         @functools.wraps(handler)
-        def wrapper(
-            self: JacobianServicer, request: Any, context: grpc.ServicerContext
-        ) -> _Response:
-            metadata = dict(context.invocation_metadata() or ())
-            request_id = str(metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex)[:64]
-            context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
-            started = time.perf_counter()
-            observed, code = _Observed(), grpc.StatusCode.OK
-            self._metrics.in_flight(+1)
-            try:
+        def unary(self: JacobianServicer, request: Any, context: Any) -> Any:
+            with _recorded(self, name, context) as observed:
                 return handler(self, request, context, observed)
-            except Exception as exc:
-                mapped = _status_for(exc)
-                if mapped is None:
-                    code = grpc.StatusCode.INTERNAL
-                    _LOG.exception("rpc=%s request_id=%s failed unexpectedly", name, request_id)
-                    message = (
-                        f"{name}: internal error (request id {request_id}); "
-                        "the server log has the details"
-                    )
-                else:
-                    code, message = mapped, f"{name}: {exc}"
-                context.abort(code, message)
-                raise  # unreachable: abort raises
-            finally:
-                seconds = time.perf_counter() - started
-                self._metrics.in_flight(-1)
-                _LOG.info(
-                    "rpc finished",
-                    extra={
-                        "rpc": name,
-                        "request_id": request_id,
-                        "code": code.name,
-                        "mode": observed.mode,
-                        "passes": observed.passes,
-                        "seconds": round(seconds, 6),
-                    },
-                )
-                self._metrics.observe_rpc(
-                    name,
-                    mode=observed.mode,
-                    code=code.name,
-                    seconds=seconds,
-                    passes=observed.passes,
-                )
 
-        return wrapper
+        return unary
 
     return decorate
 
@@ -282,8 +297,8 @@ class JacobianServicer:
 
     # -- derivatives ----------------------------------------------------------------------
 
-    def _derive(self, name: str, request: Any, context: Any, observed: _Observed) -> bytes:
-        ref = request.function
+    def _resolve(self, ref: pb.FunctionRef, context: Any) -> None:
+        """Make ``ref`` name a stored, described model (storing an inline archive)."""
         source = ref.WhichOneof("source")
         if source == "archive":
             model_id = self.register(ref.archive, context)[0].model_id
@@ -294,6 +309,10 @@ class JacobianServicer:
             raise InvalidArgument(
                 "function: expected model_id (from UploadModel) or an inline archive; got neither"
             )
+
+    def _derive(self, name: str, request: Any, context: Any, observed: _Observed) -> bytes:
+        ref = request.function
+        self._resolve(ref, context)
         reply, body = self._pool.call(
             {"op": name, "model_id": ref.model_id},
             request.SerializeToString(),
@@ -321,18 +340,48 @@ class JacobianServicer:
     ) -> bytes:
         return self._derive("ParameterGradients", request, context, observed)
 
+    @_rpc("StreamJacobian")
+    def StreamJacobian(
+        self, request: pb.StreamJacobianRequest, context: Any, observed: _Observed
+    ) -> Iterator[bytes]:
+        self._resolve(request.request.function, context)
+        summary: dict[str, Any] = {}
+        yield from self._pool.stream(
+            {"op": "StreamJacobian", "model_id": request.request.function.model_id},
+            request.SerializeToString(),
+            deadline=self._deadline(context),
+            cancelled=lambda: not context.is_active(),
+            summary=summary,
+        )
+        observed.mode, observed.passes = (
+            str(summary.get("mode", "none")),
+            int(summary.get("passes", 0)),
+        )
+
+    @_rpc("GetServerInfo")
+    def GetServerInfo(
+        self, request: pb.GetServerInfoRequest, context: Any, observed: _Observed
+    ) -> pb.GetServerInfoResponse:
+        return pb.GetServerInfoResponse(
+            max_message_bytes=self._settings.max_message_bytes,
+            max_archive_bytes=self._store.max_archive_bytes,
+            uploads_allowed=self._settings.allow_uploads,
+            workers=self._pool.size,
+        )
+
     def add_to_server(self, server: grpc.Server) -> None:
         """Register the service; derivative responses go out as the worker's bytes."""
         service = pb.DESCRIPTOR.services_by_name["JacobianService"]
         handlers = {}
         for method in service.methods:
             request_type = getattr(pb, method.input_type.name)
-            passthrough = method.name in DERIVATIVE_REQUESTS
-            make = (
-                grpc.stream_unary_rpc_method_handler
-                if method.client_streaming
-                else grpc.unary_unary_rpc_method_handler
-            )
+            passthrough = method.name in DERIVATIVE_REQUESTS or method.name in STREAMING_REQUESTS
+            if method.client_streaming:
+                make = grpc.stream_unary_rpc_method_handler
+            elif method.server_streaming:
+                make = grpc.unary_stream_rpc_method_handler
+            else:
+                make = grpc.unary_unary_rpc_method_handler
             handlers[method.name] = make(
                 getattr(self, method.name),
                 request_deserializer=request_type.FromString,

@@ -22,7 +22,10 @@ from jacserve.server.errors import DeadlineExceeded, InvalidArgument, ResourceEx
 from jacserve.server.registry import LoadedModel, MethodInfo, ModelInfo, ModelRegistry
 from jacserve.v1 import jacobian_service_pb2 as pb
 
-__all__ = ["DerivativeHandlers", "HandlerSettings", "model_info_to_wire"]
+__all__ = ["STREAM_BLOCK_BYTES", "DerivativeHandlers", "HandlerSettings", "model_info_to_wire"]
+
+STREAM_BLOCK_BYTES = 4 << 20
+"""Default tensor bytes per StreamJacobian message."""
 
 _MODE_FROM_WIRE = {
     pb.DERIVATIVE_MODE_UNSPECIFIED: "auto",
@@ -257,7 +260,9 @@ class DerivativeHandlers:
     def _Vjp(self, request: pb.VjpRequest, deadline: float) -> pb.VjpResponse:
         return self._product(request, deadline, kind="vjp")
 
-    def _Jacobian(self, request: pb.JacobianRequest, deadline: float) -> pb.JacobianResponse:
+    def _compute_jacobian(
+        self, request: pb.JacobianRequest, deadline: float
+    ) -> tuple[LoadedModel, engine.EngineResult, _Phases]:
         phases = _Phases()
         model, fn, method, t = self._prepare(
             phases, request.function, request.options, inputs=request.inputs
@@ -289,6 +294,10 @@ class DerivativeHandlers:
             memory_meter=self._settings.memory_meter,
             method=method.name,
         )
+        return model, result, phases
+
+    def _Jacobian(self, request: pb.JacobianRequest, deadline: float) -> pb.JacobianResponse:
+        model, result, phases = self._compute_jacobian(request, deadline)
         outputs, values = self._encode(phases, result.outputs, result.values)
         return pb.JacobianResponse(
             outputs=outputs,
@@ -296,6 +305,43 @@ class DerivativeHandlers:
             jacobian=values,
             metrics=self._wire_metrics(result, phases, model),
         )
+
+    def stream_jacobian(
+        self, request: pb.StreamJacobianRequest, deadline: float
+    ) -> Iterator[pb.StreamJacobianResponse]:
+        """The Jacobian as a header, slices of at most ``max_block_bytes`` each, metrics."""
+        if request.max_block_bytes < 0:
+            raise InvalidArgument(
+                f"max_block_bytes must be >= 0 (0: the server's choice); got {request.max_block_bytes}"
+            )
+        limit = self._settings.max_message_bytes - (64 << 10)
+        block_bytes = min(request.max_block_bytes or STREAM_BLOCK_BYTES, limit)
+        model, result, phases = self._compute_jacobian(request.request, deadline)
+        outputs = self._encode(phases, result.outputs)[0]
+        with phases.phase("encode"):
+            blocks = [v.detach().to("cpu").contiguous().reshape(-1) for v in result.values]
+        plan = []
+        for k, block in enumerate(blocks):
+            step = max(1, block_bytes // block.element_size())
+            plan += [(k, a, min(a + step, block.numel())) for a in range(0, block.numel(), step)]
+        yield pb.StreamJacobianResponse(
+            header=pb.JacobianStreamHeader(
+                outputs=outputs,
+                tuple_output=result.tuple_output,
+                block_shapes=[
+                    pb.BlockShape(dims=list(v.shape), dtype=dtype_to_wire(v.dtype))
+                    for v in result.values
+                ],
+                slices=len(plan),
+            )
+        )
+        for k, start, stop in plan:
+            with phases.phase("encode"):
+                values = encode_tensors([blocks[k][start:stop]])[0]
+            yield pb.StreamJacobianResponse(
+                slice=pb.JacobianSlice(block=k, start=start, values=values)
+            )
+        yield pb.StreamJacobianResponse(metrics=self._wire_metrics(result, phases, model))
 
     def _ParameterGradients(
         self, request: pb.ParameterGradientsRequest, deadline: float

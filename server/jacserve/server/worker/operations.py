@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from jacserve.v1 import jacobian_service_pb2 as pb
 
-__all__ = ["DERIVATIVE_REQUESTS"]
+__all__ = ["DERIVATIVE_REQUESTS", "STREAMING_REQUESTS"]
 
 DERIVATIVE_REQUESTS: dict[str, type] = {
     "Jvp": pb.JvpRequest,
@@ -14,3 +14,6 @@ DERIVATIVE_REQUESTS: dict[str, type] = {
     "ParameterGradients": pb.ParameterGradientsRequest,
 }
 """The derivative RPCs a worker serves, by method name, with their request types."""
+
+STREAMING_REQUESTS: dict[str, type] = {"StreamJacobian": pb.StreamJacobianRequest}
+"""The RPCs a worker answers with a stream of messages."""

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -168,13 +168,15 @@ class WorkerPool:
         return True
 
     def _replace(self, worker: _Worker, reason: str) -> None:
-        """Kill ``worker`` and start its successor in the background."""
-        self._on_event("restart", reason)
+        """Kill ``worker`` and start its successor in the background (once per worker)."""
         self._stop_worker(worker, kill=True)
         with self._lock:
-            self._workers.pop(worker.index, None)
-        if self._closed.is_set():
+            current = self._workers.get(worker.index) is worker
+            if current:
+                del self._workers[worker.index]
+        if not current or self._closed.is_set():
             return
+        self._on_event("restart", reason)
 
         def restart() -> None:
             delay = 0.5
@@ -274,56 +276,97 @@ class WorkerPool:
         Raises:
             JacserveError: the worker's own error, or what its death means.
         """
-        model_id = header.get("model_id")
-        worker = self._acquire(model_id, deadline, cancelled)
-        with self._lock:
-            self._busy += 1
-            self._on_event("busy", self._busy)
-        try:
-            reply, body = self._exchange(
-                worker, {**header, "deadline": deadline}, payload, deadline, cancelled, loading
-            )
-        finally:
-            with self._lock:
-                self._busy -= 1
-                self._on_event("busy", self._busy)
-        if model_id:
-            worker.served(model_id)
-        self._release(worker)
-        if reply.get("ok"):
-            return reply, body
-        error = _ERRORS.get(str(reply.get("error")), errors.WorkerFailed)
-        raise error(str(reply.get("message", "the worker failed without a message"))[:4000])
+        parts = self._run(header, payload, deadline, cancelled, loading)
+        reply, body = next(parts)
+        if reply.get("more"):
+            parts.close()
+            raise errors.WorkerFailed(f"{header.get('op')} answered with a stream")
+        return reply, body
 
-    def _exchange(
+    def stream(
         self,
-        worker: _Worker,
+        header: dict[str, Any],
+        payload: bytes | None,
+        *,
+        deadline: float,
+        cancelled: Callable[[], bool] = lambda: False,
+        summary: dict[str, Any] | None = None,
+    ) -> Iterator[bytes]:
+        """Run a streaming operation; yields each message's payload as it arrives and
+        puts the final reply header (mode, passes) into ``summary``.
+
+        Closing the iterator early (the caller went away) stops and replaces the worker.
+        """
+        for reply, body in self._run(header, payload, deadline, cancelled, loading=False):
+            if reply.get("more"):
+                yield body or b""
+            elif summary is not None:
+                summary.update(reply)
+
+    def _run(
+        self,
         header: dict[str, Any],
         payload: bytes | None,
         deadline: float,
         cancelled: Callable[[], bool],
         loading: bool,
-    ) -> tuple[dict[str, Any], bytes | None]:
-        """Send, wait, receive; on any failure the worker is replaced and this raises."""
-        began = time.monotonic()
+    ) -> Iterator[tuple[dict[str, Any], bytes | None]]:
+        """Every reply of one operation, the last one without ``more``; raises its error."""
+        model_id = header.get("model_id")
+        worker = self._acquire(model_id, deadline, cancelled)
+        with self._lock:
+            self._busy += 1
+            self._on_event("busy", self._busy)
+        began, done = time.monotonic(), False
         try:
-            worker.channel.send(header, payload)
+            worker.channel.send({**header, "deadline": deadline}, payload)
             while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or cancelled():
-                    self._replace(worker, "deadline")
-                    raise errors.DeadlineExceeded(
-                        f"the request ran {time.monotonic() - began:.2f}s, past its deadline; its "
-                        "worker was stopped and replaced. Raise the timeout or use a smaller "
-                        "problem (if the model loops forever, fix the model)"
-                    )
-                ready, _, _ = select.select([worker.channel], [], [], min(remaining, _POLL_SECONDS))
-                if ready:
-                    return worker.channel.receive(
-                        max_payload_bytes=self._settings.max_message_bytes + (1 << 20)
-                    )
+                reply, body = self._await_reply(worker, deadline, cancelled, loading, began)
+                if not reply.get("more"):
+                    break
+                yield reply, body
+                worker.channel.send({"op": "next"})  # the arena is free for the next part
+            done = True
         except (OSError, EOFError, ProtocolError) as exc:
+            done = True  # _died replaces the worker
             raise self._died(worker, exc, loading) from None
+        finally:
+            with self._lock:
+                self._busy -= 1
+                self._on_event("busy", self._busy)
+            if not done and self._workers.get(worker.index) is worker:
+                self._replace(worker, "abandoned stream")  # still sending to no one
+        if model_id:
+            worker.served(model_id)
+        self._release(worker)
+        if not reply.get("ok"):
+            error = _ERRORS.get(str(reply.get("error")), errors.WorkerFailed)
+            raise error(str(reply.get("message", "the worker failed without a message"))[:4000])
+        yield reply, body
+
+    def _await_reply(
+        self,
+        worker: _Worker,
+        deadline: float,
+        cancelled: Callable[[], bool],
+        loading: bool,
+        began: float,
+    ) -> tuple[dict[str, Any], bytes | None]:
+        """The worker's next message; past the deadline the worker is replaced and this raises."""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or cancelled():
+                self._replace(worker, "deadline")
+                raise errors.DeadlineExceeded(
+                    f"the request ran {time.monotonic() - began:.2f}s, past its deadline; its "
+                    "worker was stopped and replaced. Raise the timeout or use a smaller "
+                    "problem (if the model loops forever, fix the model)"
+                )
+            ready, _, _ = select.select([worker.channel], [], [], min(remaining, _POLL_SECONDS))
+            if ready:
+                return worker.channel.receive(
+                    max_payload_bytes=self._settings.max_message_bytes + (1 << 20)
+                )
 
     def _died(self, worker: _Worker, exc: BaseException, loading: bool) -> errors.JacserveError:
         try:

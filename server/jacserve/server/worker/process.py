@@ -16,6 +16,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -27,7 +28,7 @@ from jacserve.server.engine.compiled import ProgramCompiler
 from jacserve.server.logs import configure_logging
 from jacserve.server.registry import ModelRegistry, OperatorAllowlist
 from jacserve.server.worker.handlers import DerivativeHandlers, HandlerSettings
-from jacserve.server.worker.operations import DERIVATIVE_REQUESTS
+from jacserve.server.worker.operations import DERIVATIVE_REQUESTS, STREAMING_REQUESTS
 from jacserve.server.worker.protocol import Channel
 from jacserve.server.worker.sandbox import SandboxSettings, apply_sandbox, set_cpu_budget
 from jacserve.server.worker.settings import WorkerSettings
@@ -89,6 +90,9 @@ def _answer(handlers: DerivativeHandlers, header: dict[str, Any], payload: bytes
     op = header.get("op")
     if op == "describe":
         return handlers.describe(str(header["model_id"]))
+    if op in STREAMING_REQUESTS and payload is not None:
+        request = STREAMING_REQUESTS[str(op)].FromString(payload)
+        return handlers.stream_jacobian(request, float(header["deadline"]))
     request_type = DERIVATIVE_REQUESTS.get(str(op))
     if request_type is None or payload is None:
         raise errors.InvalidArgument(f"unknown worker operation {op!r}")
@@ -106,18 +110,29 @@ def run_worker(channel: Channel, settings: WorkerSettings) -> None:
             return
         set_cpu_budget(settings.cpu_seconds)
         try:
-            response = _answer(handlers, header, payload)
-            metrics = getattr(response, "metrics", None)
-            reply: dict[str, Any] = {"ok": True}
-            if metrics is not None:
-                reply["mode"] = (
-                    "forward" if metrics.mode == pb.DERIVATIVE_MODE_FORWARD else "reverse"
-                )
-                reply["passes"] = metrics.passes
-            body = response.SerializeToString()
+            answer = _answer(handlers, header, payload)
+            if isinstance(answer, Iterator):
+                metrics = None
+                for message in answer:  # each part its own message: none above the limit
+                    channel.send({"ok": True, "more": True}, message.SerializeToString())
+                    metrics = message.metrics if message.HasField("metrics") else metrics
+                    # the arena is shared: write the next part once this one was read
+                    channel.receive(max_payload_bytes=0)
+                reply, body = {"ok": True, **_labels(metrics)}, None
+            else:
+                reply = {"ok": True, **_labels(getattr(answer, "metrics", None))}
+                body = answer.SerializeToString()
         except Exception as exc:
             reply, body = _error(exc), None
         channel.send(reply, body)
+
+
+def _labels(metrics: Any) -> dict[str, Any]:
+    """Mode and passes of a response, for the frontend's log line and metrics."""
+    if metrics is None:
+        return {}
+    mode = "forward" if metrics.mode == pb.DERIVATIVE_MODE_FORWARD else "reverse"
+    return {"mode": mode, "passes": metrics.passes}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,7 +5,8 @@ header of at most 64 KiB. A payload (a serialized request or response, whose ten
 are most of it) is written into a shared-memory arena that both processes map — one
 ``memfd`` per worker, created once and replaced by a larger one (whose descriptor rides
 along with the message) only when a payload does not fit. The two sides take turns: the
-frontend writes a request, the worker reads it, then writes its response. Nothing is
+frontend writes a request, the worker reads it, then writes its response (a streamed
+response: one part, then the frontend's ``next``, then the next part). Nothing is
 pickled in either direction, so a compromised worker can send the frontend only JSON and
 bytes, never objects.
 
