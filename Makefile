@@ -1,7 +1,7 @@
 # Convenience targets; each installs the pinned CPU build of torch first.
 PYTHON ?= python3
 
-.PHONY: install dev serve test lint proto proto-check bench ci
+.PHONY: install dev serve test lint docs proto proto-check bench ci
 
 install:
 	$(PYTHON) -m pip install torch==2.13.0
@@ -22,6 +22,9 @@ lint:
 	ruff format --check .
 	buf lint
 	$(PYTHON) scripts/gen_proto.py --check
+
+docs:
+	mkdocs build --strict   # site/; mkdocs serve for a live preview
 
 proto:
 	buf lint
