@@ -22,12 +22,7 @@ from jacserve.client._calls import (
     prepare_vjp,
     upload_chunks,
 )
-from jacserve.client._connection import (
-    DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_TARGET,
-    MODEL_ID,
-    ConnectionSettings,
-)
+from jacserve.client._connection import MODEL_ID, ClientBase
 from jacserve.client._results import (
     GradientsResult,
     JacobianResult,
@@ -35,10 +30,8 @@ from jacserve.client._results import (
     ModelInfo,
     VjpResult,
 )
-from jacserve.client._retry import RetryPolicy
 from jacserve.client.errors import NotFound, from_rpc_error
 from jacserve.v1 import jacobian_service_pb2 as pb
-from jacserve.v1 import jacobian_service_pb2_grpc as pb_grpc
 
 __all__ = ["AsyncClient"]
 
@@ -46,7 +39,7 @@ _UNSET: Any = object()
 _T = TypeVar("_T")
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     """An asyncio connection to a jacserve server; the same methods as
     :class:`~jacserve.client.Client`, each a coroutine, and the same arguments, results
     and exceptions.
@@ -60,36 +53,7 @@ class AsyncClient:
     torch.Size([2, 3])
     """
 
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        *,
-        timeout: float | None = None,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        metadata: Sequence[tuple[str, str]] = (),
-        token: str | None = None,
-        tls: bool = False,
-        root_certificates: bytes | None = None,
-        private_key: bytes | None = None,
-        certificate_chain: bytes | None = None,
-        retry: RetryPolicy | None = None,
-    ) -> None:
-        self.target = target
-        self.timeout = timeout
-        self.retry = retry or RetryPolicy()
-        self._settings = ConnectionSettings(
-            target, max_message_bytes, token, tls, root_certificates, private_key,
-            certificate_chain, tuple(metadata),
-        )  # fmt: skip
-        credentials = self._settings.credentials()
-        options = self._settings.options()
-        self._channel = (
-            grpc.aio.secure_channel(target, credentials, options=options)
-            if credentials is not None
-            else grpc.aio.insecure_channel(target, options=options)
-        )
-        self._stub = pb_grpc.JacobianServiceStub(self._channel)
-        self._known_ids: set[str] = set()
+    _grpc = grpc.aio
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -26,7 +25,7 @@ from jacserve.client._connection import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_TARGET,
     MODEL_ID,
-    ConnectionSettings,
+    ClientBase,
 )
 from jacserve.client._results import (
     GradientsResult,
@@ -35,10 +34,8 @@ from jacserve.client._results import (
     ModelInfo,
     VjpResult,
 )
-from jacserve.client._retry import RetryPolicy
 from jacserve.client.errors import NotFound, from_rpc_error
 from jacserve.v1 import jacobian_service_pb2 as pb
-from jacserve.v1 import jacobian_service_pb2_grpc as pb_grpc
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_TARGET", "Client"]
 
@@ -49,7 +46,7 @@ Model = ModelSource  # an id (64 hex characters) or anything upload() takes
 Inputs = Any  # a tensor / ndarray, or a tuple or list of them (one per model input)
 
 
-class Client:
+class Client(ClientBase):
     """A connection to a jacserve server.
 
     Args:
@@ -75,38 +72,6 @@ class Client:
     ...     c.jacobian(linear, torch.randn(3)).jacobian.shape
     torch.Size([2, 3])
     """
-
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        *,
-        timeout: float | None = None,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        metadata: Sequence[tuple[str, str]] = (),
-        token: str | None = None,
-        tls: bool = False,
-        root_certificates: bytes | None = None,
-        private_key: bytes | None = None,
-        certificate_chain: bytes | None = None,
-        retry: RetryPolicy | None = None,
-    ) -> None:
-        self.target = target
-        self.timeout = timeout
-        self.retry = retry or RetryPolicy()
-        self._settings = ConnectionSettings(
-            target, max_message_bytes, token, tls, root_certificates, private_key,
-            certificate_chain, tuple(metadata),
-        )  # fmt: skip
-        credentials = self._settings.credentials()
-        options = self._settings.options()
-        self._channel = (
-            grpc.secure_channel(target, credentials, options=options)
-            if credentials is not None
-            else grpc.insecure_channel(target, options=options)
-        )
-        self._stub = pb_grpc.JacobianServiceStub(self._channel)
-        self._known_ids: set[str] = set()
-        self._lock = threading.Lock()
 
     def __enter__(self) -> Client:
         return self

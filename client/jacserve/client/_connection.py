@@ -10,12 +10,23 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import grpc
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_TARGET", "MODEL_ID", "ConnectionSettings"]
+from jacserve.client._retry import RetryPolicy
+from jacserve.v1 import jacobian_service_pb2_grpc as pb_grpc
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_TARGET",
+    "MODEL_ID",
+    "ClientBase",
+    "ConnectionSettings",
+]
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 512 << 20
@@ -65,3 +76,44 @@ class ConnectionSettings:
                 self.root_certificates, self.private_key, self.certificate_chain
             )
         return None
+
+
+class ClientBase:
+    """What both clients hold: settings, retry policy, channel and stub, known model ids.
+
+    Subclasses set ``_grpc`` to ``grpc`` or ``grpc.aio`` (the same channel constructors).
+    """
+
+    _grpc: ClassVar[Any] = grpc
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        metadata: Sequence[tuple[str, str]] = (),
+        token: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self._settings = ConnectionSettings(
+            target, max_message_bytes, token, tls, root_certificates, private_key,
+            certificate_chain, tuple(metadata),
+        )  # fmt: skip
+        credentials = self._settings.credentials()
+        options = self._settings.options()
+        self._channel = (
+            self._grpc.secure_channel(target, credentials, options=options)
+            if credentials is not None
+            else self._grpc.insecure_channel(target, options=options)
+        )
+        self._stub = pb_grpc.JacobianServiceStub(self._channel)
+        self._known_ids: set[str] = set()
+        self._lock = threading.Lock()  # guards _known_ids across threads (sync client)
