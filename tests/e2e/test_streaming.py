@@ -96,6 +96,6 @@ def test_the_client_holds_one_copy_plus_one_slice(tmp_path):
             report = json.loads(out.stdout.strip().splitlines()[-1])
             assert report["ok"]
             growth[stream] = report["peak_growth_bytes"]
-    # the Jacobian, a slice, and what gRPC's flow-control window buffers (measured ~10 MB)
-    assert growth["1"] < size + (16 << 20), growth
+    # the Jacobian, a slice, and what gRPC buffers in flight (measured 10–16 MB)
+    assert growth["1"] < size + (24 << 20), growth
     assert growth["1"] < growth["0"] / 2, growth  # one big message: bytes, copy, tensor

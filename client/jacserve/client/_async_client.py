@@ -15,11 +15,13 @@ from jacserve.client._archive import ModelSource, archive_bytes
 from jacserve.client._calls import (
     Prepared,
     SliceCallback,
+    jacobian_key,
     prepare_gradients,
     prepare_jacobian,
     prepare_jvp,
     prepare_stream_jacobian,
     prepare_vjp,
+    result_bytes,
     upload_chunks,
 )
 from jacserve.client._connection import MODEL_ID, ClientBase
@@ -194,12 +196,19 @@ class AsyncClient(ClientBase):
         self, model: ModelSource, inputs: Any, *, mode: str = "auto",
         wrt: Sequence[int] | None = None, batched: bool = False, max_memory_bytes: int = 0,
         chunk_size: int = 0, device: str = "", method: str = "forward",
-        timeout: float | None = _UNSET, stream: bool = True, progress: bool | None = None,
+        timeout: float | None = _UNSET, stream: bool | None = None, progress: bool | None = None,
         on_slice: SliceCallback | None = None, max_block_bytes: int = 0,
     ) -> JacobianResult:  # fmt: skip
         """As :meth:`Client.jacobian`."""
         options = dict(mode=mode, wrt=wrt, batched=batched, max_memory_bytes=max_memory_bytes,
                        chunk_size=chunk_size, device=device)  # fmt: skip
+        key = jacobian_key(model, method, inputs, wrt, batched)
+        if stream is None:
+            stream = self._needs_stream(key)
+            if stream is None:
+                info = await self._call("GetServerInfo", pb.GetServerInfoRequest(), timeout)
+                self._server_limit = info.max_message_bytes
+                stream = self._needs_stream(key)
         prepared = (
             prepare_stream_jacobian(
                 inputs,
@@ -211,7 +220,11 @@ class AsyncClient(ClientBase):
             if stream or on_slice is not None
             else prepare_jacobian(inputs, **options)
         )
-        return await self._derive(model, method, prepared, timeout)
+        result = await self._derive(model, method, prepared, timeout)
+        size = result_bytes(result)
+        if size is not None:
+            self._result_bytes[key] = size
+        return result
 
     async def parameter_gradients(
         self, model: ModelSource, inputs: Any, cotangent: Any | None = None, *,

@@ -12,6 +12,7 @@ from the response message to the typed result. The clients differ only in transp
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -36,11 +37,13 @@ __all__ = [
     "JacobianAssembler",
     "Prepared",
     "SliceCallback",
+    "jacobian_key",
     "prepare_gradients",
     "prepare_jacobian",
     "prepare_jvp",
     "prepare_stream_jacobian",
     "prepare_vjp",
+    "result_bytes",
     "upload_chunks",
 ]
 
@@ -156,13 +159,7 @@ def prepare_jacobian(
     )
 
     def parse(response: pb.JacobianResponse) -> JacobianResult:
-        outputs = decode_tensors(response.outputs)
-        blocks = [decode_tensor(t, name=f"jacobian[{k}]") for k, t in enumerate(response.jacobian)]
-        return JacobianResult(
-            output=_structure(outputs, response.tuple_output),
-            jacobian=_layout(blocks, len(outputs), response.tuple_output, inputs_tuple),
-            metrics=DerivativeMetrics.from_wire(response.metrics),
-        )
+        return _parse_jacobian(response, inputs_tuple)
 
     return Prepared("Jacobian", request, parse, _example(inputs, batched))
 
@@ -186,6 +183,7 @@ class JacobianAssembler:
         on_slice: SliceCallback | None = None,
     ) -> None:
         self._inputs_tuple = inputs_tuple
+        self._complete: JacobianResult | None = None
         self._progress = progress
         self._on_slice = on_slice
         self._blocks: list[torch.Tensor] = []
@@ -197,7 +195,12 @@ class JacobianAssembler:
     def feed(self, message: pb.StreamJacobianResponse) -> None:
         """Take one message of the stream."""
         part = message.WhichOneof("part")
-        if part == "header":
+        if part == "complete":  # small results come whole
+            self._complete = _parse_jacobian(message.complete, self._inputs_tuple)
+            if self._on_slice is not None:
+                for block, values in enumerate(_flat_blocks(self._complete.jacobian)):
+                    self._on_slice(block, 0, values)
+        elif part == "header":
             header = message.header
             self._outputs = list(decode_tensors(header.outputs))
             self._tuple_output = header.tuple_output
@@ -221,6 +224,10 @@ class JacobianAssembler:
 
     def result(self) -> JacobianResult:
         """The assembled result, once the metrics (the last message) arrived."""
+        if self._complete is not None:
+            if self._on_slice is not None:
+                return dataclasses.replace(self._complete, jacobian=None)
+            return self._complete
         if self._bar is not None:
             self._bar.close()
         if self._metrics is None:
@@ -236,6 +243,23 @@ class JacobianAssembler:
         )
 
 
+def jacobian_key(model: Any, method: str, inputs: Any, wrt: Any, batched: bool) -> tuple:
+    """What determines a Jacobian's size: model, method, input shapes and dtypes, wrt."""
+    tensors = [torch.as_tensor(t) for t in _as_sequence(inputs)[1]]
+    identity = model if isinstance(model, str) else id(model)
+    signature = tuple((tuple(t.shape), t.dtype) for t in tensors)
+    return (identity, method, signature, tuple(wrt or ()), batched)
+
+
+def result_bytes(result: JacobianResult) -> int | None:
+    """Bytes of a Jacobian result's tensors (``None`` when it was not assembled)."""
+    if result.jacobian is None:
+        return None
+    outputs = result.output if isinstance(result.output, tuple) else (result.output,)
+    tensors = [*_flat_blocks(result.jacobian), *outputs]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def _progress_bar(progress: bool | None, total: int) -> Any:
     show = sys.stderr.isatty() if progress is None else progress
     if not show:
@@ -243,6 +267,23 @@ def _progress_bar(progress: bool | None, total: int) -> Any:
     from tqdm.auto import tqdm  # imported on use
 
     return tqdm(total=total, unit="slice", desc="jacobian")
+
+
+def _parse_jacobian(response: pb.JacobianResponse, inputs_tuple: bool) -> JacobianResult:
+    outputs = decode_tensors(response.outputs)
+    blocks = [decode_tensor(t, name=f"jacobian[{k}]") for k, t in enumerate(response.jacobian)]
+    return JacobianResult(
+        output=_structure(outputs, response.tuple_output),
+        jacobian=_layout(blocks, len(outputs), response.tuple_output, inputs_tuple),
+        metrics=DerivativeMetrics.from_wire(response.metrics),
+    )
+
+
+def _flat_blocks(jacobian: Any) -> list[torch.Tensor]:
+    """The blocks of a laid-out Jacobian, row-major, each flattened."""
+    if isinstance(jacobian, torch.Tensor):
+        return [jacobian.reshape(-1)]
+    return [block for part in jacobian for block in _flat_blocks(part)]
 
 
 def _layout(

@@ -117,3 +117,15 @@ class ClientBase:
         self._stub = pb_grpc.JacobianServiceStub(self._channel)
         self._known_ids: set[str] = set()
         self._lock = threading.Lock()  # guards _known_ids across threads (sync client)
+        self._result_bytes: dict[tuple, int] = {}  # Jacobian sizes seen, by jacobian_key
+        self._server_limit: int | None = None  # the server's message limit, once asked
+
+    def _needs_stream(self, key: tuple) -> bool | None:
+        """Whether a Jacobian must stream: ``True`` (unknown size or too big for one message),
+        ``False``, or ``None`` when the server's limit must be asked first."""
+        size = self._result_bytes.get(key)
+        if size is None:
+            return True
+        if self._server_limit is None:
+            return None
+        return size > min(self._settings.max_message_bytes, self._server_limit) // 2

@@ -365,14 +365,16 @@ class JacobianSlice(_message.Message):
     def __init__(self, block: _Optional[int] = ..., start: _Optional[int] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class StreamJacobianResponse(_message.Message):
-    __slots__ = ("header", "slice", "metrics")
+    __slots__ = ("header", "slice", "metrics", "complete")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     SLICE_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
     header: JacobianStreamHeader
     slice: JacobianSlice
     metrics: DerivativeMetrics
-    def __init__(self, header: _Optional[_Union[JacobianStreamHeader, _Mapping]] = ..., slice: _Optional[_Union[JacobianSlice, _Mapping]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ...) -> None: ...
+    complete: JacobianResponse
+    def __init__(self, header: _Optional[_Union[JacobianStreamHeader, _Mapping]] = ..., slice: _Optional[_Union[JacobianSlice, _Mapping]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ..., complete: _Optional[_Union[JacobianResponse, _Mapping]] = ...) -> None: ...
 
 class GetServerInfoRequest(_message.Message):
     __slots__ = ()

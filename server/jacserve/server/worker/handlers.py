@@ -309,7 +309,8 @@ class DerivativeHandlers:
     def stream_jacobian(
         self, request: pb.StreamJacobianRequest, deadline: float
     ) -> Iterator[pb.StreamJacobianResponse]:
-        """The Jacobian as a header, slices of at most ``max_block_bytes`` each, metrics."""
+        """The Jacobian as a header, slices of at most ``max_block_bytes`` each, metrics;
+        or as one complete response when it fits in one block."""
         if request.max_block_bytes < 0:
             raise InvalidArgument(
                 f"max_block_bytes must be >= 0 (0: the server's choice); got {request.max_block_bytes}"
@@ -317,6 +318,18 @@ class DerivativeHandlers:
         limit = self._settings.max_message_bytes - (64 << 10)
         block_bytes = min(request.max_block_bytes or STREAM_BLOCK_BYTES, limit)
         model, result, phases = self._compute_jacobian(request.request, deadline)
+        size = sum(v.numel() * v.element_size() for v in (*result.outputs, *result.values))
+        if size <= block_bytes:  # one message: no header, slices and metrics to exchange
+            outputs, values = self._encode(phases, result.outputs, result.values)
+            yield pb.StreamJacobianResponse(
+                complete=pb.JacobianResponse(
+                    outputs=outputs,
+                    tuple_output=result.tuple_output,
+                    jacobian=values,
+                    metrics=self._wire_metrics(result, phases, model),
+                )
+            )
+            return
         outputs = self._encode(phases, result.outputs)[0]
         with phases.phase("encode"):
             blocks = [v.detach().to("cpu").contiguous().reshape(-1) for v in result.values]

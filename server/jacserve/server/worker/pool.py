@@ -325,7 +325,8 @@ class WorkerPool:
                 if not reply.get("more"):
                     break
                 yield reply, body
-                worker.channel.send({"op": "next"})  # the arena is free for the next part
+                if not reply.get("last"):
+                    worker.channel.send({"op": "next"})  # the arena is free for the next part
             done = True
         except (OSError, EOFError, ProtocolError) as exc:
             done = True  # _died replaces the worker

@@ -113,11 +113,20 @@ def run_worker(channel: Channel, settings: WorkerSettings) -> None:
             answer = _answer(handlers, header, payload)
             if isinstance(answer, Iterator):
                 metrics = None
-                for message in answer:  # each part its own message: none above the limit
-                    channel.send({"ok": True, "more": True}, message.SerializeToString())
-                    metrics = message.metrics if message.HasField("metrics") else metrics
-                    # the arena is shared: write the next part once this one was read
-                    channel.receive(max_payload_bytes=0)
+                parts = iter(answer)
+                message = next(parts, None)
+                while message is not None:
+                    following = next(parts, None)
+                    last = following is None
+                    header = {"ok": True, "more": True, "last": last}
+                    channel.send(header, message.SerializeToString())  # one part per message
+                    part = message.WhichOneof("part")
+                    if part in ("metrics", "complete"):
+                        metrics = getattr(message, part)
+                        metrics = metrics if part == "metrics" else metrics.metrics
+                    if not last:  # the arena is shared: write the next part once this one was read
+                        channel.receive(max_payload_bytes=0)
+                    message = following
                 reply, body = {"ok": True, **_labels(metrics)}, None
             else:
                 reply = {"ok": True, **_labels(getattr(answer, "metrics", None))}

@@ -6,7 +6,8 @@ are most of it) is written into a shared-memory arena that both processes map â€
 ``memfd`` per worker, created once and replaced by a larger one (whose descriptor rides
 along with the message) only when a payload does not fit. The two sides take turns: the
 frontend writes a request, the worker reads it, then writes its response (a streamed
-response: one part, then the frontend's ``next``, then the next part). Nothing is
+response: one part, then the frontend's ``next``, then the next part; the last part says
+so and needs no ``next``). Nothing is
 pickled in either direction, so a compromised worker can send the frontend only JSON and
 bytes, never objects.
 
