@@ -88,11 +88,7 @@ class AsyncClient(ClientBase):
                 return await call.read(), call
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc)
-            wait = self.retry.backoff(attempt)
-            late = deadline is not None and time.monotonic() + wait >= deadline
-            if late or not self.retry.should_retry(error.code, attempt, error.message):
-                raise error
-            await asyncio.sleep(wait)
+            await asyncio.sleep(self._retry_wait(error, attempt, deadline))
             attempt += 1
 
     async def _derive(
@@ -221,9 +217,7 @@ class AsyncClient(ClientBase):
             else prepare_jacobian(inputs, **options)
         )
         result = await self._derive(model, method, prepared, timeout)
-        size = result_bytes(result)
-        if size is not None:
-            self._result_bytes[key] = size
+        self._remember(key, result_bytes(result))
         return result
 
     async def parameter_gradients(

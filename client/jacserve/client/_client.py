@@ -114,11 +114,7 @@ class Client(ClientBase):
                 return iter(())
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc)
-            wait = self.retry.backoff(attempt)
-            late = deadline is not None and time.monotonic() + wait >= deadline
-            if late or not self.retry.should_retry(error.code, attempt, error.message):
-                raise error
-            time.sleep(wait)
+            time.sleep(self._retry_wait(error, attempt, deadline))
             attempt += 1
 
     def _with_model(
@@ -400,9 +396,7 @@ class Client(ClientBase):
             else prepare_jacobian(inputs, **options)
         )
         result = self._derive(model, method, prepared, timeout)
-        size = result_bytes(result)
-        if size is not None:
-            self._result_bytes[key] = size
+        self._remember(key, result_bytes(result))
         return result
 
     def parameter_gradients(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -18,6 +19,7 @@ from typing import Any, ClassVar
 import grpc
 
 from jacserve.client._retry import RetryPolicy
+from jacserve.client.errors import JacserveError
 from jacserve.v1 import jacobian_service_pb2_grpc as pb_grpc
 
 __all__ = [
@@ -119,6 +121,19 @@ class ClientBase:
         self._lock = threading.Lock()  # guards _known_ids across threads (sync client)
         self._result_bytes: dict[tuple, int] = {}  # Jacobian sizes seen, by jacobian_key
         self._server_limit: int | None = None  # the server's message limit, once asked
+
+    def _retry_wait(self, error: JacserveError, attempt: int, deadline: float | None) -> float:
+        """Seconds to wait before try ``attempt + 1``; raises ``error`` when none is due."""
+        wait = self.retry.backoff(attempt)
+        late = deadline is not None and time.monotonic() + wait >= deadline
+        if late or not self.retry.should_retry(error.code, attempt, error.message):
+            raise error
+        return wait
+
+    def _remember(self, key: tuple, size: int | None) -> None:
+        """Record a Jacobian's size for the stream policy (``None``: not assembled)."""
+        if size is not None:
+            self._result_bytes[key] = size
 
     def _needs_stream(self, key: tuple) -> bool | None:
         """Whether a Jacobian must stream: ``True`` (unknown size or too big for one message),

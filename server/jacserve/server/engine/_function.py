@@ -38,6 +38,7 @@ __all__ = [
     "BoundMethod",
     "Outputs",
     "check_like",
+    "is_allocation_failure",
     "numel",
     "resolve_wrt",
     "safe_execution",
@@ -76,6 +77,15 @@ def _summarize(exc: BaseException) -> str:
 _ALLOCATION_FAILURES = ("can't allocate memory", "out of memory", "std::bad_alloc")
 
 
+def is_allocation_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says an allocation failed (torch's CPU/CUDA allocators, or Python).
+
+    >>> is_allocation_failure(RuntimeError("DefaultCPUAllocator: can't allocate memory"))
+    True
+    """
+    return isinstance(exc, MemoryError) or any(s in str(exc) for s in _ALLOCATION_FAILURES)
+
+
 @contextlib.contextmanager
 def user_code(what: str, hint: str = _CALL_HINT) -> Iterator[None]:
     """Turn any non-jacserve exception raised in the block into a :class:`ModelExecutionError`.
@@ -94,7 +104,7 @@ def user_code(what: str, hint: str = _CALL_HINT) -> Iterator[None]:
     except JacserveError:
         raise
     except Exception as exc:
-        if isinstance(exc, MemoryError) or any(s in str(exc) for s in _ALLOCATION_FAILURES):
+        if is_allocation_failure(exc):
             raise ResourceExhausted(
                 f"{what} ran out of memory ({_summarize(exc)}); the worker's memory is capped "
                 "(--worker-memory-bytes). Use smaller inputs or a memory budget "

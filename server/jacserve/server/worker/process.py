@@ -24,6 +24,7 @@ import torch
 from jacserve.codec import TensorCodecError
 from jacserve.server import errors
 from jacserve.server.allocator import keep_freed_memory
+from jacserve.server.engine._function import is_allocation_failure
 from jacserve.server.engine.compiled import ProgramCompiler
 from jacserve.server.logs import configure_logging
 from jacserve.server.registry import ModelRegistry, OperatorAllowlist
@@ -37,7 +38,6 @@ from jacserve.v1 import jacobian_service_pb2 as pb
 __all__ = ["main", "run_worker"]
 
 _LOG = logging.getLogger("jacserve.worker")
-_ALLOCATION_FAILURES = ("can't allocate memory", "out of memory", "std::bad_alloc")
 
 
 def _build(settings: WorkerSettings) -> DerivativeHandlers:
@@ -74,7 +74,7 @@ def _error(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, TensorCodecError):
         return {"ok": False, "error": "InvalidArgument", "message": str(exc)}
     text = str(exc)
-    if isinstance(exc, MemoryError) or any(s in text for s in _ALLOCATION_FAILURES):
+    if is_allocation_failure(exc):  # outside model calls too (loading, encoding)
         return {
             "ok": False,
             "error": "ResourceExhausted",
@@ -121,9 +121,10 @@ def run_worker(channel: Channel, settings: WorkerSettings) -> None:
                     header = {"ok": True, "more": True, "last": last}
                     channel.send(header, message.SerializeToString())  # one part per message
                     part = message.WhichOneof("part")
-                    if part in ("metrics", "complete"):
-                        metrics = getattr(message, part)
-                        metrics = metrics if part == "metrics" else metrics.metrics
+                    if part == "metrics":
+                        metrics = message.metrics
+                    elif part == "complete":
+                        metrics = message.complete.metrics
                     if not last:  # the arena is shared: write the next part once this one was read
                         channel.receive(max_payload_bytes=0)
                     message = following
