@@ -74,6 +74,8 @@ class ProgramCompiler:
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._clock: int | None = None  # the thread's CPU-time clock, once it runs
+        self._cpu_seconds = 0.0
 
     def submit(self, job: Callable[[], None]) -> None:
         """Queue a job; the thread starts on the first one."""
@@ -85,9 +87,22 @@ class ProgramCompiler:
                 self._thread.start()
         self._jobs.put(job)
 
+    def cpu_seconds(self) -> float:
+        """CPU time the compile thread has used so far (for the per-request CPU limit).
+
+        >>> ProgramCompiler().cpu_seconds()
+        0.0
+        """
+        if self._clock is not None:
+            with contextlib.suppress(OSError):  # the thread has ended: keep the last reading
+                self._cpu_seconds = time.clock_gettime(self._clock)
+        return self._cpu_seconds
+
     def _work(self) -> None:
         with contextlib.suppress(OSError, AttributeError):  # best effort: Linux threads only
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        with contextlib.suppress(OSError, AttributeError):
+            self._clock = time.pthread_getcpuclockid(threading.get_ident())
         while (job := self._jobs.get()) is not None:
             try:
                 # NOTE: [Tracing patches nn.Module.__call__ process-wide]

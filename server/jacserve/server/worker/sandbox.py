@@ -2,9 +2,8 @@
 
 Three layers, each used where the kernel offers it and reported otherwise:
 
-- **resource limits** (``setrlimit``): address space, open files, and CPU seconds per
-  request (the soft limit is moved before each request; past it the kernel sends
-  SIGXCPU and the worker dies, which the frontend reports);
+- **resource limits** (``setrlimit``): address space and open files (the CPU seconds per
+  request are :mod:`~jacserve.server.worker.cpu_budget`'s);
 - **no network** (seccomp): ``socket()`` for anything but Unix sockets fails with EACCES;
 - **files** (Landlock, Linux ≥ 5.13): read-only access to the Python installation, the
   system libraries and the model directory; read-write only in the worker's scratch
@@ -26,7 +25,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["SandboxSettings", "apply_sandbox", "set_cpu_budget"]
+__all__ = ["SandboxSettings", "apply_sandbox"]
 
 _PR_SET_NO_NEW_PRIVS = 38
 _SECCOMP_SET_MODE_FILTER = 1
@@ -62,20 +61,6 @@ class SandboxSettings:
     device_files: tuple[str, ...] = ()
     restrict_files: bool = True
     restrict_network: bool = True
-
-
-def set_cpu_budget(seconds: float) -> None:
-    """Let the process use ``seconds`` more CPU time from now (0: unlimited).
-
-    >>> set_cpu_budget(0)
-    """
-    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
-    if seconds <= 0:
-        resource.setrlimit(resource.RLIMIT_CPU, (hard, hard))
-        return
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    soft = int(usage.ru_utime + usage.ru_stime + seconds) + 1
-    resource.setrlimit(resource.RLIMIT_CPU, (soft if hard < 0 else min(soft, hard), hard))
 
 
 def apply_sandbox(settings: SandboxSettings) -> dict[str, str]:
