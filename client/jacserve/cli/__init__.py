@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from jacserve.cli._commands import COMMANDS, add_client_commands
+from jacserve.cli._health import add_health_command
 
 __all__ = ["build_parser", "main"]
 
@@ -24,6 +24,8 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_SERVER, EXIT_CONNECTION = 0, 1, 2, 3, 4
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every ``jacserve`` command."""
+    from jacserve.cli._commands import add_client_commands  # torch: not for health checks
+
     parser = argparse.ArgumentParser(
         prog="jacserve",
         description="Remote differentiation of PyTorch programs: a server and its client.",
@@ -36,18 +38,23 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     add_client_commands(commands)
+    add_health_command(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``jacserve``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["health"]:  # no torch: it runs every few seconds in a container
+        from jacserve.cli._health import check_health
+
+        return check_health(argv, os.environ)
     if argv[:1] == ["serve"]:
         from jacserve.server.app import main as serve_main  # the server only when serving
 
         return serve_main(argv)
     args = build_parser().parse_args(argv)
-    from jacserve.cli._commands import run
+    from jacserve.cli._commands import COMMANDS, run
 
     return run(COMMANDS[args.command], args, os.environ)
 

@@ -55,6 +55,8 @@ class AsyncClient(ClientBase):
     torch.Size([2, 3])
     """
 
+    _several_targets = False  # one target: scale-out is the sync Client's (several targets)
+
     _grpc = grpc.aio
 
     async def __aenter__(self) -> AsyncClient:

@@ -74,18 +74,18 @@ class Prepared(Generic[R]):
 
 
 def _example(inputs: Any, batched: bool) -> tuple[Any, ...]:
-    tensors = [torch.as_tensor(t) for t in _as_sequence(inputs)[1]]
+    tensors = [torch.as_tensor(t) for t in as_sequence(inputs)[1]]
     return tuple(t[0] if batched and t.dim() > 0 else t for t in tensors)
 
 
-def _as_sequence(value: Any) -> tuple[bool, list[Any]]:
+def as_sequence(value: Any) -> tuple[bool, list[Any]]:
     """(whether the user passed a tuple/list, the items)."""
     if isinstance(value, tuple | list):
         return True, list(value)
     return False, [value]
 
 
-def _structure(tensors: Sequence[torch.Tensor], as_tuple: bool) -> TensorOrTuple:
+def structure_outputs(tensors: Sequence[torch.Tensor], as_tuple: bool) -> TensorOrTuple:
     return tuple(tensors) if as_tuple else tensors[0]
 
 
@@ -95,8 +95,8 @@ def prepare_jvp(
 ) -> Prepared[JvpResult]:  # fmt: skip
     """A ``Jvp`` call (arguments as :meth:`jacserve.client.Client.jvp`)."""
     request = pb.JvpRequest(
-        primals=encode_tensors(_as_sequence(primals)[1], name="primals"),
-        tangents=encode_tensors(_as_sequence(tangents)[1], name="tangents"),
+        primals=encode_tensors(as_sequence(primals)[1], name="primals"),
+        tangents=encode_tensors(as_sequence(tangents)[1], name="tangents"),
         wrt=list(wrt or ()),
         batched=batched,
         options=pb.ComputeOptions(device=device),
@@ -104,8 +104,8 @@ def prepare_jvp(
 
     def parse(response: pb.JvpResponse) -> JvpResult:
         return JvpResult(
-            output=_structure(decode_tensors(response.outputs), response.tuple_output),
-            jvp=_structure(decode_tensors(response.jvp), response.tuple_output),
+            output=structure_outputs(decode_tensors(response.outputs), response.tuple_output),
+            jvp=structure_outputs(decode_tensors(response.jvp), response.tuple_output),
             metrics=DerivativeMetrics.from_wire(response.metrics),
         )
 
@@ -117,10 +117,10 @@ def prepare_vjp(
     device: str = "",
 ) -> Prepared[VjpResult]:  # fmt: skip
     """A ``Vjp`` call (arguments as :meth:`jacserve.client.Client.vjp`)."""
-    primals_tuple, primal_list = _as_sequence(primals)
+    primals_tuple, primal_list = as_sequence(primals)
     request = pb.VjpRequest(
         primals=encode_tensors(primal_list, name="primals"),
-        cotangents=encode_tensors(_as_sequence(cotangents)[1], name="cotangents"),
+        cotangents=encode_tensors(as_sequence(cotangents)[1], name="cotangents"),
         wrt=list(wrt or ()),
         batched=batched,
         options=pb.ComputeOptions(device=device),
@@ -128,8 +128,8 @@ def prepare_vjp(
 
     def parse(response: pb.VjpResponse) -> VjpResult:
         return VjpResult(
-            output=_structure(decode_tensors(response.outputs), response.tuple_output),
-            vjp=_structure(decode_tensors(response.vjp), primals_tuple),
+            output=structure_outputs(decode_tensors(response.outputs), response.tuple_output),
+            vjp=structure_outputs(decode_tensors(response.vjp), primals_tuple),
             metrics=DerivativeMetrics.from_wire(response.metrics),
         )
 
@@ -147,7 +147,7 @@ def prepare_jacobian(
     """
     if mode not in MODES:
         raise ValueError(f"jacobian: expected mode 'auto', 'forward' or 'reverse'; got {mode!r}")
-    inputs_tuple, input_list = _as_sequence(inputs)
+    inputs_tuple, input_list = as_sequence(inputs)
     request = pb.JacobianRequest(
         inputs=encode_tensors(input_list, name="inputs"),
         wrt=list(wrt or ()),
@@ -234,10 +234,10 @@ class JacobianAssembler:
             raise ConnectionError("the Jacobian stream ended before its last message")
         jacobian = (
             None if self._on_slice is not None
-            else _layout(self._blocks, len(self._outputs), self._tuple_output, self._inputs_tuple)
+            else layout_blocks(self._blocks, len(self._outputs), self._tuple_output, self._inputs_tuple)
         )  # fmt: skip
         return JacobianResult(
-            output=_structure(self._outputs, self._tuple_output),
+            output=structure_outputs(self._outputs, self._tuple_output),
             jacobian=jacobian,
             metrics=self._metrics,
         )
@@ -245,7 +245,7 @@ class JacobianAssembler:
 
 def jacobian_key(model: Any, method: str, inputs: Any, wrt: Any, batched: bool) -> tuple:
     """What determines a Jacobian's size: model, method, input shapes and dtypes, wrt."""
-    tensors = [torch.as_tensor(t) for t in _as_sequence(inputs)[1]]
+    tensors = [torch.as_tensor(t) for t in as_sequence(inputs)[1]]
     identity = model if isinstance(model, str) else id(model)
     signature = tuple((tuple(t.shape), t.dtype) for t in tensors)
     return (identity, method, signature, tuple(wrt or ()), batched)
@@ -273,8 +273,8 @@ def _parse_jacobian(response: pb.JacobianResponse, inputs_tuple: bool) -> Jacobi
     outputs = decode_tensors(response.outputs)
     blocks = [decode_tensor(t, name=f"jacobian[{k}]") for k, t in enumerate(response.jacobian)]
     return JacobianResult(
-        output=_structure(outputs, response.tuple_output),
-        jacobian=_layout(blocks, len(outputs), response.tuple_output, inputs_tuple),
+        output=structure_outputs(outputs, response.tuple_output),
+        jacobian=layout_blocks(blocks, len(outputs), response.tuple_output, inputs_tuple),
         metrics=DerivativeMetrics.from_wire(response.metrics),
     )
 
@@ -286,7 +286,7 @@ def _flat_blocks(jacobian: Any) -> list[torch.Tensor]:
     return [block for part in jacobian for block in _flat_blocks(part)]
 
 
-def _layout(
+def layout_blocks(
     blocks: Sequence[torch.Tensor], outputs: int, tuple_output: bool, inputs_tuple: bool
 ) -> Any:
     """Blocks (row-major: output i, input j) in torch.autograd.functional.jacobian's layout."""
@@ -307,7 +307,7 @@ def prepare_stream_jacobian(
         inputs, mode=mode, wrt=wrt, batched=batched, max_memory_bytes=max_memory_bytes,
         chunk_size=chunk_size, device=device,
     )  # fmt: skip
-    inputs_tuple = _as_sequence(inputs)[0]
+    inputs_tuple = as_sequence(inputs)[0]
     request = pb.StreamJacobianRequest(request=unary.request, max_block_bytes=max_block_bytes)
     return Prepared(
         "StreamJacobian",
@@ -325,9 +325,9 @@ def prepare_gradients(
     """A ``ParameterGradients`` call (arguments as
     :meth:`jacserve.client.Client.parameter_gradients`)."""
     request = pb.ParameterGradientsRequest(
-        inputs=encode_tensors(_as_sequence(inputs)[1], name="inputs"),
+        inputs=encode_tensors(as_sequence(inputs)[1], name="inputs"),
         cotangents=encode_tensors(
-            [] if cotangent is None else _as_sequence(cotangent)[1], name="cotangents"
+            [] if cotangent is None else as_sequence(cotangent)[1], name="cotangents"
         ),
         parameters=list(parameters or ()),
         options=pb.ComputeOptions(device=device),
@@ -335,7 +335,7 @@ def prepare_gradients(
 
     def parse(response: pb.ParameterGradientsResponse) -> GradientsResult:
         return GradientsResult(
-            output=_structure(decode_tensors(response.outputs), response.tuple_output),
+            output=structure_outputs(decode_tensors(response.outputs), response.tuple_output),
             gradients={
                 g.name: decode_tensor(g.tensor, name=f"gradients[{g.name!r}]")
                 for g in response.gradients

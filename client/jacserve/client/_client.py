@@ -14,6 +14,7 @@ from jacserve.client._archive import ModelSource, archive_bytes
 from jacserve.client._calls import (
     Prepared,
     SliceCallback,
+    as_sequence,
     jacobian_key,
     prepare_gradients,
     prepare_jacobian,
@@ -36,7 +37,8 @@ from jacserve.client._results import (
     ModelInfo,
     VjpResult,
 )
-from jacserve.client.errors import NotFound, from_rpc_error
+from jacserve.client._sharding import ShardedJacobian, pass_window_plan, resolved_addresses
+from jacserve.client.errors import DeadlineExceeded, NotFound, Unavailable, from_rpc_error
 from jacserve.v1 import jacobian_service_pb2 as pb
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_TARGET", "Client"]
@@ -82,27 +84,37 @@ class Client(ClientBase):
         self.close()
 
     def close(self) -> None:
-        """Close the channel; the client cannot be used afterwards."""
-        self._channel.close()
+        """Close the channels; the client cannot be used afterwards."""
+        for channel in self._channels:
+            channel.close()
 
     # -- plumbing -------------------------------------------------------------------------
 
     def _call(
-        self, rpc: str, request: Any, timeout: float | None, *, streaming: bool = False
+        self,
+        rpc: str,
+        request: Any,
+        timeout: float | None,
+        *,
+        streaming: bool = False,
+        replica: int | None = None,
     ) -> Any:
         """Call ``rpc`` with retries (see :class:`RetryPolicy`) inside one deadline.
 
         ``request`` is a message, or a factory of a request stream (made anew per try).
         A ``streaming`` response is returned as an iterator whose first message has
-        arrived (so that failing to reach the server is retried too).
+        arrived (so that failing to reach the server is retried too). With several
+        targets, calls take turns and a retry goes to the next replica at once (a wait
+        only after every replica failed); a ``replica`` given pins one try to it.
         """
         timeout = self.timeout if timeout is _UNSET else timeout
         deadline = None if timeout is None else time.monotonic() + timeout
+        index = self._take_turn() if replica is None else replica
         attempt = 0
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                response = getattr(self._stub, rpc)(
+                response = getattr(self._stubs[index], rpc)(
                     request() if callable(request) else request,
                     timeout=remaining,
                     metadata=self._settings.metadata,
@@ -114,8 +126,21 @@ class Client(ClientBase):
                 return iter(())
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc)
-            time.sleep(self._retry_wait(error, attempt, deadline))
+            if replica is not None:
+                raise error
+            wait = self._retry_wait(error, attempt, deadline)
             attempt += 1
+            index = (index + 1) % len(self._stubs)
+            if attempt % len(self._stubs):
+                wait = 0.0  # another replica first
+            time.sleep(wait)
+
+    def _take_turn(self) -> int:
+        """The replica for the next unpinned call (round robin over the targets)."""
+        with self._lock:
+            index = self._next_replica
+            self._next_replica = (index + 1) % len(self._stubs)
+        return index
 
     def _with_model(
         self,
@@ -198,14 +223,29 @@ class Client(ClientBase):
         with self._lock:
             if model_id in self._known_ids:
                 return model_id
-        try:
-            self.get_model(model_id, timeout=timeout)
-        except NotFound:
-            chunks = upload_chunks(data, self._settings.upload_chunk_bytes)
-            self._call("UploadModel", chunks, timeout)
+        if len(self._stubs) == 1:
+            self._upload_to(None, data, model_id, timeout)
+        else:  # every replica that answers; windows on one that did not move elsewhere
+            failures = []
+            for replica in range(len(self._stubs)):
+                try:
+                    self._upload_to(replica, data, model_id, timeout)
+                except (Unavailable, DeadlineExceeded) as exc:
+                    failures.append(exc)
+            if len(failures) == len(self._stubs):
+                raise failures[-1]
         with self._lock:
             self._known_ids.add(model_id)
         return model_id
+
+    def _upload_to(
+        self, replica: int | None, data: bytes, model_id: str, timeout: float | None
+    ) -> None:
+        try:
+            self._call("GetModel", pb.GetModelRequest(model_id=model_id), timeout, replica=replica)
+        except NotFound:
+            chunks = upload_chunks(data, self._settings.upload_chunk_bytes)
+            self._call("UploadModel", chunks, timeout, replica=replica)
 
     def get_model(self, model_id: str, *, timeout: float | None = _UNSET) -> ModelInfo:
         """Metadata of a model: format, methods and their inputs, parameters.
@@ -335,6 +375,7 @@ class Client(ClientBase):
         progress: bool | None = None,
         on_slice: SliceCallback | None = None,
         max_block_bytes: int = 0,
+        shards: int | None = None,
     ) -> JacobianResult:
         """The full Jacobian at ``inputs``.
 
@@ -363,6 +404,11 @@ class Client(ClientBase):
             on_slice: ``on_slice(block, start, values)`` receives every slice instead of
                 the SDK assembling them (``jacobian`` of the result is then ``None``).
             max_block_bytes: tensor bytes per slice (default: the server's, 4 MiB).
+            shards: split the passes into windows computed concurrently, ``shards`` at a
+                time (see NOTE: [Scale-out of one Jacobian]); a failed window is redone on
+                another replica. Default: one lane per target when the client has several,
+                else the number of addresses of a ``dns:///`` target (its calls spread by
+                round robin); 1 turns splitting off. Not with ``batched`` or ``on_slice``.
 
         Returns:
             :class:`JacobianResult`, structured as ``torch.autograd.functional.jacobian``
@@ -377,6 +423,16 @@ class Client(ClientBase):
         """
         options = dict(mode=mode, wrt=wrt, batched=batched, max_memory_bytes=max_memory_bytes,
                        chunk_size=chunk_size, device=device)  # fmt: skip
+        lanes = self._lanes(shards)
+        if lanes > 1 and not batched and on_slice is None:
+            prepared = prepare_jacobian(inputs, **options)
+            return self._with_model(
+                model,
+                method,
+                lambda ref: self._sharded(prepared, ref, lanes, timeout, as_sequence(inputs)[0]),
+                timeout,
+                prepared.example,
+            )
         key = jacobian_key(model, method, inputs, wrt, batched)
         if stream is None:
             stream = self._needs_stream(key)
@@ -398,6 +454,40 @@ class Client(ClientBase):
         result = self._derive(model, method, prepared, timeout)
         self._remember(key, result_bytes(result))
         return result
+
+    def _lanes(self, shards: int | None) -> int:
+        if shards is not None:
+            if shards < 1:
+                raise ValueError(f"shards must be >= 1; got {shards}")
+            return shards
+        if len(self._stubs) > 1:
+            return len(self._stubs)
+        return resolved_addresses(self.target)
+
+    def _sharded(
+        self,
+        prepared: Prepared[JacobianResult],
+        ref: pb.FunctionRef,
+        lanes: int,
+        timeout: Any,
+        inputs_tuple: bool,
+    ) -> JacobianResult:
+        prepared.function.CopyFrom(ref)
+        timeout = self.timeout if timeout is _UNSET else timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        plan_request = pass_window_plan(prepared.request)
+        plan = self._call("Jacobian", plan_request, timeout)
+        if self._server_limit is None:
+            info = self._call("GetServerInfo", pb.GetServerInfoRequest(), timeout)
+            self._server_limit = info.max_message_bytes
+        limit = min(self._settings.max_message_bytes, self._server_limit)
+
+        def call(replica: int, request: pb.JacobianRequest, remaining: float | None) -> Any:
+            pinned = replica if len(self._stubs) > 1 else None
+            return self._call("Jacobian", request, remaining, replica=pinned)
+
+        sharded = ShardedJacobian(call, self.targets, lanes, limit)
+        return sharded.run(plan_request, plan, inputs_tuple, deadline)
 
     def parameter_gradients(
         self,

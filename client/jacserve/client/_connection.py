@@ -69,6 +69,8 @@ class ConnectionSettings:
             ("grpc.keepalive_time_ms", 60_000),
             ("grpc.keepalive_timeout_ms", 20_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            # a DNS name of several replicas (a headless Service) spreads calls over all
+            ("grpc.lb_policy_name", "round_robin"),
         ]
 
     def credentials(self) -> grpc.ChannelCredentials | None:
@@ -87,10 +89,11 @@ class ClientBase:
     """
 
     _grpc: ClassVar[Any] = grpc
+    _several_targets: ClassVar[bool] = True  # whether a list of replicas is accepted
 
     def __init__(
         self,
-        target: str = DEFAULT_TARGET,
+        target: str | Sequence[str] = DEFAULT_TARGET,
         *,
         timeout: float | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
@@ -102,21 +105,31 @@ class ClientBase:
         certificate_chain: bytes | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
-        self.target = target
+        self.targets = (target,) if isinstance(target, str) else tuple(target)
+        if not self.targets:
+            raise ValueError("target: need at least one 'host:port'")
+        if len(self.targets) > 1 and not self._several_targets:
+            raise ValueError(
+                f"{type(self).__name__} takes one target; Client splits work across several"
+            )
+        self.target = self.targets[0]
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self._settings = ConnectionSettings(
-            target, max_message_bytes, token, tls, root_certificates, private_key,
+            self.target, max_message_bytes, token, tls, root_certificates, private_key,
             certificate_chain, tuple(metadata),
         )  # fmt: skip
         credentials = self._settings.credentials()
         options = self._settings.options()
-        self._channel = (
-            self._grpc.secure_channel(target, credentials, options=options)
+        self._channels = [
+            self._grpc.secure_channel(t, credentials, options=options)
             if credentials is not None
-            else self._grpc.insecure_channel(target, options=options)
-        )
-        self._stub = pb_grpc.JacobianServiceStub(self._channel)
+            else self._grpc.insecure_channel(t, options=options)
+            for t in self.targets
+        ]
+        self._stubs = [pb_grpc.JacobianServiceStub(channel) for channel in self._channels]
+        self._channel, self._stub = self._channels[0], self._stubs[0]
+        self._next_replica = 0  # where the next unpinned call starts (several targets)
         self._known_ids: set[str] = set()
         self._lock = threading.Lock()  # guards _known_ids across threads (sync client)
         self._result_bytes: dict[tuple, int] = {}  # Jacobian sizes seen, by jacobian_key

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 import torch
 
@@ -131,12 +131,14 @@ class JacobianResult:
 
     A tensor when both the inputs and the output are single tensors; a tuple when one of
     them is a tuple; a tuple of tuples ``[output][input]`` when both are. Each block has
-    shape ``output.shape + input.shape``.
+    shape ``output.shape + input.shape``. ``shards`` reports the windows of passes when
+    the Jacobian was split across servers (``Client`` with several targets), else ``()``.
     """
 
     output: TensorOrTuple
     jacobian: Jacobian
     metrics: DerivativeMetrics
+    shards: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True)

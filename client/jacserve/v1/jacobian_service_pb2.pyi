@@ -299,20 +299,30 @@ class VjpResponse(_message.Message):
     def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., vjp: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ...) -> None: ...
 
 class JacobianRequest(_message.Message):
-    __slots__ = ("function", "inputs", "wrt", "mode", "batched", "options")
+    __slots__ = ("function", "inputs", "wrt", "mode", "batched", "options", "passes")
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     WRT_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     BATCHED_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    PASSES_FIELD_NUMBER: _ClassVar[int]
     function: FunctionRef
     inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     wrt: _containers.RepeatedScalarFieldContainer[int]
     mode: DerivativeMode
     batched: bool
     options: ComputeOptions
-    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ..., mode: _Optional[_Union[DerivativeMode, str]] = ..., batched: _Optional[bool] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ...) -> None: ...
+    passes: PassRange
+    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ..., mode: _Optional[_Union[DerivativeMode, str]] = ..., batched: _Optional[bool] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ..., passes: _Optional[_Union[PassRange, _Mapping]] = ...) -> None: ...
+
+class PassRange(_message.Message):
+    __slots__ = ("start", "stop")
+    START_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    stop: int
+    def __init__(self, start: _Optional[int] = ..., stop: _Optional[int] = ...) -> None: ...
 
 class JacobianResponse(_message.Message):
     __slots__ = ("outputs", "tuple_output", "jacobian", "metrics")

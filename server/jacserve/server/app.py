@@ -36,6 +36,7 @@ from jacserve.server.config import (
 from jacserve.server.logs import configure_logging
 from jacserve.server.metrics import ServiceMetrics
 from jacserve.server.registry.store import ArchiveStore
+from jacserve.server.resources import available_cpus, available_memory_bytes
 from jacserve.server.service import SERVICE_NAME, FrontendSettings, JacobianServicer
 from jacserve.server.worker.pool import WorkerPool
 from jacserve.server.worker.settings import WorkerSettings
@@ -89,8 +90,9 @@ def worker_settings(config: ServerConfig, model_dir: str, scratch_dir: str) -> W
     >>> settings.torch_threads >= 1, settings.memory_limit_bytes >= 4 << 30
     (True, True)
     """
-    workers = config.workers or os.cpu_count() or 1
-    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    cpus = available_cpus()
+    workers = config.workers or cpus
+    memory = available_memory_bytes()
     return WorkerSettings(
         model_dir=model_dir,
         scratch_dir=scratch_dir,
@@ -103,12 +105,11 @@ def worker_settings(config: ServerConfig, model_dir: str, scratch_dir: str) -> W
         memory_meter=config.memory_meter,
         compile=config.compile,
         compile_after=config.compile_after,
-        torch_threads=config.torch_threads or max(1, (os.cpu_count() or 1) // workers),
+        torch_threads=config.torch_threads or max(1, cpus // workers),
         allocator=config.allocator,
         op_allowlist=config.op_allowlist,
         allow_ops=tuple(op.strip() for op in config.allow_ops.split(",") if op.strip()),
-        memory_limit_bytes=config.worker_memory_bytes
-        or max(_MIN_WORKER_MEMORY, physical // workers),
+        memory_limit_bytes=config.worker_memory_bytes or max(_MIN_WORKER_MEMORY, memory // workers),
         cpu_seconds=config.worker_cpu_seconds,
         open_files=config.worker_open_files,
         sandbox=config.sandbox,
@@ -137,7 +138,7 @@ def serve(config: ServerConfig, environ: dict[str, str] | None = None) -> Runnin
     settings = worker_settings(config, model_dir, scratch_dir)
     pool = WorkerPool(
         settings,
-        config.workers or os.cpu_count() or 1,
+        config.workers or available_cpus(),
         max_queue=config.max_queue,
         on_event=metrics.worker_event,
     )

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import vmap
 
-__all__ = ["Basis", "GivenRows", "PassReport", "run_passes"]
+__all__ = ["Basis", "BasisWindow", "GivenRows", "PassReport", "run_passes"]
 
 Single = Callable[..., tuple[torch.Tensor, ...]]
 
@@ -64,6 +64,24 @@ class Basis:
             out.append(block)
             offset += size
         return tuple(out)
+
+
+class BasisWindow:
+    """Rows ``start..stop-1`` of a :class:`Basis`, with its interface (a server's share of
+    a Jacobian split across servers).
+
+    >>> window = BasisWindow(Basis([torch.zeros(3)]), 1, 3)
+    >>> window.count, window.rows(0, 1)[0].tolist()
+    (2, [[0.0, 1.0, 0.0]])
+    """
+
+    def __init__(self, basis: Basis, start: int, stop: int) -> None:
+        self._basis, self._start = basis, start
+        self.count = stop - start
+
+    def rows(self, start: int, stop: int) -> tuple[torch.Tensor, ...]:
+        """Rows ``start..stop-1`` of the window."""
+        return self._basis.rows(self._start + start, self._start + stop)
 
 
 class GivenRows:
@@ -123,7 +141,7 @@ def _agrees_with_one_unbatched_pass(
 
 def run_passes(
     single: Single,
-    basis: Basis | GivenRows,
+    basis: Basis | BasisWindow | GivenRows,
     *,
     chunk_size: int,
     check: bool,

@@ -32,7 +32,7 @@ from jacserve.server.engine._function import (
     user_code,
 )
 from jacserve.server.engine._measure import LiveTensorMeter, stopwatch
-from jacserve.server.engine._passes import Basis, run_passes
+from jacserve.server.engine._passes import Basis, BasisWindow, run_passes
 from jacserve.server.engine._profile import MemoryProfile, ModeCost, probe_cost, probe_memory
 from jacserve.server.engine._run import (
     FORWARD_AD_LOCK,
@@ -70,6 +70,7 @@ class _Options:
     cache: DerivativeCache | None
     memory_meter: str
     method: str
+    passes: tuple[int, int] | None = None  # a window of the passes (see jacobian())
     evaluation_bytes: int = 0  # what the evaluation leaves alive, when a budget applies
 
     def per_point(self) -> dict[str, Any]:
@@ -334,6 +335,7 @@ def jacobian(
     compiled: CompiledPrograms | None = None,
     memory_meter: str = "rss",
     method: str = "forward",
+    passes: tuple[int, int] | None = None,
 ) -> EngineResult:
     """Full Jacobian at ``inputs`` (or at each of a batch of points).
 
@@ -362,11 +364,15 @@ def jacobian(
         memory_meter: ``"rss"`` or ``"tensors"``: how CPU peak memory is measured (see
             NOTE: [Peak memory on CPU] in ``_measure``); CUDA uses the allocator.
         method: the method's name, for messages.
+        passes: ``(start, stop)``: only these passes of a forced ``mode`` (columns in
+            forward mode, rows in reverse, over the flattened wrt inputs or outputs), for
+            splitting one Jacobian across servers; ``(0, 0)`` only plans (any mode).
 
     Returns:
         :class:`EngineResult` whose ``values`` are the blocks ``[i][j]`` flattened
         row-major, block ``(i, j)`` of shape ``[B] + outputs[i].shape + inputs[wrt[j]].shape``
-        (per-point shapes).
+        (per-point shapes). With ``passes``: one ``[stop - start, M or N]`` tensor, row
+        ``k`` the result of pass ``start + k`` (none when planning only).
 
     Raises:
         InvalidArgument: bad ``wrt``, ``mode``, ``chunk_size`` or batch, or non-floating
@@ -385,6 +391,8 @@ def jacobian(
         raise InvalidArgument(
             f"plan_mode: expected mode 'auto', 'forward' or 'reverse'; got {mode!r}"
         )
+    if passes is not None:
+        _check_window(passes, mode, batched)
     inputs = tuple(inputs)
     chosen = resolve_wrt(inputs, wrt)
     batch = _point_batch(inputs) if batched else None
@@ -397,11 +405,16 @@ def jacobian(
         cache=cache,
         memory_meter=memory_meter,
         method=method,
+        passes=passes,
     )
     g = BoundMethod(vmap(fn) if batched else fn, inputs, chosen, method)
     diff = tuple(inputs[j] for j in chosen)
     use_compiled = (
-        compiled is not None and not batched and chunk_size is None and max_memory_bytes is None
+        compiled is not None
+        and not batched
+        and chunk_size is None
+        and max_memory_bytes is None
+        and passes is None
     )
     cannot_vmap_points: ModelExecutionError | None = None
     with engine_call(inputs, memory_meter) as run:
@@ -439,6 +452,26 @@ def jacobian(
     return finish(run, plan, n=n, m=m, outputs=outputs, tuple_output=tuple_output, values=blocks)
 
 
+def _check_window(passes: tuple[int, int], mode: RequestedMode, batched: bool) -> None:
+    start, stop = passes
+    if start < 0 or stop < start:
+        raise InvalidArgument(f"passes: need 0 <= start <= stop; got [{start}, {stop})")
+    if batched:
+        raise InvalidArgument("passes: a window of passes cannot be combined with batched inputs")
+    if mode == "auto" and stop > 0:
+        raise InvalidArgument(
+            "passes: a window of passes needs mode FORWARD or REVERSE, so that every server "
+            "splits the same passes; plan first with the empty window [0, 0)"
+        )
+
+
+def _window_width(passes: tuple[int, int] | None, mode: RequestedMode, n: int, m: int) -> int:
+    """Elements of the result: the whole Jacobian's, or the window's."""
+    if passes is None:
+        return n * m
+    return (passes[1] - passes[0]) * (m if mode == "forward" else n)
+
+
 def _eager_run(
     run: Run,
     g: BoundMethod,
@@ -473,7 +506,20 @@ def _eager_run(
     n = sum(d[0].numel() if batched else d.numel() for d in diff)
     m = sum(o.shape[lead:].numel() for o in outputs)
     max_elements = options.max_elements
-    if max_elements is not None and (batch or 1) * n * m > max_elements:
+    if options.passes is not None:
+        if max_elements is not None and _window_width(options.passes, mode, n, m) > max_elements:
+            raise ResourceExhausted(
+                f"the window of passes would have {_window_width(options.passes, mode, n, m)} "
+                f"elements, above the limit of {max_elements} (--max-tensor-elements); ask "
+                "for fewer passes per request"
+            )
+        total = n if mode == "forward" else m
+        if mode != "auto" and options.passes[1] > total:
+            raise InvalidArgument(
+                f"passes: [{options.passes[0]}, {options.passes[1]}) is outside the "
+                f"{total} {mode}-mode passes of this Jacobian"
+            )
+    elif max_elements is not None and (batch or 1) * n * m > max_elements:
         raise ResourceExhausted(
             f"the Jacobian would have {'B*' if batched else ''}n*m = "
             f"{f'{batch}*' if batched else ''}{n}*{m} = {(batch or 1) * n * m} elements, "
@@ -494,10 +540,20 @@ def _eager_run(
                 )
             plan = plan_mode(n, m, mode, costs=costs)
         run.plan_seconds = t_plan.seconds
+        if options.passes == (0, 0):  # planning only
+            return plan, n, m, outputs, []
         with stopwatch(run.device) as t_derivative:
             plan, blocks = _compute(run, plan, modes, outputs, diff, batch, signature, options)
         run.derivative_seconds = max(
             0.0, t_derivative.seconds - (run.plan_seconds - t_plan.seconds)
+        )
+    if options.passes is not None:  # a window's time says nothing of the whole Jacobian's
+        return (
+            dataclasses.replace(plan, passes=options.passes[1] - options.passes[0]),
+            n,
+            m,
+            outputs,
+            blocks,
         )
     if cache is not None and run.chunks == 1 and n and m:
         _record_run_time(cache, plan.mode, signature, run.derivative_seconds)
@@ -592,6 +648,8 @@ def _compute(
             if not missing_forward_rule(exc):
                 raise
             reason = f"no forward-mode rule ({str(exc).splitlines()[0][:200]})"
+            if options.passes is not None:  # the window's numbering is forward mode's
+                raise InvalidArgument(f"{reason}; ask for the passes in reverse mode") from exc
             run.fall_back(f"{reason}; used reverse mode", vectorized=run.vectorized)
             plan = ModePlan(
                 "reverse",
@@ -632,10 +690,12 @@ def _run_mode(
     run.plan_seconds += t_probe.seconds
     verdict_key = ("vectorizes", chosen.mode, *signature)
     verdict = cache.get(verdict_key) if cache is not None else None
+    window = options.passes
+    basis = chosen.basis if window is None else BasisWindow(chosen.basis, *window)
     with _mode_lock(chosen.mode):
         results, report = run_passes(
             chosen.single(),
-            chosen.basis,
+            basis,
             chunk_size=chunk,
             check=verdict is None,
             vectorize=verdict is not False,
@@ -648,6 +708,8 @@ def _run_mode(
     if not report.vectorized:
         run.fall_back(report.fallback_reason, vectorized=False)
     run.chunks, run.chunk_size = report.chunks, chunk
+    if window is not None:  # one row per pass, its outputs (or inputs) flattened side by side
+        return [torch.cat([r.reshape(r.shape[0], -1) for r in results], dim=1)]
     return _blocks(chosen.mode, results, outputs, diff, batch)
 
 

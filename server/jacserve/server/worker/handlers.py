@@ -293,6 +293,9 @@ class DerivativeHandlers:
             compiled=model.compiled_programs,
             memory_meter=self._settings.memory_meter,
             method=method.name,
+            passes=(
+                (request.passes.start, request.passes.stop) if request.HasField("passes") else None
+            ),
         )
         return model, result, phases
 
