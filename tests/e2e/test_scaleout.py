@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import socket
 from collections.abc import Iterator
 
@@ -71,7 +72,7 @@ def test_three_replicas_give_the_one_server_answer(replicas):
     assert result.metrics.passes == 60
     windows = sorted((s.start, s.stop) for s in result.shards)
     assert windows[0][0] == 0 and windows[-1][1] == 60
-    assert all(a[1] == b[0] for a, b in zip(windows, windows[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(windows))
     assert {s.target for s in result.shards} == {r.target for r in replicas}
 
 
@@ -113,9 +114,9 @@ def test_a_bad_request_fails_at_once_on_every_replica(replicas):
 
 def test_no_live_replica_is_unavailable():
     retry = RetryPolicy(max_attempts=2, initial_backoff=0.01)
-    with Client([_dead_target(), _dead_target()], timeout=20, retry=retry) as client:
-        with pytest.raises(Unavailable):
-            client.jacobian(torch.jit.script(Wide()), (X, Y))
+    dead = [_dead_target(), _dead_target()]
+    with Client(dead, timeout=20, retry=retry) as client, pytest.raises(Unavailable):
+        client.jacobian(torch.jit.script(Wide()), (X, Y))
 
 
 def test_shards_over_one_target_split_the_passes_too(replicas):

@@ -10,6 +10,7 @@ response in shared memory, or ``{"ok": false, "error": CLASS, "message": TEXT}``
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
@@ -151,6 +152,14 @@ def _labels(metrics: Any) -> dict[str, Any]:
     return {"mode": mode, "passes": metrics.passes}
 
 
+def _prefer_as_oom_victim() -> None:
+    """Under memory pressure (a container at its limit) the kernel should kill a worker,
+    which costs one request, rather than the frontend, which costs all of them."""
+    # Linux only; raising one's own score needs no privilege
+    with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as score:
+        score.write("900")
+
+
 def _warm_up() -> None:
     """Pay torch's lazy imports before the first request does.
 
@@ -176,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         keep_freed_memory()
     torch.set_num_threads(max(1, settings.torch_threads))
     os.makedirs(settings.scratch_dir, exist_ok=True)
+    _prefer_as_oom_victim()
     _warm_up()
     if settings.sandbox:
         gpus = tuple(glob.glob("/dev/nvidia*"))  # requests may pick a GPU (options.device)
