@@ -38,6 +38,7 @@ bench:
 	$(PYTHON) bench/suite.py
 	$(PYTHON) bench/service.py
 	$(PYTHON) bench/streaming.py
+	$(PYTHON) bench/scaleout.py
 
 ci:
 	CI=true bash .ci/run

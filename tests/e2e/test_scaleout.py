@@ -63,7 +63,7 @@ def _assert_same_structure(actual, expected) -> None:
 def test_three_replicas_give_the_one_server_answer(replicas):
     model = torch.jit.script(Wide())
     with Client([r.target for r in replicas], timeout=120) as client:
-        result = client.jacobian(model, (X, Y))
+        result = client.jacobian(model, (X, Y), shards=3)
     with Client(replicas[0].target, timeout=120) as single:
         alone = single.jacobian(model, (X, Y), stream=False)
     _assert_same_structure(result.jacobian, _reference(Wide(), X, Y))
@@ -88,7 +88,7 @@ def test_forward_mode_windows_are_columns(replicas):
     tall = torch.nn.Sequential(torch.nn.Linear(6, 80), torch.nn.Tanh()).double()
     x = torch.randn(6, dtype=torch.float64)
     with Client([r.target for r in replicas], timeout=120) as client:
-        result = client.jacobian(torch.jit.script(tall), x, mode="forward")
+        result = client.jacobian(torch.jit.script(tall), x, mode="forward", shards=3)
     assert result.metrics.mode == "forward" and result.metrics.passes == 6
     torch.testing.assert_close(result.jacobian, torch.autograd.functional.jacobian(tall, x))
 
@@ -96,7 +96,7 @@ def test_forward_mode_windows_are_columns(replicas):
 def test_a_replica_that_is_down_costs_time_not_the_answer(replicas):
     targets = [replicas[0].target, _dead_target(), replicas[2].target]
     with Client(targets, timeout=120) as client:
-        result = client.jacobian(torch.jit.script(Wide()), (X, Y))
+        result = client.jacobian(torch.jit.script(Wide()), (X, Y), shards=3)
     _assert_same_structure(result.jacobian, _reference(Wide(), X, Y))
     served = {s.target for s in result.shards}
     assert targets[1] not in served and served == {targets[0], targets[2]}
@@ -104,19 +104,27 @@ def test_a_replica_that_is_down_costs_time_not_the_answer(replicas):
     assert any(targets[1] in s.failed_on for s in result.shards)
 
 
+def test_a_small_jacobian_is_computed_whole_unless_asked(replicas):
+    with Client([r.target for r in replicas], timeout=60) as client:
+        result = client.jacobian(torch.jit.script(Wide()), (X, Y))
+        again = client.jacobian(torch.jit.script(Wide()), (X, Y))  # no plan call this time
+    assert result.shards == () and again.shards == ()
+    _assert_same_structure(result.jacobian, _reference(Wide(), X, Y))
+
+
 def test_a_bad_request_fails_at_once_on_every_replica(replicas):
     with (
         Client([r.target for r in replicas], timeout=60) as client,
         pytest.raises(InvalidArgument, match="input"),
     ):
-        client.jacobian(torch.jit.script(Wide()), (X, Y.reshape(1, 5), Y))
+        client.jacobian(torch.jit.script(Wide()), (X, Y.reshape(1, 5), Y), shards=3)
 
 
 def test_no_live_replica_is_unavailable():
     retry = RetryPolicy(max_attempts=2, initial_backoff=0.01)
     dead = [_dead_target(), _dead_target()]
     with Client(dead, timeout=20, retry=retry) as client, pytest.raises(Unavailable):
-        client.jacobian(torch.jit.script(Wide()), (X, Y))
+        client.jacobian(torch.jit.script(Wide()), (X, Y), shards=2)
 
 
 def test_shards_over_one_target_split_the_passes_too(replicas):

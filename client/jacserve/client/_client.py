@@ -37,7 +37,12 @@ from jacserve.client._results import (
     ModelInfo,
     VjpResult,
 )
-from jacserve.client._sharding import ShardedJacobian, pass_window_plan, resolved_addresses
+from jacserve.client._sharding import (
+    ShardedJacobian,
+    pass_window_plan,
+    resolved_addresses,
+    worth_splitting,
+)
 from jacserve.client.errors import DeadlineExceeded, NotFound, Unavailable, from_rpc_error
 from jacserve.v1 import jacobian_service_pb2 as pb
 
@@ -409,6 +414,8 @@ class Client(ClientBase):
                 another replica. Default: one lane per target when the client has several,
                 else the number of addresses of a ``dns:///`` target (its calls spread by
                 round robin); 1 turns splitting off. Not with ``batched`` or ``on_slice``.
+                Without ``shards``, a Jacobian the server estimates under 0.1 s (or, with
+                no estimate, under 2²⁰ elements) is computed whole on one replica.
 
         Returns:
             :class:`JacobianResult`, structured as ``torch.autograd.functional.jacobian``
@@ -424,16 +431,22 @@ class Client(ClientBase):
         options = dict(mode=mode, wrt=wrt, batched=batched, max_memory_bytes=max_memory_bytes,
                        chunk_size=chunk_size, device=device)  # fmt: skip
         lanes = self._lanes(shards)
-        if lanes > 1 and not batched and on_slice is None:
+        key = jacobian_key(model, method, inputs, wrt, batched)
+        if lanes > 1 and not batched and on_slice is None and key not in self._whole:
             prepared = prepare_jacobian(inputs, **options)
-            return self._with_model(
+            inputs_tuple = as_sequence(inputs)[0]
+            split = self._with_model(
                 model,
                 method,
-                lambda ref: self._sharded(prepared, ref, lanes, timeout, as_sequence(inputs)[0]),
+                lambda ref: self._sharded(
+                    prepared, ref, lanes, timeout, inputs_tuple, always=shards is not None
+                ),
                 timeout,
                 prepared.example,
             )
-        key = jacobian_key(model, method, inputs, wrt, batched)
+            if split is not None:
+                return split
+            self._whole.add(key)  # small: computed whole from now on, without a plan
         if stream is None:
             stream = self._needs_stream(key)
             if stream is None:
@@ -471,12 +484,18 @@ class Client(ClientBase):
         lanes: int,
         timeout: Any,
         inputs_tuple: bool,
-    ) -> JacobianResult:
+        *,
+        always: bool,
+    ) -> JacobianResult | None:
+        """The Jacobian by windows over the replicas; ``None`` when the plan says it is too
+        small to gain from splitting (unless ``always``)."""
         prepared.function.CopyFrom(ref)
         timeout = self.timeout if timeout is _UNSET else timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         plan_request = pass_window_plan(prepared.request)
         plan = self._call("Jacobian", plan_request, timeout)
+        if not always and not worth_splitting(plan, lanes):
+            return None
         if self._server_limit is None:
             info = self._call("GetServerInfo", pb.GetServerInfoRequest(), timeout)
             self._server_limit = info.max_message_bytes

@@ -130,6 +130,7 @@ class ClientBase:
         self._stubs = [pb_grpc.JacobianServiceStub(channel) for channel in self._channels]
         self._channel, self._stub = self._channels[0], self._stubs[0]
         self._next_replica = 0  # where the next unpinned call starts (several targets)
+        self._whole: set[tuple] = set()  # Jacobians too small to split (by jacobian_key)
         self._known_ids: set[str] = set()
         self._lock = threading.Lock()  # guards _known_ids across threads (sync client)
         self._result_bytes: dict[tuple, int] = {}  # Jacobian sizes seen, by jacobian_key

@@ -44,9 +44,16 @@ __all__ = [
     "pass_window_plan",
     "resolved_addresses",
     "split_passes",
+    "worth_splitting",
 ]
 
 WINDOWS_PER_LANE = 4
+SPLIT_MIN_SECONDS = 0.1
+"""Below this estimated time a Jacobian is computed whole: a window costs ~8 ms fixed
+(bench/scaleout.py), and a 200 x 200 Jacobian split over 3 replicas took 38 ms against
+4 ms whole."""
+SPLIT_MIN_ELEMENTS = 1 << 20
+"""Without an estimate (a forced mode), split Jacobians of at least this many elements."""
 MOVABLE = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
@@ -90,6 +97,26 @@ def split_passes(total: int, lanes: int, max_rows: int) -> list[tuple[int, int]]
     count = max(1, min(total, lanes * WINDOWS_PER_LANE))
     size = max(1, min(max_rows, -(-total // count)))
     return [(a, min(a + size, total)) for a in range(0, total, size)]
+
+
+def worth_splitting(plan: pb.JacobianResponse, lanes: int) -> bool:
+    """Whether a planned Jacobian is big enough to split over ``lanes``.
+
+    >>> metrics = pb.DerivativeMetrics(passes=4000, estimated_reverse_seconds=0.5)
+    >>> worth_splitting(pb.JacobianResponse(metrics=metrics), 3)
+    True
+    """
+    metrics = DerivativeMetrics.from_wire(plan.metrics)
+    if metrics.passes < 2 * lanes:
+        return False
+    estimate = (
+        metrics.estimated_forward_seconds
+        if metrics.mode == "forward"
+        else metrics.estimated_reverse_seconds
+    )
+    if estimate > 0:
+        return estimate >= SPLIT_MIN_SECONDS
+    return metrics.input_size * metrics.output_size >= SPLIT_MIN_ELEMENTS
 
 
 Caller = Callable[[int, pb.JacobianRequest, float | None], pb.JacobianResponse]
