@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import socket
 
 import numpy as np
@@ -91,6 +92,16 @@ def test_jacobian_writes_npy_and_a_labelled_heatmap(cli, model, tmp_path):
     assert code == 0 and "jacobian: shape [2, 3]" in out and "plot:" in out
     torch.testing.assert_close(torch.load(tmp_path / "j.pt")["jacobian"], jacrev(module)(x))
     _not_blank_png(tmp_path / "j.png")
+
+
+def test_jacobian_splits_over_comma_separated_replicas(cli, server, model, tmp_path):
+    module, path = model
+    x = torch.randn(3, dtype=F64)
+    np.save(tmp_path / "x.npy", x.numpy())
+    code, out, _ = cli("jacobian", str(path), "--inputs", str(tmp_path / "x.npy"), "--shards",
+                       "2", "-o", str(tmp_path / "j.pt"), target=f"{server.target},{server.target}")  # fmt: skip
+    assert code == 0 and re.search(r"split: [23] windows of passes over 1 server\(s\)", out), out
+    torch.testing.assert_close(torch.load(tmp_path / "j.pt")["jacobian"], jacrev(module)(x))
 
 
 def test_grad_draws_the_largest_sensitivities(cli, model, tmp_path):

@@ -30,7 +30,8 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RunningS
 
 
 class Wide(torch.nn.Module):
-    """Two inputs, two outputs, m = 60 > n = 45: reverse mode, 60 passes."""
+    """Two inputs, two outputs: n = 45 inputs, m = 60 outputs (45 forward or 60 reverse
+    passes, whichever the server measures cheaper)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -68,10 +69,10 @@ def test_three_replicas_give_the_one_server_answer(replicas):
         alone = single.jacobian(model, (X, Y), stream=False)
     _assert_same_structure(result.jacobian, _reference(Wide(), X, Y))
     _assert_same_structure(result.jacobian, alone.jacobian)
-    assert result.metrics.mode == alone.metrics.mode == "reverse"
-    assert result.metrics.passes == 60
+    passes = {"forward": 45, "reverse": 60}[result.metrics.mode]  # auto: measured costs
+    assert result.metrics.passes == passes
     windows = sorted((s.start, s.stop) for s in result.shards)
-    assert windows[0][0] == 0 and windows[-1][1] == 60
+    assert windows[0][0] == 0 and windows[-1][1] == passes
     assert all(a[1] == b[0] for a, b in itertools.pairwise(windows))
     assert {s.target for s in result.shards} == {r.target for r in replicas}
 
@@ -100,7 +101,7 @@ def test_a_replica_that_is_down_costs_time_not_the_answer(replicas):
     _assert_same_structure(result.jacobian, _reference(Wide(), X, Y))
     served = {s.target for s in result.shards}
     assert targets[1] not in served and served == {targets[0], targets[2]}
-    assert sum(s.stop - s.start for s in result.shards) == 60
+    assert sum(s.stop - s.start for s in result.shards) == result.metrics.passes
     assert any(targets[1] in s.failed_on for s in result.shards)
 
 

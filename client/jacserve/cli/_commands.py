@@ -25,7 +25,9 @@ def _print(text: str = "") -> None:
 
 def _connection_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--target", help=f"server host:port (env JACSERVE_TARGET; default {DEFAULT_TARGET})"
+        "--target",
+        help=f"server host:port, or several comma-separated replicas (env JACSERVE_TARGET; "
+        f"default {DEFAULT_TARGET})",
     )
     parser.add_argument("--token", help="bearer token (env JACSERVE_TOKEN)")
     parser.add_argument(
@@ -146,8 +148,13 @@ def _names(flag: str | None, count: int, fallback: list[str]) -> list[str] | Non
 
 def cmd_jacobian(client: Client, args: argparse.Namespace) -> None:
     names, inputs = _read(args, "inputs")
-    result = client.jacobian(_model(args), _pack(inputs), mode=args.mode, device=args.device)
+    result = client.jacobian(
+        _model(args), _pack(inputs), mode=args.mode, device=args.device, shards=args.shards
+    )
     _summary("jacobian", _first(result.jacobian), result.metrics)
+    if result.shards:
+        servers = len({s.target for s in result.shards})
+        _print(f"split: {len(result.shards)} windows of passes over {servers} server(s)")
     if args.output:
         write_results(args.output, {"jacobian": result.jacobian, "output": result.output},
                       result.metrics)  # fmt: skip
@@ -253,6 +260,9 @@ def add_client_commands(commands: Any) -> None:
     _inputs_flag(jacobian, "inputs", "the model's inputs (npz/json keys name the heatmap columns)")
     jacobian.add_argument("--mode", choices=["auto", "forward", "reverse"], default="auto")
     jacobian.add_argument("--device", default="", help="cpu, cuda or cuda:N")
+    jacobian.add_argument("--shards", type=int, default=None,
+        help="split the passes over this many concurrent windows (default: one per "
+        "--target replica when the Jacobian is large; 1: never)")  # fmt: skip
     jacobian.add_argument("--plot", metavar="PNG", help="draw the Jacobian as a signed heatmap")
     jacobian.add_argument("--input-names", help="comma-separated labels of the input entries")
     jacobian.add_argument("--output-names", help="comma-separated labels of the output entries")
@@ -284,7 +294,8 @@ def run(
     token = args.token or environ.get("JACSERVE_TOKEN") or None
     ca = pathlib.Path(args.tls_ca).read_bytes() if args.tls_ca else None
     try:
-        with Client(target, timeout=args.timeout, token=token, root_certificates=ca) as client:
+        targets = [t.strip() for t in target.split(",") if t.strip()]
+        with Client(targets, timeout=args.timeout, token=token, root_certificates=ca) as client:
             command(client, args)
     except InputError as exc:
         sys.stderr.write(f"jacserve: {exc}\n")

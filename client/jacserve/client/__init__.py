@@ -19,6 +19,7 @@ from jacserve.client._results import (
     VjpResult,
 )
 from jacserve.client._retry import RetryPolicy
+from jacserve.client._sharding import ShardReport
 from jacserve.client.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -54,6 +55,7 @@ __all__ = [
     "PermissionDenied",
     "ResourceExhausted",
     "RetryPolicy",
+    "ShardReport",
     "Unauthenticated",
     "Unavailable",
     "VjpResult",
