@@ -3,14 +3,15 @@
 The kernel's ``RLIMIT_CPU`` counts the whole process, but a worker also does work no
 request asked for: the background compiler (:mod:`jacserve.server.engine.compiled`)
 may spend seconds building a program while a request runs or waits for it (a compile
-job holds the model lock), and charging that to the request would stop innocent ones. So :class:`CpuBudget` moves the soft limit to
-"CPU used so far + the budget" when a request starts, a watcher thread moves it further
-by whatever the background threads used since, and the limit is lifted between
-requests. Past it the kernel sends SIGXCPU and the worker dies; the frontend reports
+job holds the model lock), and charging that to the request would stop innocent ones.
+So :class:`CpuBudget` moves the soft limit to "CPU used so far + the budget" when a
+request starts, a watcher thread moves it further by whatever the background threads
+used since, and the limit is lifted between requests. Past it the kernel sends SIGXCPU and the worker dies; the frontend reports
 RESOURCE_EXHAUSTED. ``RLIMIT_CPU`` counts whole seconds, so a budget of ``s`` stops a
-request after between ``s`` and ``s + 1`` CPU seconds of its own (rounding the limit
-down instead once left a request only just over ``s - 1`` seconds, and a first request
-on a fresh worker, paying torch's lazy imports, was stopped at a 1 s budget).
+request after between ``s`` and ``s + 1`` CPU seconds of its own. (A CI run once saw a
+3-element Jacobian stopped at a 1 s budget: it was the first request of a fresh worker
+and paid 1.04 CPU seconds of torch's lazy imports, against a budget that happened to be
+1.02 s. Workers now pay those imports before they report ready.)
 """
 
 from __future__ import annotations
