@@ -104,6 +104,17 @@ def test_jacobian_splits_over_comma_separated_replicas(cli, server, model, tmp_p
     torch.testing.assert_close(torch.load(tmp_path / "j.pt")["jacobian"], jacrev(module)(x))
 
 
+def test_verify_prints_the_finite_difference_check(cli, model, tmp_path):
+    _, path = model
+    np.save(tmp_path / "x.npy", np.ones(3))
+    code, out, _ = cli("jacobian", str(path), "--inputs", str(tmp_path / "x.npy"), "--verify", "2")
+    assert code == 0, out
+    found = re.search(
+        r"finite-difference check \(float64, 2 directions\): max relative error (\S+)", out
+    )
+    assert found and float(found.group(1)) < 1e-6, out
+
+
 def test_grad_draws_the_largest_sensitivities(cli, model, tmp_path):
     _, path = model
     np.save(tmp_path / "x.npy", np.ones(3))

@@ -53,6 +53,9 @@ def _output_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32",
                         help="dtype of numbers read from JSON (default float32)")  # fmt: skip
+    parser.add_argument("--verify", type=int, default=0, metavar="N",
+                        help="check the answer against float64 central finite differences in "
+                        "N directions (default 0: no check)")  # fmt: skip
 
 
 def _model_arg(parser: argparse.ArgumentParser) -> None:
@@ -76,6 +79,14 @@ def _summary(kind: str, tensor: torch.Tensor, metrics: Any) -> None:
     _print(f"time: {timing}")
     for warning in metrics.warnings:
         _print(f"warning: {warning}")
+    _print_verification(metrics)
+
+
+def _print_verification(metrics: Any) -> None:
+    check = metrics.verification
+    if check is not None:
+        _print(f"finite-difference check ({check.precision}, {len(check.relative_errors)} "
+               f"directions): max relative error {check.max_relative_error:.2e}")  # fmt: skip
 
 
 def _pack(tensors: list[torch.Tensor]) -> Any:
@@ -122,7 +133,8 @@ def cmd_models(client: Client, args: argparse.Namespace) -> None:
 def cmd_jvp(client: Client, args: argparse.Namespace) -> None:
     _, primals = _read(args, "inputs")
     _, tangents = _read(args, "tangents")
-    result = client.jvp(_model(args), _pack(primals), _pack(tangents), device=args.device)
+    result = client.jvp(_model(args), _pack(primals), _pack(tangents), device=args.device,
+                        verify=args.verify)  # fmt: skip
     _summary("jvp", _first(result.jvp), result.metrics)
     if args.output:
         write_results(args.output, {"jvp": result.jvp, "output": result.output}, result.metrics)
@@ -131,7 +143,8 @@ def cmd_jvp(client: Client, args: argparse.Namespace) -> None:
 def cmd_vjp(client: Client, args: argparse.Namespace) -> None:
     _, primals = _read(args, "inputs")
     _, cotangents = _read(args, "cotangents")
-    result = client.vjp(_model(args), _pack(primals), _pack(cotangents), device=args.device)
+    result = client.vjp(_model(args), _pack(primals), _pack(cotangents), device=args.device,
+                        verify=args.verify)  # fmt: skip
     _summary("vjp", _first(result.vjp), result.metrics)
     if args.output:
         write_results(args.output, {"vjp": result.vjp, "output": result.output}, result.metrics)
@@ -149,8 +162,9 @@ def _names(flag: str | None, count: int, fallback: list[str]) -> list[str] | Non
 def cmd_jacobian(client: Client, args: argparse.Namespace) -> None:
     names, inputs = _read(args, "inputs")
     result = client.jacobian(
-        _model(args), _pack(inputs), mode=args.mode, device=args.device, shards=args.shards
-    )
+        _model(args), _pack(inputs), mode=args.mode, device=args.device, shards=args.shards,
+        verify=args.verify,
+    )  # fmt: skip
     _summary("jacobian", _first(result.jacobian), result.metrics)
     if result.shards:
         servers = len({s.target for s in result.shards})
@@ -196,13 +210,15 @@ def _input_labels(names: list[str], inputs: list[torch.Tensor]) -> list[str]:
 def cmd_grad(client: Client, args: argparse.Namespace) -> None:
     _, inputs = _read(args, "inputs")
     cotangents = _pack(_read(args, "cotangents")[1]) if args.cotangents else None
-    result = client.parameter_gradients(_model(args), _pack(inputs), cotangents, device=args.device)
+    result = client.parameter_gradients(_model(args), _pack(inputs), cotangents,
+                                        device=args.device, verify=args.verify)  # fmt: skip
     _print(f"gradients of {len(result.gradients)} parameters:")
     for name, gradient in result.gradients.items():
         _print(
             f"  {name}: shape {list(gradient.shape)}, norm {float(gradient.double().norm()):.6g}"
         )
     _print(f"time: {result.metrics.timing.get('total', 0.0) * 1e3:.2f} ms")
+    _print_verification(result.metrics)
     if args.output:
         write_results(args.output, {"grad": result.gradients, "output": result.output},
                       result.metrics)  # fmt: skip

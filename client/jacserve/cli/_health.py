@@ -2,7 +2,7 @@
 as a container health check every few seconds).
 
 >>> parser = argparse.ArgumentParser()
->>> add_health_command(parser.add_subparsers(dest="command"))
+>>> health = add_health_command(parser.add_subparsers(dest="command"))
 >>> parser.parse_args(["health", "--timeout", "2"]).timeout
 2.0
 """

@@ -175,19 +175,21 @@ class AsyncClient(ClientBase):
     async def jvp(
         self, model: ModelSource, primals: Any, tangents: Any, *,
         wrt: Sequence[int] | None = None, batched: bool = False, device: str = "",
-        method: str = "forward", timeout: float | None = _UNSET,
+        method: str = "forward", timeout: float | None = _UNSET, verify: int | bool = 0,
     ) -> JvpResult:  # fmt: skip
         """As :meth:`Client.jvp`."""
-        prepared = prepare_jvp(primals, tangents, wrt=wrt, batched=batched, device=device)
+        prepared = prepare_jvp(primals, tangents, wrt=wrt, batched=batched, device=device,
+                               verify=verify)  # fmt: skip
         return await self._derive(model, method, prepared, timeout)
 
     async def vjp(
         self, model: ModelSource, primals: Any, cotangents: Any, *,
         wrt: Sequence[int] | None = None, batched: bool = False, device: str = "",
-        method: str = "forward", timeout: float | None = _UNSET,
+        method: str = "forward", timeout: float | None = _UNSET, verify: int | bool = 0,
     ) -> VjpResult:  # fmt: skip
         """As :meth:`Client.vjp`."""
-        prepared = prepare_vjp(primals, cotangents, wrt=wrt, batched=batched, device=device)
+        prepared = prepare_vjp(primals, cotangents, wrt=wrt, batched=batched, device=device,
+                               verify=verify)  # fmt: skip
         return await self._derive(model, method, prepared, timeout)
 
     async def jacobian(
@@ -195,11 +197,11 @@ class AsyncClient(ClientBase):
         wrt: Sequence[int] | None = None, batched: bool = False, max_memory_bytes: int = 0,
         chunk_size: int = 0, device: str = "", method: str = "forward",
         timeout: float | None = _UNSET, stream: bool | None = None, progress: bool | None = None,
-        on_slice: SliceCallback | None = None, max_block_bytes: int = 0,
+        on_slice: SliceCallback | None = None, max_block_bytes: int = 0, verify: int | bool = 0,
     ) -> JacobianResult:  # fmt: skip
-        """As :meth:`Client.jacobian`."""
+        """As :meth:`Client.jacobian` (one target: no splitting across replicas)."""
         options = dict(mode=mode, wrt=wrt, batched=batched, max_memory_bytes=max_memory_bytes,
-                       chunk_size=chunk_size, device=device)  # fmt: skip
+                       chunk_size=chunk_size, device=device, verify=verify)  # fmt: skip
         key = jacobian_key(model, method, inputs, wrt, batched)
         if stream is None:
             stream = self._needs_stream(key)
@@ -225,8 +227,9 @@ class AsyncClient(ClientBase):
     async def parameter_gradients(
         self, model: ModelSource, inputs: Any, cotangent: Any | None = None, *,
         parameters: Sequence[str] | None = None, device: str = "", method: str = "forward",
-        timeout: float | None = _UNSET,
+        timeout: float | None = _UNSET, verify: int | bool = 0,
     ) -> GradientsResult:  # fmt: skip
         """As :meth:`Client.parameter_gradients`."""
-        prepared = prepare_gradients(inputs, cotangent, parameters=parameters, device=device)
+        prepared = prepare_gradients(inputs, cotangent, parameters=parameters, device=device,
+                                     verify=verify)  # fmt: skip
         return await self._derive(model, method, prepared, timeout)

@@ -89,9 +89,20 @@ def structure_outputs(tensors: Sequence[torch.Tensor], as_tuple: bool) -> Tensor
     return tuple(tensors) if as_tuple else tensors[0]
 
 
+def verify_directions(verify: int | bool) -> int:
+    """Directions for ``options.verify_directions``: ``True`` means 3, ``False`` 0.
+
+    >>> verify_directions(True), verify_directions(5)
+    (3, 5)
+    """
+    if isinstance(verify, bool):
+        return 3 if verify else 0
+    return int(verify)
+
+
 def prepare_jvp(
     primals: Any, tangents: Any, *, wrt: Sequence[int] | None = None, batched: bool = False,
-    device: str = "",
+    device: str = "", verify: int | bool = 0,
 ) -> Prepared[JvpResult]:  # fmt: skip
     """A ``Jvp`` call (arguments as :meth:`jacserve.client.Client.jvp`)."""
     request = pb.JvpRequest(
@@ -99,7 +110,7 @@ def prepare_jvp(
         tangents=encode_tensors(as_sequence(tangents)[1], name="tangents"),
         wrt=list(wrt or ()),
         batched=batched,
-        options=pb.ComputeOptions(device=device),
+        options=pb.ComputeOptions(device=device, verify_directions=verify_directions(verify)),
     )
 
     def parse(response: pb.JvpResponse) -> JvpResult:
@@ -114,7 +125,7 @@ def prepare_jvp(
 
 def prepare_vjp(
     primals: Any, cotangents: Any, *, wrt: Sequence[int] | None = None, batched: bool = False,
-    device: str = "",
+    device: str = "", verify: int | bool = 0,
 ) -> Prepared[VjpResult]:  # fmt: skip
     """A ``Vjp`` call (arguments as :meth:`jacserve.client.Client.vjp`)."""
     primals_tuple, primal_list = as_sequence(primals)
@@ -123,7 +134,7 @@ def prepare_vjp(
         cotangents=encode_tensors(as_sequence(cotangents)[1], name="cotangents"),
         wrt=list(wrt or ()),
         batched=batched,
-        options=pb.ComputeOptions(device=device),
+        options=pb.ComputeOptions(device=device, verify_directions=verify_directions(verify)),
     )
 
     def parse(response: pb.VjpResponse) -> VjpResult:
@@ -138,7 +149,7 @@ def prepare_vjp(
 
 def prepare_jacobian(
     inputs: Any, *, mode: str = "auto", wrt: Sequence[int] | None = None, batched: bool = False,
-    max_memory_bytes: int = 0, chunk_size: int = 0, device: str = "",
+    max_memory_bytes: int = 0, chunk_size: int = 0, device: str = "", verify: int | bool = 0,
 ) -> Prepared[JacobianResult]:  # fmt: skip
     """A ``Jacobian`` call (arguments as :meth:`jacserve.client.Client.jacobian`).
 
@@ -154,7 +165,10 @@ def prepare_jacobian(
         mode=MODES[mode],
         batched=batched,
         options=pb.ComputeOptions(
-            max_memory_bytes=max_memory_bytes, chunk_size=chunk_size, device=device
+            max_memory_bytes=max_memory_bytes,
+            chunk_size=chunk_size,
+            device=device,
+            verify_directions=verify_directions(verify),
         ),
     )
 
@@ -300,12 +314,12 @@ def layout_blocks(
 def prepare_stream_jacobian(
     inputs: Any, *, mode: str = "auto", wrt: Sequence[int] | None = None, batched: bool = False,
     max_memory_bytes: int = 0, chunk_size: int = 0, device: str = "", max_block_bytes: int = 0,
-    progress: bool | None = None, on_slice: SliceCallback | None = None,
+    progress: bool | None = None, on_slice: SliceCallback | None = None, verify: int | bool = 0,
 ) -> Prepared[JacobianAssembler]:  # fmt: skip
     """A ``StreamJacobian`` call; ``parse`` makes the assembler to feed the messages to."""
     unary = prepare_jacobian(
         inputs, mode=mode, wrt=wrt, batched=batched, max_memory_bytes=max_memory_bytes,
-        chunk_size=chunk_size, device=device,
+        chunk_size=chunk_size, device=device, verify=verify,
     )  # fmt: skip
     inputs_tuple = as_sequence(inputs)[0]
     request = pb.StreamJacobianRequest(request=unary.request, max_block_bytes=max_block_bytes)
@@ -320,7 +334,7 @@ def prepare_stream_jacobian(
 
 def prepare_gradients(
     inputs: Any, cotangent: Any | None = None, *, parameters: Sequence[str] | None = None,
-    device: str = "",
+    device: str = "", verify: int | bool = 0,
 ) -> Prepared[GradientsResult]:  # fmt: skip
     """A ``ParameterGradients`` call (arguments as
     :meth:`jacserve.client.Client.parameter_gradients`)."""
@@ -330,7 +344,7 @@ def prepare_gradients(
             [] if cotangent is None else as_sequence(cotangent)[1], name="cotangents"
         ),
         parameters=list(parameters or ()),
-        options=pb.ComputeOptions(device=device),
+        options=pb.ComputeOptions(device=device, verify_directions=verify_directions(verify)),
     )
 
     def parse(response: pb.ParameterGradientsResponse) -> GradientsResult:

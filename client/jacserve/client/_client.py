@@ -302,6 +302,7 @@ class Client(ClientBase):
         device: str = "",
         method: str = "forward",
         timeout: float | None = _UNSET,
+        verify: int | bool = 0,
     ) -> JvpResult:
         """Jacobian-vector product ``J·v`` at ``primals``.
 
@@ -315,6 +316,9 @@ class Client(ClientBase):
             device: where to compute (``"cpu"``, ``"cuda"``); default the server's.
             method: the model method to call.
             timeout: deadline in seconds for this call (default: the client's).
+            verify: check the answer against float64 central finite differences along
+                the tangent (the first ``verify`` tangents when batched; ``True``: 3);
+                the relative errors are in ``metrics.verification``.
 
         Returns:
             :class:`JvpResult`: ``output`` and ``jvp``, each a tensor or a tuple like the
@@ -324,7 +328,9 @@ class Client(ClientBase):
         >>> r.jvp.shape, r.metrics.mode
         (torch.Size([2]), 'forward')
         """
-        prepared = prepare_jvp(primals, tangents, wrt=wrt, batched=batched, device=device)
+        prepared = prepare_jvp(
+            primals, tangents, wrt=wrt, batched=batched, device=device, verify=verify
+        )
         return self._derive(model, method, prepared, timeout)
 
     def vjp(
@@ -338,6 +344,7 @@ class Client(ClientBase):
         device: str = "",
         method: str = "forward",
         timeout: float | None = _UNSET,
+        verify: int | bool = 0,
     ) -> VjpResult:
         """Vector-Jacobian product ``uᵀ·J`` at ``primals``.
 
@@ -351,6 +358,8 @@ class Client(ClientBase):
             device: where to compute (``"cpu"``, ``"cuda"``); default the server's.
             method: the model method to call.
             timeout: deadline in seconds for this call.
+            verify: check ``uᵀJ`` against float64 central finite differences in this
+                many random directions (``True``: 3); see ``metrics.verification``.
 
         Returns:
             :class:`VjpResult`: ``vjp`` is a tensor when ``primals`` is a single tensor,
@@ -360,7 +369,9 @@ class Client(ClientBase):
         >>> r.vjp.shape, r.metrics.mode
         (torch.Size([3]), 'reverse')
         """
-        prepared = prepare_vjp(primals, cotangents, wrt=wrt, batched=batched, device=device)
+        prepared = prepare_vjp(
+            primals, cotangents, wrt=wrt, batched=batched, device=device, verify=verify
+        )
         return self._derive(model, method, prepared, timeout)
 
     def jacobian(
@@ -381,6 +392,7 @@ class Client(ClientBase):
         on_slice: SliceCallback | None = None,
         max_block_bytes: int = 0,
         shards: int | None = None,
+        verify: int | bool = 0,
     ) -> JacobianResult:
         """The full Jacobian at ``inputs``.
 
@@ -416,6 +428,10 @@ class Client(ClientBase):
                 round robin); 1 turns splitting off. Not with ``batched`` or ``on_slice``.
                 Without ``shards``, a Jacobian the server estimates under 0.1 s (or, with
                 no estimate, under 2²⁰ elements) is computed whole on one replica.
+            verify: check the Jacobian against float64 central finite differences in
+                this many random directions (``True``: 3; costs two model evaluations
+                each); the relative errors are in ``metrics.verification``. Not with
+                ``batched``; a verified Jacobian is not split across replicas.
 
         Returns:
             :class:`JacobianResult`, structured as ``torch.autograd.functional.jacobian``
@@ -429,10 +445,11 @@ class Client(ClientBase):
         (torch.Size([2, 3]), 'reverse', 2)
         """
         options = dict(mode=mode, wrt=wrt, batched=batched, max_memory_bytes=max_memory_bytes,
-                       chunk_size=chunk_size, device=device)  # fmt: skip
+                       chunk_size=chunk_size, device=device, verify=verify)  # fmt: skip
         lanes = self._lanes(shards)
         key = jacobian_key(model, method, inputs, wrt, batched)
-        if lanes > 1 and not batched and on_slice is None and key not in self._whole:
+        splittable = not batched and on_slice is None and not verify
+        if lanes > 1 and splittable and key not in self._whole:
             prepared = prepare_jacobian(inputs, **options)
             inputs_tuple = as_sequence(inputs)[0]
             split = self._with_model(
@@ -518,6 +535,7 @@ class Client(ClientBase):
         device: str = "",
         method: str = "forward",
         timeout: float | None = _UNSET,
+        verify: int | bool = 0,
     ) -> GradientsResult:
         """Gradients of ``cotangent · output`` with respect to the model's parameters.
 
@@ -533,11 +551,15 @@ class Client(ClientBase):
 
         Returns:
             :class:`GradientsResult` with ``gradients``: name → tensor of the
-            parameter's shape.
+            parameter's shape. With ``verify`` (directions, ``True``: 3), the gradients
+            are checked against float64 central finite differences along random
+            parameter directions (``metrics.verification``).
 
         >>> r = client.parameter_gradients(model_id, torch.ones(3), torch.ones(2))
         >>> {name: tuple(g.shape) for name, g in r.gradients.items()}
         {'weight': (2, 3), 'bias': (2,)}
         """
-        prepared = prepare_gradients(inputs, cotangent, parameters=parameters, device=device)
+        prepared = prepare_gradients(
+            inputs, cotangent, parameters=parameters, device=device, verify=verify
+        )
         return self._derive(model, method, prepared, timeout)

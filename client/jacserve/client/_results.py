@@ -34,6 +34,20 @@ _FORMATS = {
 
 
 @dataclass(frozen=True)
+class FiniteDifferenceCheck:
+    """The answer checked against float64 central finite differences (``verify=``):
+    ``relative_errors`` per direction (‖fd − ad‖ / max(‖fd‖, ‖ad‖)), their maximum,
+    the ``precision`` the model ran in for it, and the step ``h``. Errors of 1e-7 or less
+    are agreement; 1e-3 or more mean a derivative rule is wrong (or the function is not
+    smooth at this point)."""
+
+    relative_errors: tuple[float, ...]
+    max_relative_error: float
+    precision: str
+    step: float
+
+
+@dataclass(frozen=True)
 class DerivativeMetrics:
     """How the server computed a derivative: mode and why, passes, time per phase, memory.
 
@@ -44,6 +58,8 @@ class DerivativeMetrics:
     ``estimated_forward_seconds``/``estimated_reverse_seconds`` are auto mode's measured
     estimates (0 when it did not measure). ``execution_path`` is ``"eager"`` or
     ``"compiled"``; ``compilation`` says where building a compiled program stands.
+    ``verification`` is the finite-difference check asked for with ``verify=``, else
+    ``None``.
     """
 
     mode: str
@@ -68,6 +84,7 @@ class DerivativeMetrics:
     estimated_peak_bytes: int
     execution_path: str
     compilation: str
+    verification: FiniteDifferenceCheck | None = None
 
     @classmethod
     def from_wire(cls, m: pb.DerivativeMetrics) -> DerivativeMetrics:
@@ -104,6 +121,16 @@ class DerivativeMetrics:
             estimated_peak_bytes=m.estimated_peak_bytes,
             execution_path=m.execution_path,
             compilation=m.compilation,
+            verification=(
+                FiniteDifferenceCheck(
+                    tuple(m.verification.relative_errors),
+                    m.verification.max_relative_error,
+                    m.verification.precision,
+                    m.verification.step,
+                )
+                if m.HasField("verification")
+                else None
+            ),
         )
 
 

@@ -75,14 +75,28 @@ class FunctionRef(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., archive: _Optional[bytes] = ..., method: _Optional[str] = ...) -> None: ...
 
 class ComputeOptions(_message.Message):
-    __slots__ = ("max_memory_bytes", "chunk_size", "device")
+    __slots__ = ("max_memory_bytes", "chunk_size", "device", "verify_directions")
     MAX_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_DIRECTIONS_FIELD_NUMBER: _ClassVar[int]
     max_memory_bytes: int
     chunk_size: int
     device: str
-    def __init__(self, max_memory_bytes: _Optional[int] = ..., chunk_size: _Optional[int] = ..., device: _Optional[str] = ...) -> None: ...
+    verify_directions: int
+    def __init__(self, max_memory_bytes: _Optional[int] = ..., chunk_size: _Optional[int] = ..., device: _Optional[str] = ..., verify_directions: _Optional[int] = ...) -> None: ...
+
+class FiniteDifferenceCheck(_message.Message):
+    __slots__ = ("relative_errors", "max_relative_error", "precision", "step")
+    RELATIVE_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    MAX_RELATIVE_ERROR_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    relative_errors: _containers.RepeatedScalarFieldContainer[float]
+    max_relative_error: float
+    precision: str
+    step: float
+    def __init__(self, relative_errors: _Optional[_Iterable[float]] = ..., max_relative_error: _Optional[float] = ..., precision: _Optional[str] = ..., step: _Optional[float] = ...) -> None: ...
 
 class PhaseTimings(_message.Message):
     __slots__ = ("decode_seconds", "load_seconds", "forward_seconds", "derivative_seconds", "encode_seconds", "total_seconds", "plan_seconds")
@@ -103,7 +117,7 @@ class PhaseTimings(_message.Message):
     def __init__(self, decode_seconds: _Optional[float] = ..., load_seconds: _Optional[float] = ..., forward_seconds: _Optional[float] = ..., derivative_seconds: _Optional[float] = ..., encode_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ..., plan_seconds: _Optional[float] = ...) -> None: ...
 
 class DerivativeMetrics(_message.Message):
-    __slots__ = ("mode", "mode_reason", "input_size", "output_size", "passes", "vectorized", "fallback_reason", "timing", "peak_memory_bytes", "memory_method", "nonfinite_count", "warnings", "device", "chunks", "chunk_size", "batch_size", "estimated_forward_seconds", "estimated_reverse_seconds", "memory_budget_bytes", "estimated_peak_bytes", "execution_path", "compilation")
+    __slots__ = ("mode", "mode_reason", "input_size", "output_size", "passes", "vectorized", "fallback_reason", "timing", "peak_memory_bytes", "memory_method", "nonfinite_count", "warnings", "device", "chunks", "chunk_size", "batch_size", "estimated_forward_seconds", "estimated_reverse_seconds", "memory_budget_bytes", "estimated_peak_bytes", "execution_path", "compilation", "verification")
     MODE_FIELD_NUMBER: _ClassVar[int]
     MODE_REASON_FIELD_NUMBER: _ClassVar[int]
     INPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +140,7 @@ class DerivativeMetrics(_message.Message):
     ESTIMATED_PEAK_BYTES_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_PATH_FIELD_NUMBER: _ClassVar[int]
     COMPILATION_FIELD_NUMBER: _ClassVar[int]
+    VERIFICATION_FIELD_NUMBER: _ClassVar[int]
     mode: DerivativeMode
     mode_reason: str
     input_size: int
@@ -148,7 +163,8 @@ class DerivativeMetrics(_message.Message):
     estimated_peak_bytes: int
     execution_path: str
     compilation: str
-    def __init__(self, mode: _Optional[_Union[DerivativeMode, str]] = ..., mode_reason: _Optional[str] = ..., input_size: _Optional[int] = ..., output_size: _Optional[int] = ..., passes: _Optional[int] = ..., vectorized: _Optional[bool] = ..., fallback_reason: _Optional[str] = ..., timing: _Optional[_Union[PhaseTimings, _Mapping]] = ..., peak_memory_bytes: _Optional[int] = ..., memory_method: _Optional[str] = ..., nonfinite_count: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., chunks: _Optional[int] = ..., chunk_size: _Optional[int] = ..., batch_size: _Optional[int] = ..., estimated_forward_seconds: _Optional[float] = ..., estimated_reverse_seconds: _Optional[float] = ..., memory_budget_bytes: _Optional[int] = ..., estimated_peak_bytes: _Optional[int] = ..., execution_path: _Optional[str] = ..., compilation: _Optional[str] = ...) -> None: ...
+    verification: FiniteDifferenceCheck
+    def __init__(self, mode: _Optional[_Union[DerivativeMode, str]] = ..., mode_reason: _Optional[str] = ..., input_size: _Optional[int] = ..., output_size: _Optional[int] = ..., passes: _Optional[int] = ..., vectorized: _Optional[bool] = ..., fallback_reason: _Optional[str] = ..., timing: _Optional[_Union[PhaseTimings, _Mapping]] = ..., peak_memory_bytes: _Optional[int] = ..., memory_method: _Optional[str] = ..., nonfinite_count: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., chunks: _Optional[int] = ..., chunk_size: _Optional[int] = ..., batch_size: _Optional[int] = ..., estimated_forward_seconds: _Optional[float] = ..., estimated_reverse_seconds: _Optional[float] = ..., memory_budget_bytes: _Optional[int] = ..., estimated_peak_bytes: _Optional[int] = ..., execution_path: _Optional[str] = ..., compilation: _Optional[str] = ..., verification: _Optional[_Union[FiniteDifferenceCheck, _Mapping]] = ...) -> None: ...
 
 class ParameterInfo(_message.Message):
     __slots__ = ("name", "shape", "dtype")

@@ -20,6 +20,7 @@ from jacserve.codec import decode_tensors, dtype_to_wire, encode_tensors
 from jacserve.server import engine
 from jacserve.server.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from jacserve.server.registry import LoadedModel, MethodInfo, ModelInfo, ModelRegistry
+from jacserve.server.worker import verify
 from jacserve.v1 import jacobian_service_pb2 as pb
 
 __all__ = ["STREAM_BLOCK_BYTES", "DerivativeHandlers", "HandlerSettings", "model_info_to_wire"]
@@ -87,6 +88,7 @@ class _Phases:
     def __init__(self) -> None:
         self.start = time.perf_counter()
         self.seconds: dict[str, float] = {"decode": 0.0, "load": 0.0, "encode": 0.0}
+        self.verification: pb.FiniteDifferenceCheck | None = None  # options.verify_directions
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -224,6 +226,7 @@ class DerivativeHandlers:
             estimated_peak_bytes=m.estimated_peak_bytes,
             execution_path=m.execution_path,
             compilation=m.compilation,
+            verification=phases.verification,
         )
 
     def _product(self, request: Any, deadline: float, *, kind: str) -> Any:
@@ -235,6 +238,7 @@ class DerivativeHandlers:
             primals=request.primals, **{vectors: getattr(request, vectors)},
         )  # fmt: skip
         model.check_inputs(method, t["primals"])
+        count = verify.check_count(request.options.verify_directions)
         _check_deadline(deadline)
         result = getattr(engine, kind)(
             fn,
@@ -245,6 +249,12 @@ class DerivativeHandlers:
             memory_meter=self._settings.memory_meter,
             method=method.name,
         )
+        if count:
+            check = verify.verify_jvp if kind == "jvp" else verify.verify_vjp
+            phases.verification = verify.to_wire(
+                check(model.module, method.name, t["primals"], list(request.wrt),
+                      t[vectors], result.values, count, request.batched)
+            )  # fmt: skip
         outputs, values = self._encode(phases, result.outputs, result.values)
         response = pb.JvpResponse if kind == "jvp" else pb.VjpResponse
         return response(
@@ -279,6 +289,9 @@ class DerivativeHandlers:
                 f"got {options.max_memory_bytes} and {options.chunk_size}"
             )
         budget = options.max_memory_bytes or self._settings.max_memory_bytes
+        count = verify.check_count(
+            options.verify_directions, batched=request.batched, windowed=request.HasField("passes")
+        )
         _check_deadline(deadline)
         result = engine.jacobian(
             fn,
@@ -297,6 +310,11 @@ class DerivativeHandlers:
                 (request.passes.start, request.passes.stop) if request.HasField("passes") else None
             ),
         )
+        if count:
+            phases.verification = verify.to_wire(
+                verify.verify_jacobian(model.module, method.name, inputs, list(request.wrt),
+                                       result.outputs, result.values, count)
+            )  # fmt: skip
         return model, result, phases
 
     def _Jacobian(self, request: pb.JacobianRequest, deadline: float) -> pb.JacobianResponse:
@@ -368,6 +386,7 @@ class DerivativeHandlers:
             inputs=request.inputs, cotangents=request.cotangents,
         )  # fmt: skip
         model.check_inputs(method, t["inputs"])
+        count = verify.check_count(request.options.verify_directions)
         parameters = model.parameters
         if request.parameters:
             unknown = [n for n in request.parameters if n not in parameters]
@@ -386,6 +405,11 @@ class DerivativeHandlers:
             memory_meter=self._settings.memory_meter,
             method=method.name,
         )
+        if count:
+            phases.verification = verify.to_wire(
+                verify.verify_gradients(model.module, method.name, t["inputs"], result.names,
+                                        result.values, t["cotangents"], count)
+            )  # fmt: skip
         outputs, values = self._encode(phases, result.outputs, result.values)
         return pb.ParameterGradientsResponse(
             outputs=outputs,
