@@ -115,6 +115,31 @@ def test_verify_prints_the_finite_difference_check(cli, model, tmp_path):
     assert found and float(found.group(1)) < 1e-6, out
 
 
+class Energy(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x[0] * x[1]) ** 2 + torch.sin(x).sum()
+
+
+def test_hessian_and_hvp_commands(cli, tmp_path):
+    path = tmp_path / "energy.pt"
+    torch.jit.save(torch.jit.script(Energy()), str(path))
+    x = torch.tensor([1.0, 2.0, 0.5], dtype=F64)
+    np.save(tmp_path / "x.npy", x.numpy())
+    np.save(tmp_path / "v.npy", np.ones(3))
+    code, out, _ = cli("hessian", str(path), "--inputs", str(tmp_path / "x.npy"),
+                       "-o", str(tmp_path / "h.pt"), "--plot", str(tmp_path / "h.png"))  # fmt: skip
+    assert code == 0 and "hessian: shape [3, 3]" in out, out
+    expected = torch.autograd.functional.hessian(Energy(), x)
+    torch.testing.assert_close(torch.load(tmp_path / "h.pt")["hessian"], expected)
+    _not_blank_png(tmp_path / "h.png")
+    code, out, _ = cli("hvp", str(path), "--inputs", str(tmp_path / "x.npy"),
+                       "--vectors", str(tmp_path / "v.npy"), "-o", str(tmp_path / "p.npz"))  # fmt: skip
+    assert code == 0 and "hvp: shape [3]" in out, out
+    torch.testing.assert_close(
+        torch.from_numpy(np.load(tmp_path / "p.npz")["hvp"]), expected @ torch.ones(3, dtype=F64)
+    )
+
+
 def test_grad_draws_the_largest_sensitivities(cli, model, tmp_path):
     _, path = model
     np.save(tmp_path / "x.npy", np.ones(3))

@@ -53,6 +53,9 @@ def _output_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32",
                         help="dtype of numbers read from JSON (default float32)")  # fmt: skip
+
+
+def _verify_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verify", type=int, default=0, metavar="N",
                         help="check the answer against float64 central finite differences in "
                         "N directions (default 0: no check)")  # fmt: skip
@@ -229,6 +232,43 @@ def cmd_grad(client: Client, args: argparse.Namespace) -> None:
         _print(f"plot: {args.plot}")
 
 
+def cmd_hessian(client: Client, args: argparse.Namespace) -> None:
+    names, inputs = _read(args, "inputs")
+    result = client.hessian(_model(args), _pack(inputs), device=args.device)
+    _summary("hessian", _first(result.hessian), result.metrics)
+    if args.output:
+        write_results(args.output, {"hessian": result.hessian, "output": result.output},
+                      result.metrics)  # fmt: skip
+    if args.plot:
+        from jacserve.cli._plot import plot_jacobian
+
+        n = sum(t.numel() for t in inputs)
+        rows = result.hessian if isinstance(result.hessian, tuple) else ((result.hessian,),)
+        matrix = (
+            torch.cat(
+                [
+                    torch.cat([b.reshape(-1, 1 if b.dim() == 0 else -1) for b in row], 1)
+                    for row in rows
+                ]
+            ).reshape(n, n)
+            if len(inputs) > 1
+            else result.hessian.reshape(n, n)
+        )
+        labels = _names(args.input_names, n, _input_labels(names, inputs))
+        plot_jacobian(matrix, args.plot, input_names=labels, output_names=labels)
+        _print(f"plot: {args.plot}")
+
+
+def cmd_hvp(client: Client, args: argparse.Namespace) -> None:
+    _, inputs = _read(args, "inputs")
+    _, vectors = _read(args, "vectors")
+    result = client.hvp(_model(args), _pack(inputs), _pack(vectors), device=args.device,
+                        gauss_newton=args.gauss_newton)  # fmt: skip
+    _summary("gnvp" if args.gauss_newton else "hvp", _first(result.hvp), result.metrics)
+    if args.output:
+        write_results(args.output, {"hvp": result.hvp, "output": result.output}, result.metrics)
+
+
 COMMANDS: dict[str, Callable[[Client, argparse.Namespace], None]] = {
     "upload": cmd_upload,
     "models": cmd_models,
@@ -236,6 +276,8 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], None]] = {
     "vjp": cmd_vjp,
     "jacobian": cmd_jacobian,
     "grad": cmd_grad,
+    "hessian": cmd_hessian,
+    "hvp": cmd_hvp,
 }
 
 
@@ -267,6 +309,7 @@ def add_client_commands(commands: Any) -> None:
         _inputs_flag(sub, vectors, f"the {vectors}")
         sub.add_argument("--device", default="", help="cpu, cuda or cuda:N (default: the server's)")
         _output_flags(sub)
+        _verify_flag(sub)
         _connection_flags(sub)
 
     jacobian = commands.add_parser("jacobian", help="the full Jacobian, with an optional heatmap",
@@ -283,7 +326,31 @@ def add_client_commands(commands: Any) -> None:
     jacobian.add_argument("--input-names", help="comma-separated labels of the input entries")
     jacobian.add_argument("--output-names", help="comma-separated labels of the output entries")
     _output_flags(jacobian)
+    _verify_flag(jacobian)
     _connection_flags(jacobian)
+
+    hessian = commands.add_parser("hessian", help="the Hessian of a scalar model output",
+        formatter_class=raw, epilog=example + "jacserve hessian MODEL_ID --inputs x.npy "
+        "--plot hessian.png -o h.npz")  # fmt: skip
+    _model_arg(hessian)
+    _inputs_flag(hessian, "inputs", "the model's inputs")
+    hessian.add_argument("--device", default="", help="cpu, cuda or cuda:N")
+    hessian.add_argument("--plot", metavar="PNG", help="draw the Hessian as a signed heatmap")
+    hessian.add_argument("--input-names", help="comma-separated labels of the input entries")
+    _output_flags(hessian)
+    _connection_flags(hessian)
+
+    hvp = commands.add_parser("hvp", help="Hessian-vector product H·v (or Gauss–Newton JᵀJ·v)",
+        formatter_class=raw, epilog=example + "jacserve hvp MODEL_ID --inputs x.npy "
+        "--vectors v.npy\n  jacserve hvp MODEL_ID --inputs x.npy --vectors v.npy --gauss-newton")  # fmt: skip
+    _model_arg(hvp)
+    _inputs_flag(hvp, "inputs", "the model's inputs")
+    _inputs_flag(hvp, "vectors", "one vector per differentiated input")
+    hvp.add_argument("--gauss-newton", action="store_true",
+                     help="Jᵀ·(J·v) instead of H·v: for vector outputs")  # fmt: skip
+    hvp.add_argument("--device", default="", help="cpu, cuda or cuda:N")
+    _output_flags(hvp)
+    _connection_flags(hvp)
 
     grad = commands.add_parser("grad", help="gradients with respect to the model's parameters",
         formatter_class=raw, epilog=example + "jacserve grad MODEL_ID --inputs x.npy "
@@ -297,6 +364,7 @@ def add_client_commands(commands: Any) -> None:
     grad.add_argument("--plot", metavar="PNG", help="bar chart of the largest gradient entries")
     grad.add_argument("--top", type=int, default=20, help="entries in the bar chart (default 20)")
     _output_flags(grad)
+    _verify_flag(grad)
     _connection_flags(grad)
 
 

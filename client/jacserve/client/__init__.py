@@ -9,7 +9,10 @@ from jacserve.client._async_client import AsyncClient
 from jacserve.client._client import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TARGET, Client
 from jacserve.client._results import (
     DerivativeMetrics,
+    FiniteDifferenceCheck,
     GradientsResult,
+    HessianResult,
+    HvpResult,
     InputInfo,
     JacobianResult,
     JvpResult,
@@ -41,7 +44,10 @@ __all__ = [
     "DeadlineExceeded",
     "DerivativeMetrics",
     "FailedPrecondition",
+    "FiniteDifferenceCheck",
     "GradientsResult",
+    "HessianResult",
+    "HvpResult",
     "InputInfo",
     "Internal",
     "InvalidArgument",

@@ -17,6 +17,8 @@ from jacserve.client._calls import (
     SliceCallback,
     jacobian_key,
     prepare_gradients,
+    prepare_hessian,
+    prepare_hvp,
     prepare_jacobian,
     prepare_jvp,
     prepare_stream_jacobian,
@@ -27,6 +29,8 @@ from jacserve.client._calls import (
 from jacserve.client._connection import MODEL_ID, ClientBase
 from jacserve.client._results import (
     GradientsResult,
+    HessianResult,
+    HvpResult,
     JacobianResult,
     JvpResult,
     ModelInfo,
@@ -232,4 +236,23 @@ class AsyncClient(ClientBase):
         """As :meth:`Client.parameter_gradients`."""
         prepared = prepare_gradients(inputs, cotangent, parameters=parameters, device=device,
                                      verify=verify)  # fmt: skip
+        return await self._derive(model, method, prepared, timeout)
+
+    async def hvp(
+        self, model: ModelSource, inputs: Any, vectors: Any, *,
+        wrt: Sequence[int] | None = None, batched: bool = False, gauss_newton: bool = False,
+        device: str = "", method: str = "forward", timeout: float | None = _UNSET,
+    ) -> HvpResult:  # fmt: skip
+        """As :meth:`Client.hvp`."""
+        prepared = prepare_hvp(inputs, vectors, wrt=wrt, batched=batched,
+                               gauss_newton=gauss_newton, device=device)  # fmt: skip
+        return await self._derive(model, method, prepared, timeout)
+
+    async def hessian(
+        self, model: ModelSource, inputs: Any, *, wrt: Sequence[int] | None = None,
+        chunk_size: int = 0, device: str = "", method: str = "forward",
+        timeout: float | None = _UNSET,
+    ) -> HessianResult:  # fmt: skip
+        """As :meth:`Client.hessian`."""
+        prepared = prepare_hessian(inputs, wrt=wrt, chunk_size=chunk_size, device=device)
         return await self._derive(model, method, prepared, timeout)

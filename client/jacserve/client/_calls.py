@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ import torch
 from jacserve.client._results import (
     DerivativeMetrics,
     GradientsResult,
+    HessianResult,
+    HvpResult,
     JacobianResult,
     JvpResult,
     TensorOrTuple,
@@ -39,6 +42,8 @@ __all__ = [
     "SliceCallback",
     "jacobian_key",
     "prepare_gradients",
+    "prepare_hessian",
+    "prepare_hvp",
     "prepare_jacobian",
     "prepare_jvp",
     "prepare_stream_jacobian",
@@ -375,3 +380,51 @@ def upload_chunks(data: bytes, chunk_bytes: int) -> Callable[[], Iterator[pb.Upl
             yield pb.UploadModelRequest(chunk=data[start : start + chunk_bytes])
 
     return chunks
+
+
+def prepare_hvp(
+    inputs: Any, vectors: Any, *, wrt: Sequence[int] | None = None, batched: bool = False,
+    gauss_newton: bool = False, device: str = "",
+) -> Prepared[HvpResult]:  # fmt: skip
+    """An ``Hvp`` call (arguments as :meth:`jacserve.client.Client.hvp`)."""
+    inputs_tuple, input_list = as_sequence(inputs)
+    request = pb.HvpRequest(
+        inputs=encode_tensors(input_list, name="inputs"),
+        vectors=encode_tensors(as_sequence(vectors)[1], name="vectors"),
+        wrt=list(wrt or ()),
+        batched=batched,
+        gauss_newton=gauss_newton,
+        options=pb.ComputeOptions(device=device),
+    )
+
+    def parse(response: pb.HvpResponse) -> HvpResult:
+        return HvpResult(
+            output=structure_outputs(decode_tensors(response.outputs), response.tuple_output),
+            hvp=structure_outputs(decode_tensors(response.hvp), inputs_tuple),
+            metrics=DerivativeMetrics.from_wire(response.metrics),
+        )
+
+    return Prepared("Hvp", request, parse, _example(inputs, batched=False))
+
+
+def prepare_hessian(
+    inputs: Any, *, wrt: Sequence[int] | None = None, chunk_size: int = 0, device: str = "",
+) -> Prepared[HessianResult]:  # fmt: skip
+    """A ``Hessian`` call (arguments as :meth:`jacserve.client.Client.hessian`)."""
+    inputs_tuple, input_list = as_sequence(inputs)
+    request = pb.HessianRequest(
+        inputs=encode_tensors(input_list, name="inputs"),
+        wrt=list(wrt or ()),
+        options=pb.ComputeOptions(chunk_size=chunk_size, device=device),
+    )
+
+    def parse(response: pb.HessianResponse) -> HessianResult:
+        blocks = [decode_tensor(t, name=f"hessian[{k}]") for k, t in enumerate(response.hessian)]
+        width = max(1, math.isqrt(len(blocks)))  # blocks: (differentiated inputs)²
+        return HessianResult(
+            output=structure_outputs(decode_tensors(response.outputs), response.tuple_output),
+            hessian=layout_blocks(blocks, width, inputs_tuple, inputs_tuple),
+            metrics=DerivativeMetrics.from_wire(response.metrics),
+        )
+
+    return Prepared("Hessian", request, parse, _example(inputs, batched=False))

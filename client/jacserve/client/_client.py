@@ -17,6 +17,8 @@ from jacserve.client._calls import (
     as_sequence,
     jacobian_key,
     prepare_gradients,
+    prepare_hessian,
+    prepare_hvp,
     prepare_jacobian,
     prepare_jvp,
     prepare_stream_jacobian,
@@ -32,6 +34,8 @@ from jacserve.client._connection import (
 )
 from jacserve.client._results import (
     GradientsResult,
+    HessianResult,
+    HvpResult,
     JacobianResult,
     JvpResult,
     ModelInfo,
@@ -562,4 +566,76 @@ class Client(ClientBase):
         prepared = prepare_gradients(
             inputs, cotangent, parameters=parameters, device=device, verify=verify
         )
+        return self._derive(model, method, prepared, timeout)
+
+    # -- second order ---------------------------------------------------------------------
+
+    def hvp(
+        self,
+        model: Model,
+        inputs: Inputs,
+        vectors: Inputs,
+        *,
+        wrt: Sequence[int] | None = None,
+        batched: bool = False,
+        gauss_newton: bool = False,
+        device: str = "",
+        method: str = "forward",
+        timeout: float | None = _UNSET,
+    ) -> HvpResult:
+        """Hessian-vector product ``H·v`` of a scalar function (forward-over-reverse: one
+        JVP of the gradient, about three evaluations whatever the input size).
+
+        Args:
+            model: a model id, or anything :meth:`upload` takes.
+            inputs: the point: a tensor or a tuple (one per model input).
+            vectors: one per differentiated input, shaped like it.
+            wrt: indices of the inputs to differentiate; default every floating input.
+            batched: each vector has a leading dimension k; k products in one call.
+            gauss_newton: ``Jᵀ·(J·v)`` instead (the Gauss–Newton matrix; for any output
+                shape, no second derivatives).
+            device: where to compute; default the server's.
+            method: the model method to call.
+            timeout: deadline in seconds for this call.
+
+        Raises:
+            InvalidArgument: the output is not a scalar (without ``gauss_newton``), or the
+                vectors do not match the differentiated inputs.
+
+        >>> f = lambda x: (x**3).sum()  # H = diag(6x)
+        >>> client.hvp(f, torch.tensor([1.0, 2.0]), torch.tensor([1.0, 1.0])).hvp
+        tensor([ 6., 12.])
+        """
+        prepared = prepare_hvp(
+            inputs, vectors, wrt=wrt, batched=batched, gauss_newton=gauss_newton, device=device
+        )
+        return self._derive(model, method, prepared, timeout)
+
+    def hessian(
+        self,
+        model: Model,
+        inputs: Inputs,
+        *,
+        wrt: Sequence[int] | None = None,
+        chunk_size: int = 0,
+        device: str = "",
+        method: str = "forward",
+        timeout: float | None = _UNSET,
+    ) -> HessianResult:
+        """The full Hessian of a scalar function: n Hessian-vector products over the
+        basis, vectorized (``chunk_size`` caps products per call).
+
+        Returns:
+            :class:`HessianResult`, structured like ``torch.autograd.functional.hessian``.
+
+        Raises:
+            InvalidArgument: the output is not a scalar. ResourceExhausted: n² above the
+                server's element limit (ask for products instead).
+
+        >>> f = lambda x: (x[0] * x[1]) ** 2
+        >>> client.hessian(f, torch.tensor([1.0, 2.0])).hessian
+        tensor([[8., 8.],
+                [8., 2.]])
+        """
+        prepared = prepare_hessian(inputs, wrt=wrt, chunk_size=chunk_size, device=device)
         return self._derive(model, method, prepared, timeout)

@@ -153,6 +153,27 @@ class VjpResult:
 
 
 @dataclass(frozen=True)
+class HvpResult:
+    """``output`` (the scalar) and ``hvp``: ``H·v`` (or ``Jᵀ·J·v`` with Gauss–Newton),
+    a tensor for a single input, else one per ``wrt`` input; a leading k when batched."""
+
+    output: TensorOrTuple
+    hvp: TensorOrTuple
+    metrics: DerivativeMetrics
+
+
+@dataclass(frozen=True)
+class HessianResult:
+    """``output`` (the scalar) and ``hessian``, structured as
+    ``torch.autograd.functional.hessian``: a tensor of shape ``x.shape + x.shape`` for a
+    single input, else a tuple of tuples ``[j][k]``."""
+
+    output: TensorOrTuple
+    hessian: Jacobian
+    metrics: DerivativeMetrics
+
+
+@dataclass(frozen=True)
 class JacobianResult:
     """``output`` and ``jacobian``, structured as ``torch.autograd.functional.jacobian``.
 

@@ -443,3 +443,57 @@ class ParameterGradientsResponse(_message.Message):
     gradients: _containers.RepeatedCompositeFieldContainer[NamedTensor]
     metrics: DerivativeMetrics
     def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., gradients: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ...) -> None: ...
+
+class HvpRequest(_message.Message):
+    __slots__ = ("function", "inputs", "vectors", "wrt", "batched", "gauss_newton", "options")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    WRT_FIELD_NUMBER: _ClassVar[int]
+    BATCHED_FIELD_NUMBER: _ClassVar[int]
+    GAUSS_NEWTON_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    function: FunctionRef
+    inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
+    vectors: _containers.RepeatedCompositeFieldContainer[Tensor]
+    wrt: _containers.RepeatedScalarFieldContainer[int]
+    batched: bool
+    gauss_newton: bool
+    options: ComputeOptions
+    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., vectors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ..., batched: _Optional[bool] = ..., gauss_newton: _Optional[bool] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ...) -> None: ...
+
+class HvpResponse(_message.Message):
+    __slots__ = ("outputs", "tuple_output", "hvp", "metrics")
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    TUPLE_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    HVP_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    outputs: _containers.RepeatedCompositeFieldContainer[Tensor]
+    tuple_output: bool
+    hvp: _containers.RepeatedCompositeFieldContainer[Tensor]
+    metrics: DerivativeMetrics
+    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., hvp: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ...) -> None: ...
+
+class HessianRequest(_message.Message):
+    __slots__ = ("function", "inputs", "wrt", "options")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    WRT_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    function: FunctionRef
+    inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
+    wrt: _containers.RepeatedScalarFieldContainer[int]
+    options: ComputeOptions
+    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ...) -> None: ...
+
+class HessianResponse(_message.Message):
+    __slots__ = ("outputs", "tuple_output", "hessian", "metrics")
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    TUPLE_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    HESSIAN_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    outputs: _containers.RepeatedCompositeFieldContainer[Tensor]
+    tuple_output: bool
+    hessian: _containers.RepeatedCompositeFieldContainer[Tensor]
+    metrics: DerivativeMetrics
+    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., hessian: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ...) -> None: ...

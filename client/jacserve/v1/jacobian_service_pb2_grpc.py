@@ -85,6 +85,16 @@ class JacobianServiceStub:
                 request_serializer=jacserve_dot_v1_dot_jacobian__service__pb2.ParameterGradientsRequest.SerializeToString,
                 response_deserializer=jacserve_dot_v1_dot_jacobian__service__pb2.ParameterGradientsResponse.FromString,
                 _registered_method=True)
+        self.Hvp = channel.unary_unary(
+                '/jacserve.v1.JacobianService/Hvp',
+                request_serializer=jacserve_dot_v1_dot_jacobian__service__pb2.HvpRequest.SerializeToString,
+                response_deserializer=jacserve_dot_v1_dot_jacobian__service__pb2.HvpResponse.FromString,
+                _registered_method=True)
+        self.Hessian = channel.unary_unary(
+                '/jacserve.v1.JacobianService/Hessian',
+                request_serializer=jacserve_dot_v1_dot_jacobian__service__pb2.HessianRequest.SerializeToString,
+                response_deserializer=jacserve_dot_v1_dot_jacobian__service__pb2.HessianResponse.FromString,
+                _registered_method=True)
 
 
 class JacobianServiceServicer:
@@ -163,6 +173,21 @@ class JacobianServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Hvp(self, request, context):
+        """Hessian-vector products H·v of a scalar function (forward-over-reverse), or
+        Gauss–Newton products Jᵀ·J·v of any function.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Hessian(self, request, context):
+        """The full Hessian of a scalar function: n Hessian-vector products over the basis.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JacobianServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -215,6 +240,16 @@ def add_JacobianServiceServicer_to_server(servicer, server):
                     servicer.ParameterGradients,
                     request_deserializer=jacserve_dot_v1_dot_jacobian__service__pb2.ParameterGradientsRequest.FromString,
                     response_serializer=jacserve_dot_v1_dot_jacobian__service__pb2.ParameterGradientsResponse.SerializeToString,
+            ),
+            'Hvp': grpc.unary_unary_rpc_method_handler(
+                    servicer.Hvp,
+                    request_deserializer=jacserve_dot_v1_dot_jacobian__service__pb2.HvpRequest.FromString,
+                    response_serializer=jacserve_dot_v1_dot_jacobian__service__pb2.HvpResponse.SerializeToString,
+            ),
+            'Hessian': grpc.unary_unary_rpc_method_handler(
+                    servicer.Hessian,
+                    request_deserializer=jacserve_dot_v1_dot_jacobian__service__pb2.HessianRequest.FromString,
+                    response_serializer=jacserve_dot_v1_dot_jacobian__service__pb2.HessianResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -488,6 +523,60 @@ class JacobianService:
             '/jacserve.v1.JacobianService/ParameterGradients',
             jacserve_dot_v1_dot_jacobian__service__pb2.ParameterGradientsRequest.SerializeToString,
             jacserve_dot_v1_dot_jacobian__service__pb2.ParameterGradientsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Hvp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jacserve.v1.JacobianService/Hvp',
+            jacserve_dot_v1_dot_jacobian__service__pb2.HvpRequest.SerializeToString,
+            jacserve_dot_v1_dot_jacobian__service__pb2.HvpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Hessian(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jacserve.v1.JacobianService/Hessian',
+            jacserve_dot_v1_dot_jacobian__service__pb2.HessianRequest.SerializeToString,
+            jacserve_dot_v1_dot_jacobian__service__pb2.HessianResponse.FromString,
             options,
             channel_credentials,
             insecure,

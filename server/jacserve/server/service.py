@@ -340,6 +340,14 @@ class JacobianServicer:
     ) -> bytes:
         return self._derive("ParameterGradients", request, context, observed)
 
+    @_rpc("Hvp")
+    def Hvp(self, request: pb.HvpRequest, context: Any, observed: _Observed) -> bytes:
+        return self._derive("Hvp", request, context, observed)
+
+    @_rpc("Hessian")
+    def Hessian(self, request: pb.HessianRequest, context: Any, observed: _Observed) -> bytes:
+        return self._derive("Hessian", request, context, observed)
+
     @_rpc("StreamJacobian")
     def StreamJacobian(
         self, request: pb.StreamJacobianRequest, context: Any, observed: _Observed

@@ -14,12 +14,20 @@ from jacserve.server.engine.gradients import parameter_gradients
 from jacserve.server.engine.jacobian import jacobian
 from jacserve.server.engine.planner import ModePlan, plan_mode
 from jacserve.server.engine.products import jvp, vjp
+from jacserve.server.engine.second_order import (
+    gauss_newton_vector_products,
+    hessian,
+    hessian_vector_products,
+)
 
 __all__ = [
     "DerivativeCache",
     "EngineMetrics",
     "EngineResult",
     "ModePlan",
+    "gauss_newton_vector_products",
+    "hessian",
+    "hessian_vector_products",
     "jacobian",
     "jvp",
     "parameter_gradients",

@@ -53,7 +53,7 @@ from jacserve.server.errors import (
     ResourceExhausted,
 )
 
-__all__ = ["cost_key", "jacobian"]
+__all__ = ["blocks_from_passes", "cost_key", "jacobian"]
 
 Single = Callable[..., tuple[torch.Tensor, ...]]
 
@@ -276,7 +276,7 @@ def _chunking(
     return chunk
 
 
-def _blocks(
+def blocks_from_passes(
     mode: Mode,
     results: tuple[torch.Tensor, ...],
     outputs: Outputs,
@@ -710,7 +710,7 @@ def _run_mode(
     run.chunks, run.chunk_size = report.chunks, chunk
     if window is not None:  # one row per pass, its outputs (or inputs) flattened side by side
         return [torch.cat([r.reshape(r.shape[0], -1) for r in results], dim=1)]
-    return _blocks(chosen.mode, results, outputs, diff, batch)
+    return blocks_from_passes(chosen.mode, results, outputs, diff, batch)
 
 
 def _point_by_point(

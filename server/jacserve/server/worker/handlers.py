@@ -99,6 +99,14 @@ class _Phases:
             self.seconds[name] += time.perf_counter() - began
 
 
+def _refuse_verification(options: pb.ComputeOptions, rpc: str) -> None:
+    if options.verify_directions:
+        raise InvalidArgument(
+            f"options.verify_directions is not available for {rpc}; verify the gradient "
+            "(a VJP of the scalar output) instead"
+        )
+
+
 def _check_deadline(deadline: float) -> None:
     if time.monotonic() > deadline:
         raise DeadlineExceeded(
@@ -376,6 +384,66 @@ class DerivativeHandlers:
                 slice=pb.JacobianSlice(block=k, start=start, values=values)
             )
         yield pb.StreamJacobianResponse(metrics=self._wire_metrics(result, phases, model))
+
+    def _Hvp(self, request: pb.HvpRequest, deadline: float) -> pb.HvpResponse:
+        phases = _Phases()
+        model, fn, method, t = self._prepare(
+            phases, request.function, request.options,
+            inputs=request.inputs, vectors=request.vectors,
+        )  # fmt: skip
+        model.check_inputs(method, t["inputs"])
+        _refuse_verification(request.options, "Hvp")
+        _check_deadline(deadline)
+        product = (
+            engine.gauss_newton_vector_products
+            if request.gauss_newton
+            else engine.hessian_vector_products
+        )
+        result = product(
+            fn,
+            t["inputs"],
+            t["vectors"],
+            wrt=list(request.wrt),
+            batched=request.batched,
+            memory_meter=self._settings.memory_meter,
+            method=method.name,
+        )
+        outputs, values = self._encode(phases, result.outputs, result.values)
+        return pb.HvpResponse(
+            outputs=outputs,
+            tuple_output=result.tuple_output,
+            hvp=values,
+            metrics=self._wire_metrics(result, phases, model),
+        )
+
+    def _Hessian(self, request: pb.HessianRequest, deadline: float) -> pb.HessianResponse:
+        phases = _Phases()
+        model, fn, method, t = self._prepare(
+            phases, request.function, request.options, inputs=request.inputs
+        )
+        model.check_inputs(method, t["inputs"])
+        _refuse_verification(request.options, "Hessian")
+        if request.options.chunk_size < 0:
+            raise InvalidArgument(
+                f"options.chunk_size must be >= 0; got {request.options.chunk_size}"
+            )
+        _check_deadline(deadline)
+        result = engine.hessian(
+            fn,
+            t["inputs"],
+            wrt=list(request.wrt),
+            chunk_size=request.options.chunk_size or None,
+            max_elements=self._settings.max_tensor_elements,
+            memory_meter=self._settings.memory_meter,
+            method=method.name,
+        )
+        outputs, values = self._encode(phases, result.outputs, result.values)
+        return pb.HessianResponse(
+            outputs=outputs,
+            tuple_output=result.tuple_output,
+            hessian=values,
+            metrics=self._wire_metrics(result, phases, model),
+        )
 
     def _ParameterGradients(
         self, request: pb.ParameterGradientsRequest, deadline: float

@@ -12,6 +12,8 @@ DERIVATIVE_REQUESTS: dict[str, type] = {
     "Vjp": pb.VjpRequest,
     "Jacobian": pb.JacobianRequest,
     "ParameterGradients": pb.ParameterGradientsRequest,
+    "Hvp": pb.HvpRequest,
+    "Hessian": pb.HessianRequest,
 }
 """The derivative RPCs a worker serves, by method name, with their request types."""
 
