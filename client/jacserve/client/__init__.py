@@ -5,6 +5,7 @@
 'Client'
 """
 
+from jacserve.client._analysis import RankedInput, SensitivityResult, SingularResult
 from jacserve.client._async_client import AsyncClient
 from jacserve.client._client import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TARGET, Client
 from jacserve.client._results import (
@@ -59,9 +60,12 @@ __all__ = [
     "NotFound",
     "ParameterInfo",
     "PermissionDenied",
+    "RankedInput",
     "ResourceExhausted",
     "RetryPolicy",
+    "SensitivityResult",
     "ShardReport",
+    "SingularResult",
     "Unauthenticated",
     "Unavailable",
     "VjpResult",

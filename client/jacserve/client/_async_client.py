@@ -11,6 +11,13 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
+from jacserve.client._analysis import (
+    SensitivityResult,
+    SingularResult,
+    prepare_sensitivity,
+    prepare_sparse_jacobian,
+    prepare_top_singular,
+)
 from jacserve.client._archive import ModelSource, archive_bytes
 from jacserve.client._calls import (
     Prepared,
@@ -202,8 +209,15 @@ class AsyncClient(ClientBase):
         chunk_size: int = 0, device: str = "", method: str = "forward",
         timeout: float | None = _UNSET, stream: bool | None = None, progress: bool | None = None,
         on_slice: SliceCallback | None = None, max_block_bytes: int = 0, verify: int | bool = 0,
+        sparsity: Any = None, probes: int = 0,
     ) -> JacobianResult:  # fmt: skip
         """As :meth:`Client.jacobian` (one target: no splitting across replicas)."""
+        if sparsity is not None:
+            if batched or verify or on_slice is not None:
+                raise ValueError("sparsity: not with batched, verify or on_slice")
+            sparse = prepare_sparse_jacobian(inputs, sparsity, wrt=wrt, mode=mode, probes=probes,
+                                             device=device)  # fmt: skip
+            return await self._derive(model, method, sparse, timeout)
         options = dict(mode=mode, wrt=wrt, batched=batched, max_memory_bytes=max_memory_bytes,
                        chunk_size=chunk_size, device=device, verify=verify)  # fmt: skip
         key = jacobian_key(model, method, inputs, wrt, batched)
@@ -255,4 +269,22 @@ class AsyncClient(ClientBase):
     ) -> HessianResult:  # fmt: skip
         """As :meth:`Client.hessian`."""
         prepared = prepare_hessian(inputs, wrt=wrt, chunk_size=chunk_size, device=device)
+        return await self._derive(model, method, prepared, timeout)
+
+    async def sensitivity(
+        self, model: ModelSource, inputs: Any, *, wrt: Sequence[int] | None = None,
+        mode: str = "auto", top_k: int = 10, device: str = "", method: str = "forward",
+        timeout: float | None = _UNSET,
+    ) -> SensitivityResult:  # fmt: skip
+        """As :meth:`Client.sensitivity`."""
+        prepared = prepare_sensitivity(inputs, wrt=wrt, mode=mode, top_k=top_k, device=device)
+        return await self._derive(model, method, prepared, timeout)
+
+    async def top_singular(
+        self, model: ModelSource, inputs: Any, k: int, *, wrt: Sequence[int] | None = None,
+        steps: int = 0, device: str = "", method: str = "forward",
+        timeout: float | None = _UNSET,
+    ) -> SingularResult:  # fmt: skip
+        """As :meth:`Client.top_singular`."""
+        prepared = prepare_top_singular(inputs, k, wrt=wrt, steps=steps, device=device)
         return await self._derive(model, method, prepared, timeout)

@@ -78,7 +78,7 @@ class Prepared(Generic[R]):
         return inner.function if inner is not None else self.request.function
 
 
-def _example(inputs: Any, batched: bool) -> tuple[Any, ...]:
+def example_point(inputs: Any, batched: bool) -> tuple[Any, ...]:
     tensors = [torch.as_tensor(t) for t in as_sequence(inputs)[1]]
     return tuple(t[0] if batched and t.dim() > 0 else t for t in tensors)
 
@@ -125,7 +125,7 @@ def prepare_jvp(
             metrics=DerivativeMetrics.from_wire(response.metrics),
         )
 
-    return Prepared("Jvp", request, parse, _example(primals, batched=False))
+    return Prepared("Jvp", request, parse, example_point(primals, batched=False))
 
 
 def prepare_vjp(
@@ -149,7 +149,7 @@ def prepare_vjp(
             metrics=DerivativeMetrics.from_wire(response.metrics),
         )
 
-    return Prepared("Vjp", request, parse, _example(primals, batched=False))
+    return Prepared("Vjp", request, parse, example_point(primals, batched=False))
 
 
 def prepare_jacobian(
@@ -180,7 +180,7 @@ def prepare_jacobian(
     def parse(response: pb.JacobianResponse) -> JacobianResult:
         return _parse_jacobian(response, inputs_tuple)
 
-    return Prepared("Jacobian", request, parse, _example(inputs, batched))
+    return Prepared("Jacobian", request, parse, example_point(inputs, batched))
 
 
 SliceCallback = Callable[[int, int, torch.Tensor], None]
@@ -362,7 +362,7 @@ def prepare_gradients(
             metrics=DerivativeMetrics.from_wire(response.metrics),
         )
 
-    return Prepared("ParameterGradients", request, parse, _example(inputs, batched=False))
+    return Prepared("ParameterGradients", request, parse, example_point(inputs, batched=False))
 
 
 def upload_chunks(data: bytes, chunk_bytes: int) -> Callable[[], Iterator[pb.UploadModelRequest]]:
@@ -404,7 +404,7 @@ def prepare_hvp(
             metrics=DerivativeMetrics.from_wire(response.metrics),
         )
 
-    return Prepared("Hvp", request, parse, _example(inputs, batched=False))
+    return Prepared("Hvp", request, parse, example_point(inputs, batched=False))
 
 
 def prepare_hessian(
@@ -427,4 +427,4 @@ def prepare_hessian(
             metrics=DerivativeMetrics.from_wire(response.metrics),
         )
 
-    return Prepared("Hessian", request, parse, _example(inputs, batched=False))
+    return Prepared("Hessian", request, parse, example_point(inputs, batched=False))

@@ -10,6 +10,13 @@ from typing import Any, TypeVar
 
 import grpc
 
+from jacserve.client._analysis import (
+    SensitivityResult,
+    SingularResult,
+    prepare_sensitivity,
+    prepare_sparse_jacobian,
+    prepare_top_singular,
+)
 from jacserve.client._archive import ModelSource, archive_bytes
 from jacserve.client._calls import (
     Prepared,
@@ -397,6 +404,8 @@ class Client(ClientBase):
         max_block_bytes: int = 0,
         shards: int | None = None,
         verify: int | bool = 0,
+        sparsity: Any = None,
+        probes: int = 0,
     ) -> JacobianResult:
         """The full Jacobian at ``inputs``.
 
@@ -436,6 +445,14 @@ class Client(ClientBase):
                 this many random directions (``True``: 3; costs two model evaluations
                 each); the relative errors are in ``metrics.verification``. Not with
                 ``batched``; a verified Jacobian is not split across replicas.
+            sparsity: compute a sparse Jacobian by compressed passes, one per colour of
+                its pattern (``SparseJacobian``): ``"detect"`` (the server probes dense
+                Jacobians at ``probes`` points once per signature — an entry zero at all
+                of them is missed), an ``[M, N]`` mask or sparse tensor, or ``(rows,
+                cols)``. ``jacobian`` is then a ``torch.sparse_coo_tensor`` of shape
+                ``[M, N]`` over the flattened outputs and inputs, and
+                ``metrics.passes`` is the number of colours.
+            probes: points for pattern detection (0: 3).
 
         Returns:
             :class:`JacobianResult`, structured as ``torch.autograd.functional.jacobian``
@@ -448,6 +465,13 @@ class Client(ClientBase):
         >>> r.jacobian.shape, r.metrics.mode, r.metrics.passes
         (torch.Size([2, 3]), 'reverse', 2)
         """
+        if sparsity is not None:
+            if batched or verify or on_slice is not None:
+                raise ValueError("sparsity: not with batched, verify or on_slice")
+            prepared = prepare_sparse_jacobian(
+                inputs, sparsity, wrt=wrt, mode=mode, probes=probes, device=device
+            )
+            return self._derive(model, method, prepared, timeout)
         options = dict(mode=mode, wrt=wrt, batched=batched, max_memory_bytes=max_memory_bytes,
                        chunk_size=chunk_size, device=device, verify=verify)  # fmt: skip
         lanes = self._lanes(shards)
@@ -638,4 +662,55 @@ class Client(ClientBase):
                 [8., 2.]])
         """
         prepared = prepare_hessian(inputs, wrt=wrt, chunk_size=chunk_size, device=device)
+        return self._derive(model, method, prepared, timeout)
+
+    # -- analysis -------------------------------------------------------------------------
+
+    def sensitivity(
+        self,
+        model: Model,
+        inputs: Inputs,
+        *,
+        wrt: Sequence[int] | None = None,
+        mode: str = "auto",
+        top_k: int = 10,
+        device: str = "",
+        method: str = "forward",
+        timeout: float | None = _UNSET,
+    ) -> SensitivityResult:
+        """Normalized sensitivities in one call: elasticities ``(x_j / y_i)·∂y_i/∂x_j``,
+        norms per input and per output element, and the ``top_k`` inputs by elasticity.
+
+        >>> r = client.sensitivity(lambda x: x[0] * x[1] ** 2, torch.tensor([2.0, 3.0]))
+        >>> r.elasticities  # y = x0·x1²: elasticities 1 and 2
+        tensor([[1., 2.]], dtype=torch.float64)
+        >>> [(t.element, round(t.score, 3)) for t in r.top_inputs]
+        [(1, 2.0), (0, 1.0)]
+        """
+        prepared = prepare_sensitivity(inputs, wrt=wrt, mode=mode, top_k=top_k, device=device)
+        return self._derive(model, method, prepared, timeout)
+
+    def top_singular(
+        self,
+        model: Model,
+        inputs: Inputs,
+        k: int,
+        *,
+        wrt: Sequence[int] | None = None,
+        steps: int = 0,
+        device: str = "",
+        method: str = "forward",
+        timeout: float | None = _UNSET,
+    ) -> SingularResult:
+        """The ``k`` largest singular values of the Jacobian and their directions, without
+        forming it (Lanczos bidiagonalization: ``steps`` JVPs and VJPs, default
+        ``min(n, m, max(2k + 20, 40))``), with residuals that say how converged each is.
+
+        >>> import torch
+        >>> a = torch.diag(torch.tensor([3.0, 2.0, 1.0]))
+        >>> r = client.top_singular(lambda x: a @ x, torch.ones(3), k=2)
+        >>> [round(v, 4) for v in r.values.tolist()], bool(r.residuals.max() < 1e-5)
+        ([3.0, 2.0], True)
+        """
+        prepared = prepare_top_singular(inputs, k, wrt=wrt, steps=steps, device=device)
         return self._derive(model, method, prepared, timeout)

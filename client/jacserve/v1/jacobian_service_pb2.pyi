@@ -497,3 +497,141 @@ class HessianResponse(_message.Message):
     hessian: _containers.RepeatedCompositeFieldContainer[Tensor]
     metrics: DerivativeMetrics
     def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., hessian: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ...) -> None: ...
+
+class SensitivityRequest(_message.Message):
+    __slots__ = ("function", "inputs", "wrt", "mode", "options", "top_k")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    WRT_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    function: FunctionRef
+    inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
+    wrt: _containers.RepeatedScalarFieldContainer[int]
+    mode: DerivativeMode
+    options: ComputeOptions
+    top_k: int
+    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ..., mode: _Optional[_Union[DerivativeMode, str]] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ..., top_k: _Optional[int] = ...) -> None: ...
+
+class RankedInput(_message.Message):
+    __slots__ = ("input", "element", "score")
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    ELEMENT_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    input: int
+    element: int
+    score: float
+    def __init__(self, input: _Optional[int] = ..., element: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
+
+class SensitivityResponse(_message.Message):
+    __slots__ = ("outputs", "tuple_output", "elasticities", "input_norms", "input_elasticity_norms", "output_norms", "output_elasticity_norms", "top_inputs", "metrics")
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    TUPLE_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    ELASTICITIES_FIELD_NUMBER: _ClassVar[int]
+    INPUT_NORMS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_ELASTICITY_NORMS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_NORMS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_ELASTICITY_NORMS_FIELD_NUMBER: _ClassVar[int]
+    TOP_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    outputs: _containers.RepeatedCompositeFieldContainer[Tensor]
+    tuple_output: bool
+    elasticities: Tensor
+    input_norms: Tensor
+    input_elasticity_norms: Tensor
+    output_norms: Tensor
+    output_elasticity_norms: Tensor
+    top_inputs: _containers.RepeatedCompositeFieldContainer[RankedInput]
+    metrics: DerivativeMetrics
+    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., elasticities: _Optional[_Union[Tensor, _Mapping]] = ..., input_norms: _Optional[_Union[Tensor, _Mapping]] = ..., input_elasticity_norms: _Optional[_Union[Tensor, _Mapping]] = ..., output_norms: _Optional[_Union[Tensor, _Mapping]] = ..., output_elasticity_norms: _Optional[_Union[Tensor, _Mapping]] = ..., top_inputs: _Optional[_Iterable[_Union[RankedInput, _Mapping]]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ...) -> None: ...
+
+class TopSingularRequest(_message.Message):
+    __slots__ = ("function", "inputs", "wrt", "k", "steps", "options")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    WRT_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    function: FunctionRef
+    inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
+    wrt: _containers.RepeatedScalarFieldContainer[int]
+    k: int
+    steps: int
+    options: ComputeOptions
+    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ..., k: _Optional[int] = ..., steps: _Optional[int] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ...) -> None: ...
+
+class TopSingularResponse(_message.Message):
+    __slots__ = ("outputs", "tuple_output", "values", "input_directions", "output_directions", "residuals", "steps", "metrics")
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    TUPLE_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    INPUT_DIRECTIONS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_DIRECTIONS_FIELD_NUMBER: _ClassVar[int]
+    RESIDUALS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    outputs: _containers.RepeatedCompositeFieldContainer[Tensor]
+    tuple_output: bool
+    values: Tensor
+    input_directions: Tensor
+    output_directions: Tensor
+    residuals: Tensor
+    steps: int
+    metrics: DerivativeMetrics
+    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., input_directions: _Optional[_Union[Tensor, _Mapping]] = ..., output_directions: _Optional[_Union[Tensor, _Mapping]] = ..., residuals: _Optional[_Union[Tensor, _Mapping]] = ..., steps: _Optional[int] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ...) -> None: ...
+
+class SparsityPattern(_message.Message):
+    __slots__ = ("rows", "cols", "row_indices", "col_indices")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLS_FIELD_NUMBER: _ClassVar[int]
+    ROW_INDICES_FIELD_NUMBER: _ClassVar[int]
+    COL_INDICES_FIELD_NUMBER: _ClassVar[int]
+    rows: int
+    cols: int
+    row_indices: _containers.RepeatedScalarFieldContainer[int]
+    col_indices: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, rows: _Optional[int] = ..., cols: _Optional[int] = ..., row_indices: _Optional[_Iterable[int]] = ..., col_indices: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class SparseJacobianRequest(_message.Message):
+    __slots__ = ("function", "inputs", "wrt", "mode", "pattern", "probes", "options")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    WRT_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    PATTERN_FIELD_NUMBER: _ClassVar[int]
+    PROBES_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    function: FunctionRef
+    inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
+    wrt: _containers.RepeatedScalarFieldContainer[int]
+    mode: DerivativeMode
+    pattern: SparsityPattern
+    probes: int
+    options: ComputeOptions
+    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ..., mode: _Optional[_Union[DerivativeMode, str]] = ..., pattern: _Optional[_Union[SparsityPattern, _Mapping]] = ..., probes: _Optional[int] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ...) -> None: ...
+
+class SparseJacobianResponse(_message.Message):
+    __slots__ = ("outputs", "tuple_output", "rows", "cols", "row_indices", "col_indices", "values", "colors", "detected", "metrics")
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    TUPLE_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLS_FIELD_NUMBER: _ClassVar[int]
+    ROW_INDICES_FIELD_NUMBER: _ClassVar[int]
+    COL_INDICES_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    COLORS_FIELD_NUMBER: _ClassVar[int]
+    DETECTED_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    outputs: _containers.RepeatedCompositeFieldContainer[Tensor]
+    tuple_output: bool
+    rows: int
+    cols: int
+    row_indices: Tensor
+    col_indices: Tensor
+    values: Tensor
+    colors: int
+    detected: bool
+    metrics: DerivativeMetrics
+    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., row_indices: _Optional[_Union[Tensor, _Mapping]] = ..., col_indices: _Optional[_Union[Tensor, _Mapping]] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., colors: _Optional[int] = ..., detected: _Optional[bool] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ...) -> None: ...

@@ -95,6 +95,21 @@ class JacobianServiceStub:
                 request_serializer=jacserve_dot_v1_dot_jacobian__service__pb2.HessianRequest.SerializeToString,
                 response_deserializer=jacserve_dot_v1_dot_jacobian__service__pb2.HessianResponse.FromString,
                 _registered_method=True)
+        self.Sensitivity = channel.unary_unary(
+                '/jacserve.v1.JacobianService/Sensitivity',
+                request_serializer=jacserve_dot_v1_dot_jacobian__service__pb2.SensitivityRequest.SerializeToString,
+                response_deserializer=jacserve_dot_v1_dot_jacobian__service__pb2.SensitivityResponse.FromString,
+                _registered_method=True)
+        self.TopSingular = channel.unary_unary(
+                '/jacserve.v1.JacobianService/TopSingular',
+                request_serializer=jacserve_dot_v1_dot_jacobian__service__pb2.TopSingularRequest.SerializeToString,
+                response_deserializer=jacserve_dot_v1_dot_jacobian__service__pb2.TopSingularResponse.FromString,
+                _registered_method=True)
+        self.SparseJacobian = channel.unary_unary(
+                '/jacserve.v1.JacobianService/SparseJacobian',
+                request_serializer=jacserve_dot_v1_dot_jacobian__service__pb2.SparseJacobianRequest.SerializeToString,
+                response_deserializer=jacserve_dot_v1_dot_jacobian__service__pb2.SparseJacobianResponse.FromString,
+                _registered_method=True)
 
 
 class JacobianServiceServicer:
@@ -188,6 +203,30 @@ class JacobianServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Sensitivity(self, request, context):
+        """Normalized sensitivities (elasticities), per-input and per-output norms and the
+        ranked top inputs, from one Jacobian.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TopSingular(self, request, context):
+        """The top-k singular values and vectors of the Jacobian without forming it
+        (Golub–Kahan–Lanczos bidiagonalization from JVPs and VJPs), with residuals.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SparseJacobian(self, request, context):
+        """A sparse Jacobian from compressed passes: one pass per colour of the sparsity
+        pattern (given, or detected by probing) instead of one per input or output.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JacobianServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -250,6 +289,21 @@ def add_JacobianServiceServicer_to_server(servicer, server):
                     servicer.Hessian,
                     request_deserializer=jacserve_dot_v1_dot_jacobian__service__pb2.HessianRequest.FromString,
                     response_serializer=jacserve_dot_v1_dot_jacobian__service__pb2.HessianResponse.SerializeToString,
+            ),
+            'Sensitivity': grpc.unary_unary_rpc_method_handler(
+                    servicer.Sensitivity,
+                    request_deserializer=jacserve_dot_v1_dot_jacobian__service__pb2.SensitivityRequest.FromString,
+                    response_serializer=jacserve_dot_v1_dot_jacobian__service__pb2.SensitivityResponse.SerializeToString,
+            ),
+            'TopSingular': grpc.unary_unary_rpc_method_handler(
+                    servicer.TopSingular,
+                    request_deserializer=jacserve_dot_v1_dot_jacobian__service__pb2.TopSingularRequest.FromString,
+                    response_serializer=jacserve_dot_v1_dot_jacobian__service__pb2.TopSingularResponse.SerializeToString,
+            ),
+            'SparseJacobian': grpc.unary_unary_rpc_method_handler(
+                    servicer.SparseJacobian,
+                    request_deserializer=jacserve_dot_v1_dot_jacobian__service__pb2.SparseJacobianRequest.FromString,
+                    response_serializer=jacserve_dot_v1_dot_jacobian__service__pb2.SparseJacobianResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -577,6 +631,87 @@ class JacobianService:
             '/jacserve.v1.JacobianService/Hessian',
             jacserve_dot_v1_dot_jacobian__service__pb2.HessianRequest.SerializeToString,
             jacserve_dot_v1_dot_jacobian__service__pb2.HessianResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Sensitivity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jacserve.v1.JacobianService/Sensitivity',
+            jacserve_dot_v1_dot_jacobian__service__pb2.SensitivityRequest.SerializeToString,
+            jacserve_dot_v1_dot_jacobian__service__pb2.SensitivityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TopSingular(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jacserve.v1.JacobianService/TopSingular',
+            jacserve_dot_v1_dot_jacobian__service__pb2.TopSingularRequest.SerializeToString,
+            jacserve_dot_v1_dot_jacobian__service__pb2.TopSingularResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SparseJacobian(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jacserve.v1.JacobianService/SparseJacobian',
+            jacserve_dot_v1_dot_jacobian__service__pb2.SparseJacobianRequest.SerializeToString,
+            jacserve_dot_v1_dot_jacobian__service__pb2.SparseJacobianResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -348,6 +348,24 @@ class JacobianServicer:
     def Hessian(self, request: pb.HessianRequest, context: Any, observed: _Observed) -> bytes:
         return self._derive("Hessian", request, context, observed)
 
+    @_rpc("Sensitivity")
+    def Sensitivity(
+        self, request: pb.SensitivityRequest, context: Any, observed: _Observed
+    ) -> bytes:
+        return self._derive("Sensitivity", request, context, observed)
+
+    @_rpc("TopSingular")
+    def TopSingular(
+        self, request: pb.TopSingularRequest, context: Any, observed: _Observed
+    ) -> bytes:
+        return self._derive("TopSingular", request, context, observed)
+
+    @_rpc("SparseJacobian")
+    def SparseJacobian(
+        self, request: pb.SparseJacobianRequest, context: Any, observed: _Observed
+    ) -> bytes:
+        return self._derive("SparseJacobian", request, context, observed)
+
     @_rpc("StreamJacobian")
     def StreamJacobian(
         self, request: pb.StreamJacobianRequest, context: Any, observed: _Observed

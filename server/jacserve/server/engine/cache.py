@@ -2,13 +2,15 @@
 
 The engine itself keeps no state; callers that want "measure once, reuse" (the server,
 per loaded model) pass a :class:`DerivativeCache` to the engine's functions. Entries are
-small records (cost estimates, memory profiles, whether the vectorized path was checked),
-so the cache is bounded by entry count × a fixed per-entry size.
+small records (cost estimates, memory profiles, whether the vectorized path was checked)
+charged a fixed per-entry size, or larger ones (a sparsity pattern) charged their size;
+the cache is bounded by the sum.
 
 >>> cache = DerivativeCache(max_bytes=1024)
 >>> cache.get(("k",)) is None
 True
 >>> cache.put(("k",), 42)
+True
 >>> cache.get(("k",))
 42
 """
@@ -38,31 +40,41 @@ def signature_of(tensors: Sequence[torch.Tensor]) -> tuple[tuple[str, tuple[int,
 
 
 class DerivativeCache:
-    """A thread-safe LRU of small records, bounded in bytes (``ENTRY_BYTES`` per entry)."""
+    """A thread-safe LRU of records, bounded in bytes (``ENTRY_BYTES`` per small entry)."""
 
     def __init__(self, max_bytes: int = 1 << 20) -> None:
-        self._max_entries = max(1, max_bytes // ENTRY_BYTES)
-        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
+        self.max_bytes = max(ENTRY_BYTES, max_bytes)
+        self._entries: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._charged = 0
         self._lock = threading.Lock()
 
     def get(self, key: Hashable) -> Any | None:
         """The record for ``key``, or ``None``; marks it recently used."""
         with self._lock:
-            value = self._entries.get(key)
-            if value is not None:
-                self._entries.move_to_end(key)
-            return value
-
-    def put(self, key: Hashable, value: Any) -> None:
-        """Store a record, evicting the least recently used beyond the byte bound."""
-        with self._lock:
-            self._entries[key] = value
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
             self._entries.move_to_end(key)
-            while len(self._entries) > self._max_entries:
-                self._entries.popitem(last=False)
+            return entry[0]
+
+    def put(self, key: Hashable, value: Any, nbytes: int = ENTRY_BYTES) -> bool:
+        """Store a record charged ``nbytes``, evicting the least recently used beyond the
+        byte bound; ``False`` (nothing stored) when it alone is above the bound."""
+        if nbytes > self.max_bytes:
+            return False
+        with self._lock:
+            previous = self._entries.pop(key, None)
+            if previous is not None:
+                self._charged -= previous[1]
+            self._entries[key] = (value, nbytes)
+            self._charged += nbytes
+            while self._charged > self.max_bytes:
+                _, (_, dropped) = self._entries.popitem(last=False)
+                self._charged -= dropped
+        return True
 
     @property
     def nbytes(self) -> int:
         """Bytes charged for the current entries."""
         with self._lock:
-            return len(self._entries) * ENTRY_BYTES
+            return self._charged

@@ -8,7 +8,6 @@ frontend to map to status codes. They run inside a worker process, never in the 
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -18,9 +17,11 @@ import torch
 
 from jacserve.codec import decode_tensors, dtype_to_wire, encode_tensors
 from jacserve.server import engine
-from jacserve.server.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
+from jacserve.server.errors import InvalidArgument, ResourceExhausted
 from jacserve.server.registry import LoadedModel, MethodInfo, ModelInfo, ModelRegistry
 from jacserve.server.worker import verify
+from jacserve.server.worker.analysis import AnalysisHandlers
+from jacserve.server.worker.phases import Phases, check_deadline
 from jacserve.v1 import jacobian_service_pb2 as pb
 
 __all__ = ["STREAM_BLOCK_BYTES", "DerivativeHandlers", "HandlerSettings", "model_info_to_wire"]
@@ -82,23 +83,6 @@ def model_info_to_wire(info: ModelInfo) -> pb.ModelInfo:
     )
 
 
-class _Phases:
-    """Wall time per phase of one request, in seconds."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.seconds: dict[str, float] = {"decode": 0.0, "load": 0.0, "encode": 0.0}
-        self.verification: pb.FiniteDifferenceCheck | None = None  # options.verify_directions
-
-    @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        began = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] += time.perf_counter() - began
-
-
 def _refuse_verification(options: pb.ComputeOptions, rpc: str) -> None:
     if options.verify_directions:
         raise InvalidArgument(
@@ -107,15 +91,7 @@ def _refuse_verification(options: pb.ComputeOptions, rpc: str) -> None:
         )
 
 
-def _check_deadline(deadline: float) -> None:
-    if time.monotonic() > deadline:
-        raise DeadlineExceeded(
-            "the call's deadline passed before the derivative was computed; nothing was "
-            "computed. Raise the timeout for this model and size"
-        )
-
-
-class DerivativeHandlers:
+class DerivativeHandlers(AnalysisHandlers):
     """The derivative RPCs over a registry of loaded models and the engine.
 
     Args:
@@ -160,7 +136,7 @@ class DerivativeHandlers:
 
     def _prepare(
         self,
-        phases: _Phases,
+        phases: Phases,
         ref: pb.FunctionRef,
         options: pb.ComputeOptions,
         **fields: Sequence[pb.Tensor],
@@ -186,7 +162,7 @@ class DerivativeHandlers:
         fn, method = model.method(ref.method or "forward")
         return model, fn, method, tensors
 
-    def _encode(self, phases: _Phases, *groups: Sequence[torch.Tensor]) -> list[list[pb.Tensor]]:
+    def _encode(self, phases: Phases, *groups: Sequence[torch.Tensor]) -> list[list[pb.Tensor]]:
         size = sum(t.numel() * t.element_size() for group in groups for t in group)
         limit = self._settings.max_message_bytes
         if size > limit:
@@ -200,7 +176,7 @@ class DerivativeHandlers:
 
     @staticmethod
     def _wire_metrics(
-        result: engine.EngineResult, phases: _Phases, model: LoadedModel
+        result: engine.EngineResult, phases: Phases, model: LoadedModel
     ) -> pb.DerivativeMetrics:
         m = result.metrics
         return pb.DerivativeMetrics(
@@ -240,14 +216,14 @@ class DerivativeHandlers:
     def _product(self, request: Any, deadline: float, *, kind: str) -> Any:
         """A JVP (``kind="jvp"``, vectors are tangents) or VJP (cotangents)."""
         vectors = "tangents" if kind == "jvp" else "cotangents"
-        phases = _Phases()
+        phases = Phases()
         model, fn, method, t = self._prepare(
             phases, request.function, request.options,
             primals=request.primals, **{vectors: getattr(request, vectors)},
         )  # fmt: skip
         model.check_inputs(method, t["primals"])
         count = verify.check_count(request.options.verify_directions)
-        _check_deadline(deadline)
+        check_deadline(deadline)
         result = getattr(engine, kind)(
             fn,
             t["primals"],
@@ -280,8 +256,8 @@ class DerivativeHandlers:
 
     def _compute_jacobian(
         self, request: pb.JacobianRequest, deadline: float
-    ) -> tuple[LoadedModel, engine.EngineResult, _Phases]:
-        phases = _Phases()
+    ) -> tuple[LoadedModel, engine.EngineResult, Phases]:
+        phases = Phases()
         model, fn, method, t = self._prepare(
             phases, request.function, request.options, inputs=request.inputs
         )
@@ -300,7 +276,7 @@ class DerivativeHandlers:
         count = verify.check_count(
             options.verify_directions, batched=request.batched, windowed=request.HasField("passes")
         )
-        _check_deadline(deadline)
+        check_deadline(deadline)
         result = engine.jacobian(
             fn,
             inputs,
@@ -386,14 +362,14 @@ class DerivativeHandlers:
         yield pb.StreamJacobianResponse(metrics=self._wire_metrics(result, phases, model))
 
     def _Hvp(self, request: pb.HvpRequest, deadline: float) -> pb.HvpResponse:
-        phases = _Phases()
+        phases = Phases()
         model, fn, method, t = self._prepare(
             phases, request.function, request.options,
             inputs=request.inputs, vectors=request.vectors,
         )  # fmt: skip
         model.check_inputs(method, t["inputs"])
         _refuse_verification(request.options, "Hvp")
-        _check_deadline(deadline)
+        check_deadline(deadline)
         product = (
             engine.gauss_newton_vector_products
             if request.gauss_newton
@@ -417,7 +393,7 @@ class DerivativeHandlers:
         )
 
     def _Hessian(self, request: pb.HessianRequest, deadline: float) -> pb.HessianResponse:
-        phases = _Phases()
+        phases = Phases()
         model, fn, method, t = self._prepare(
             phases, request.function, request.options, inputs=request.inputs
         )
@@ -427,7 +403,7 @@ class DerivativeHandlers:
             raise InvalidArgument(
                 f"options.chunk_size must be >= 0; got {request.options.chunk_size}"
             )
-        _check_deadline(deadline)
+        check_deadline(deadline)
         result = engine.hessian(
             fn,
             t["inputs"],
@@ -448,7 +424,7 @@ class DerivativeHandlers:
     def _ParameterGradients(
         self, request: pb.ParameterGradientsRequest, deadline: float
     ) -> pb.ParameterGradientsResponse:
-        phases = _Phases()
+        phases = Phases()
         model, fn, method, t = self._prepare(
             phases, request.function, request.options,
             inputs=request.inputs, cotangents=request.cotangents,
@@ -464,7 +440,7 @@ class DerivativeHandlers:
                     f"{list(parameters)[:20]}"
                 )
             parameters = {n: parameters[n] for n in request.parameters}
-        _check_deadline(deadline)
+        check_deadline(deadline)
         result = engine.parameter_gradients(
             fn,
             t["inputs"],

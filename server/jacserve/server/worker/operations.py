@@ -14,6 +14,9 @@ DERIVATIVE_REQUESTS: dict[str, type] = {
     "ParameterGradients": pb.ParameterGradientsRequest,
     "Hvp": pb.HvpRequest,
     "Hessian": pb.HessianRequest,
+    "Sensitivity": pb.SensitivityRequest,
+    "TopSingular": pb.TopSingularRequest,
+    "SparseJacobian": pb.SparseJacobianRequest,
 }
 """The derivative RPCs a worker serves, by method name, with their request types."""
 

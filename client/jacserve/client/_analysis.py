@@ -1,0 +1,190 @@
+"""Requests and results of the analysis calls: sensitivity summaries, top singular
+triplets and sparse Jacobians (shared by both clients, like ``_calls``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from jacserve.client._calls import MODES, Prepared, as_sequence, example_point, structure_outputs
+from jacserve.client._results import DerivativeMetrics, JacobianResult, TensorOrTuple
+from jacserve.codec import decode_tensor, decode_tensors, encode_tensors
+from jacserve.v1 import jacobian_service_pb2 as pb
+
+__all__ = [
+    "RankedInput",
+    "SensitivityResult",
+    "SingularResult",
+    "prepare_sensitivity",
+    "prepare_sparse_jacobian",
+    "prepare_top_singular",
+]
+
+
+@dataclass(frozen=True)
+class RankedInput:
+    """An input element that matters: ``input`` (argument position), ``element`` (flat
+    index in it) and ``score`` (the norm of its elasticities over all outputs)."""
+
+    input: int
+    element: int
+    score: float
+
+
+@dataclass(frozen=True)
+class SensitivityResult:
+    """A summary of the Jacobian: ``elasticities`` ``[M, N]`` (``(x_j / y_i)·∂y_i/∂x_j``,
+    float64, NaN where ``y_i = 0``), norms per input element (``[N]``: raw Jacobian
+    columns and elasticity columns) and per output element (``[M]``), and the
+    ``top_inputs`` by elasticity, largest first."""
+
+    output: TensorOrTuple
+    elasticities: torch.Tensor
+    input_norms: torch.Tensor
+    input_elasticity_norms: torch.Tensor
+    output_norms: torch.Tensor
+    output_elasticity_norms: torch.Tensor
+    top_inputs: tuple[RankedInput, ...]
+    metrics: DerivativeMetrics
+
+
+@dataclass(frozen=True)
+class SingularResult:
+    """The top singular triplets of the Jacobian, ``J ≈ Σ σᵢ uᵢ vᵢᵀ``: ``values``
+    ``[k]`` (largest first), ``input_directions`` ``[k, N]`` (vᵢ: the input
+    perturbations that matter most), ``output_directions`` ``[k, M]`` (uᵢ: the
+    responses), ``residuals`` ``[k]`` (``max(‖J·v − σu‖, ‖Jᵀ·u − σv‖) / σ₁``) and the
+    Lanczos ``steps`` taken."""
+
+    output: TensorOrTuple
+    values: torch.Tensor
+    input_directions: torch.Tensor
+    output_directions: torch.Tensor
+    residuals: torch.Tensor
+    steps: int
+    metrics: DerivativeMetrics
+
+
+def prepare_sensitivity(
+    inputs: Any, *, wrt: Sequence[int] | None = None, mode: str = "auto", top_k: int = 10,
+    device: str = "",
+) -> Prepared[SensitivityResult]:  # fmt: skip
+    """A ``Sensitivity`` call (arguments as :meth:`jacserve.client.Client.sensitivity`)."""
+    if mode not in MODES:
+        raise ValueError(f"mode: expected 'auto', 'forward' or 'reverse'; got {mode!r}")
+    request = pb.SensitivityRequest(
+        inputs=encode_tensors(as_sequence(inputs)[1], name="inputs"),
+        wrt=list(wrt or ()),
+        mode=MODES[mode],
+        top_k=top_k,
+        options=pb.ComputeOptions(device=device),
+    )
+
+    def parse(response: pb.SensitivityResponse) -> SensitivityResult:
+        return SensitivityResult(
+            output=structure_outputs(decode_tensors(response.outputs), response.tuple_output),
+            elasticities=decode_tensor(response.elasticities, name="elasticities"),
+            input_norms=decode_tensor(response.input_norms, name="input_norms"),
+            input_elasticity_norms=decode_tensor(response.input_elasticity_norms, name="norms"),
+            output_norms=decode_tensor(response.output_norms, name="output_norms"),
+            output_elasticity_norms=decode_tensor(response.output_elasticity_norms, name="norms"),
+            top_inputs=tuple(RankedInput(r.input, r.element, r.score) for r in response.top_inputs),
+            metrics=DerivativeMetrics.from_wire(response.metrics),
+        )
+
+    return Prepared("Sensitivity", request, parse, example_point(inputs, batched=False))
+
+
+def prepare_top_singular(
+    inputs: Any, k: int, *, wrt: Sequence[int] | None = None, steps: int = 0, device: str = "",
+) -> Prepared[SingularResult]:  # fmt: skip
+    """A ``TopSingular`` call (arguments as :meth:`jacserve.client.Client.top_singular`)."""
+    request = pb.TopSingularRequest(
+        inputs=encode_tensors(as_sequence(inputs)[1], name="inputs"),
+        wrt=list(wrt or ()),
+        k=k,
+        steps=steps,
+        options=pb.ComputeOptions(device=device),
+    )
+
+    def parse(response: pb.TopSingularResponse) -> SingularResult:
+        return SingularResult(
+            output=structure_outputs(decode_tensors(response.outputs), response.tuple_output),
+            values=decode_tensor(response.values, name="values"),
+            input_directions=decode_tensor(response.input_directions, name="input_directions"),
+            output_directions=decode_tensor(response.output_directions, name="output_directions"),
+            residuals=decode_tensor(response.residuals, name="residuals"),
+            steps=response.steps,
+            metrics=DerivativeMetrics.from_wire(response.metrics),
+        )
+
+    return Prepared("TopSingular", request, parse, example_point(inputs, batched=False))
+
+
+def sparsity_pattern(sparsity: Any) -> pb.SparsityPattern | None:
+    """The wire pattern of ``sparsity``: ``"detect"``/``True`` (``None``: the server
+    probes), a dense ``[M, N]`` mask or a sparse tensor (its nonzeros), or ``(rows,
+    cols)`` index sequences.
+
+    >>> sparsity_pattern(torch.eye(2)).row_indices
+    [0, 1]
+    """
+    if sparsity is True or sparsity == "detect":
+        return None
+    if isinstance(sparsity, torch.Tensor):
+        if sparsity.dim() != 2:
+            raise ValueError(f"sparsity: a mask must be [M, N]; got shape {list(sparsity.shape)}")
+        dense = sparsity.to_dense() if sparsity.is_sparse else sparsity
+        rows, cols = dense.nonzero(as_tuple=True)
+        return pb.SparsityPattern(
+            rows=dense.shape[0], cols=dense.shape[1],
+            row_indices=rows.tolist(), col_indices=cols.tolist(),
+        )  # fmt: skip
+    if isinstance(sparsity, tuple | list) and len(sparsity) == 2:
+        rows, cols = (torch.as_tensor(p, dtype=torch.int64).reshape(-1) for p in sparsity)
+        return pb.SparsityPattern(row_indices=rows.tolist(), col_indices=cols.tolist())
+    raise ValueError(
+        "sparsity: expected 'detect', a [M, N] mask or sparse tensor, or (rows, cols) indices"
+    )
+
+
+def prepare_sparse_jacobian(
+    inputs: Any, sparsity: Any, *, wrt: Sequence[int] | None = None, mode: str = "auto",
+    probes: int = 0, device: str = "",
+) -> Prepared[JacobianResult]:  # fmt: skip
+    """A ``SparseJacobian`` call (``Client.jacobian(..., sparsity=...)``)."""
+    if mode not in MODES:
+        raise ValueError(f"mode: expected 'auto', 'forward' or 'reverse'; got {mode!r}")
+    request = pb.SparseJacobianRequest(
+        inputs=encode_tensors(as_sequence(inputs)[1], name="inputs"),
+        wrt=list(wrt or ()),
+        mode=MODES[mode],
+        probes=probes,
+        options=pb.ComputeOptions(device=device),
+    )
+    pattern = sparsity_pattern(sparsity)
+    if pattern is not None:
+        request.pattern.CopyFrom(pattern)
+
+    def parse(response: pb.SparseJacobianResponse) -> JacobianResult:
+        indices = torch.stack(
+            [
+                decode_tensor(response.row_indices, name="row_indices"),
+                decode_tensor(response.col_indices, name="col_indices"),
+            ]
+        )
+        values = decode_tensor(response.values, name="values")
+        matrix = torch.sparse_coo_tensor(
+            indices, values, (response.rows, response.cols), is_coalesced=True,
+            check_invariants=True,  # indices from the network: checked before use
+        )  # fmt: skip
+        return JacobianResult(
+            output=structure_outputs(decode_tensors(response.outputs), response.tuple_output),
+            jacobian=matrix,
+            metrics=DerivativeMetrics.from_wire(response.metrics),
+        )
+
+    return Prepared("SparseJacobian", request, parse, example_point(inputs, batched=False))

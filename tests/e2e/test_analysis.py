@@ -1,0 +1,146 @@
+"""Sensitivity summaries, top singular triplets and sparse Jacobians against references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import running_server
+from jacserve.client import Client, InvalidArgument, ResourceExhausted
+
+F64 = torch.float64
+
+
+class PowerLaw(torch.nn.Module):
+    """y0 = 3·a^2·b^-1 (elasticities 2, −1); y1 = a·b^0.5 (1, 0.5); y2 = a − a (zero)."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.stack([3 * a**2 / b, a * b.sqrt(), a - a]).reshape(3)
+
+
+def test_elasticities_of_a_power_law_are_its_exponents(client):
+    a, b = torch.tensor(2.0, dtype=F64), torch.tensor(4.0, dtype=F64)
+    result = client.sensitivity(torch.jit.script(PowerLaw()), (a, b), top_k=2)
+    e = result.elasticities
+    torch.testing.assert_close(e[:2], torch.tensor([[2.0, -1.0], [1.0, 0.5]], dtype=F64))
+    assert torch.isnan(e[2]).all()  # y2 = 0: undefined
+    assert any("undefined" in w for w in result.metrics.warnings)
+    torch.testing.assert_close(
+        result.input_elasticity_norms, torch.tensor([5**0.5, 1.25**0.5], dtype=F64)
+    )
+    assert [(r.input, r.element) for r in result.top_inputs] == [(0, 0), (1, 0)]
+    jacobian = torch.autograd.functional.jacobian(PowerLaw(), (a, b))
+    dense = torch.stack([j.reshape(3) for j in jacobian], dim=1)
+    torch.testing.assert_close(result.input_norms, dense.norm(dim=0))
+    torch.testing.assert_close(result.output_norms, dense.norm(dim=1))
+
+
+class Tanh(torch.nn.Module):
+    def __init__(self, a: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("a", a)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.a @ x)
+
+
+def _operator(n: int, m: int, seed: int) -> torch.Tensor:
+    """A matrix with a decaying spectrum (well-separated top singular values)."""
+    torch.manual_seed(seed)
+    u, _ = torch.linalg.qr(torch.randn(m, m, dtype=F64))
+    v, _ = torch.linalg.qr(torch.randn(n, n, dtype=F64))
+    spectrum = 10 * 0.8 ** torch.arange(min(n, m), dtype=F64)
+    return u[:, : min(n, m)] @ torch.diag(spectrum) @ v[:, : min(n, m)].T
+
+
+def test_top_singular_matches_the_dense_svd(client):
+    a = _operator(60, 80, seed=1)
+    x = 0.1 * torch.randn(60, dtype=F64)
+    result = client.top_singular(torch.jit.script(Tanh(a)), x, k=4)
+    dense = torch.autograd.functional.jacobian(Tanh(a), x)
+    u, s, vh = torch.linalg.svd(dense)
+    torch.testing.assert_close(result.values, s[:4], rtol=1e-9, atol=0)
+    for i in range(4):  # singular vectors are defined up to sign
+        assert abs(float(result.input_directions[i] @ vh[i])) == pytest.approx(1, abs=1e-8)
+        assert abs(float(result.output_directions[i] @ u[:, i])) == pytest.approx(1, abs=1e-8)
+    assert float(result.residuals.max()) < 1e-9
+    assert result.metrics.passes == 2 * result.steps + 8
+
+
+def test_top_singular_where_the_dense_jacobian_is_refused(tmp_path):
+    n = 1500  # J would hold 2.25M entries; the server allows 1M
+    torch.manual_seed(2)
+    diagonal = 10 * 0.9 ** torch.arange(n, dtype=F64)[torch.randperm(n)]
+    clustered = torch.linspace(1, 2, n, dtype=F64)  # gaps of 7e-4: slow to converge
+    x = torch.randn(n, dtype=F64)
+    with (
+        running_server(str(tmp_path), workers=1, max_tensor_elements=1_000_000) as small,
+        Client(small.target, timeout=120) as client,
+    ):
+        model = torch.jit.script(Scale(diagonal))
+        with pytest.raises(ResourceExhausted, match="elements"):
+            client.jacobian(model, x)
+        result = client.top_singular(model, x, k=3)
+        hard = client.top_singular(torch.jit.script(Scale(clustered)), x, k=3)
+    torch.testing.assert_close(result.values, diagonal.sort(descending=True).values[:3])
+    assert float(result.residuals.max()) < 1e-8
+    # not converged in the default 40 steps, and the residuals say so
+    error = float((hard.values - clustered.flip(0)[:3]).abs().max())
+    assert error > 1e-4 and float(hard.residuals.max()) > 1e-4
+
+
+class Scale(torch.nn.Module):
+    def __init__(self, d: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("d", d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.d * x + 0.0 * x.sum()
+
+
+class Reaction(torch.nn.Module):
+    """A discretised 1-D reaction-diffusion residual: tridiagonal Jacobian."""
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        inner = u[:-2] - 2 * u[1:-1] + u[2:]
+        return torch.cat([u[:1], inner + u[1:-1] ** 3, u[-1:]])
+
+
+class Stencil2D(torch.nn.Module):
+    """A 5-point Laplacian on a 12 x 12 grid plus a nonlinearity."""
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        g = u.reshape(12, 12)
+        padded = torch.nn.functional.pad(g, (1, 1, 1, 1))
+        lap = padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:] - 4 * g
+        return (lap + torch.sin(g)).reshape(-1)
+
+
+@pytest.mark.parametrize(
+    ("module", "n", "most_colors"),
+    [(Reaction(), 200, 3), (Stencil2D(), 144, 7)],  # 2-D: greedy 7, optimal 5
+)
+def test_sparse_jacobian_by_colouring(client, module, n, most_colors):
+    u = torch.randn(n, dtype=F64)
+    result = client.jacobian(torch.jit.script(module), u, sparsity="detect")
+    dense = torch.autograd.functional.jacobian(module, u)
+    torch.testing.assert_close(result.jacobian.to_dense(), dense)
+    assert result.metrics.passes <= most_colors
+    again = client.jacobian(torch.jit.script(module), u + 1, sparsity="detect")
+    torch.testing.assert_close(
+        again.jacobian.to_dense(), torch.autograd.functional.jacobian(module, u + 1)
+    )
+
+
+def test_a_given_pattern_is_used_and_checked(client):
+    u = torch.randn(50, dtype=F64)
+    mask = torch.autograd.functional.jacobian(Reaction(), u) != 0
+    result = client.jacobian(torch.jit.script(Reaction()), u, sparsity=mask, mode="reverse")
+    assert result.metrics.mode == "reverse" and result.metrics.passes == 3
+    torch.testing.assert_close(
+        result.jacobian.to_dense(), torch.autograd.functional.jacobian(Reaction(), u)
+    )
+    with pytest.raises(InvalidArgument, match="declared 49 x 50"):
+        client.jacobian(torch.jit.script(Reaction()), u, sparsity=mask[:49])
+    with pytest.raises(InvalidArgument, match="indices must lie"):
+        client.jacobian(torch.jit.script(Reaction()), u, sparsity=([0, 60], [0, 1]))
