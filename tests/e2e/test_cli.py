@@ -140,6 +140,37 @@ def test_hessian_and_hvp_commands(cli, tmp_path):
     )
 
 
+class Chain(torch.nn.Module):
+    """y_i = x_i · x_{i+1}: bidiagonal Jacobian."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:-1] * x[1:]
+
+
+def test_sensitivity_spectrum_and_sparse_commands(cli, tmp_path):
+    path = tmp_path / "chain.pt"
+    torch.jit.save(torch.jit.script(Chain()), str(path))
+    x = torch.arange(1.0, 9.0, dtype=F64)
+    np.savez(tmp_path / "x.npz", x=x.numpy())
+    code, out, _ = cli("sensitivity", str(path), "--inputs", str(tmp_path / "x.npz"),
+                       "--top", "3", "--plot", str(tmp_path / "s.png"))  # fmt: skip
+    assert code == 0 and "top 3 inputs by elasticity" in out, out
+    assert re.search(r"1\. x\[\d\]: 1\.41421", out), out  # interior inputs feed two products
+    _not_blank_png(tmp_path / "s.png")
+    code, out, _ = cli("spectrum", str(path), "--inputs", str(tmp_path / "x.npz"), "--k", "2",
+                       "--plot", str(tmp_path / "sv.png"))  # fmt: skip
+    expected = torch.linalg.svdvals(torch.autograd.functional.jacobian(Chain(), x))[:2]
+    assert code == 0 and f"σ1 = {float(expected[0]):.6g}" in out, out
+    _not_blank_png(tmp_path / "sv.png")
+    code, out, _ = cli("jacobian", str(path), "--inputs", str(tmp_path / "x.npz"),
+                       "--sparsity", "detect", "-o", str(tmp_path / "j.npz"))  # fmt: skip
+    assert code == 0 and "14 nonzeros, 2 passes (colours)" in out, out
+    saved = np.load(tmp_path / "j.npz")
+    dense = np.zeros(tuple(saved["shape"]))
+    dense[saved["rows"], saved["cols"]] = saved["values"]
+    np.testing.assert_allclose(dense, torch.autograd.functional.jacobian(Chain(), x).numpy())
+
+
 def test_grad_draws_the_largest_sensitivities(cli, model, tmp_path):
     _, path = model
     np.save(tmp_path / "x.npy", np.ones(3))

@@ -164,6 +164,9 @@ def _names(flag: str | None, count: int, fallback: list[str]) -> list[str] | Non
 
 def cmd_jacobian(client: Client, args: argparse.Namespace) -> None:
     names, inputs = _read(args, "inputs")
+    if args.sparsity:
+        _sparse_jacobian(client, args, inputs)
+        return
     result = client.jacobian(
         _model(args), _pack(inputs), mode=args.mode, device=args.device, shards=args.shards,
         verify=args.verify,
@@ -185,6 +188,32 @@ def cmd_jacobian(client: Client, args: argparse.Namespace) -> None:
             input_names=_names(args.input_names, matrix.shape[1], input_names),
             output_names=_names(args.output_names, matrix.shape[0], []),
         )  # fmt: skip
+        _print(f"plot: {args.plot}")
+
+
+def _sparse_jacobian(client: Client, args: argparse.Namespace, inputs: list[torch.Tensor]) -> None:
+    if args.sparsity == "detect":
+        sparsity: Any = "detect"
+    else:
+        masks = read_tensors(args.sparsity)[1]
+        if len(masks) != 1 or masks[0].dim() != 2:
+            raise InputError(f"--sparsity {args.sparsity}: expected one [M, N] mask")
+        sparsity = masks[0] != 0
+    result = client.jacobian(_model(args), _pack(inputs), mode=args.mode, device=args.device,
+                             sparsity=sparsity)  # fmt: skip
+    matrix = result.jacobian
+    _print(f"jacobian: sparse {list(matrix.shape)}, {matrix._nnz()} nonzeros, "
+           f"{result.metrics.passes} passes (colours) instead of {min(matrix.shape)}")  # fmt: skip
+    _summary("values", matrix.values(), result.metrics)
+    if args.output:
+        indices = matrix.indices()
+        write_results(args.output, {"rows": indices[0], "cols": indices[1],
+                                    "values": matrix.values(), "shape": torch.tensor(matrix.shape)},
+                      result.metrics)  # fmt: skip
+    if args.plot:
+        from jacserve.cli._plot import plot_jacobian
+
+        plot_jacobian(matrix.to_dense(), args.plot, title="Sparse Jacobian ∂output/∂input")
         _print(f"plot: {args.plot}")
 
 
@@ -269,6 +298,64 @@ def cmd_hvp(client: Client, args: argparse.Namespace) -> None:
         write_results(args.output, {"hvp": result.hvp, "output": result.output}, result.metrics)
 
 
+def cmd_sensitivity(client: Client, args: argparse.Namespace) -> None:
+    names, inputs = _read(args, "inputs")
+    result = client.sensitivity(_model(args), _pack(inputs), mode=args.mode, top_k=args.top,
+                                device=args.device)  # fmt: skip
+    labels = _element_labels(names, inputs)
+    _summary("elasticities", result.elasticities, result.metrics)
+    _print(
+        f"top {len(result.top_inputs)} inputs by elasticity (relative change per relative change):"
+    )
+    for rank, item in enumerate(result.top_inputs, start=1):
+        _print(f"  {rank:>3}. {labels[(item.input, item.element)]}: {item.score:.6g}")
+    if args.output:
+        write_results(args.output, {
+            "elasticities": result.elasticities, "input_norms": result.input_norms,
+            "input_elasticity_norms": result.input_elasticity_norms,
+            "output_norms": result.output_norms, "output": result.output,
+        }, result.metrics)  # fmt: skip
+    if args.plot:
+        from jacserve.cli._plot import plot_gradients
+
+        scores = {labels[(r.input, r.element)]: torch.tensor(r.score) for r in result.top_inputs}
+        plot_gradients(scores, args.plot, top=args.top, title="Most influential inputs",
+                       xlabel="elasticity norm over all outputs")  # fmt: skip
+        _print(f"plot: {args.plot}")
+
+
+def _element_labels(names: list[str], inputs: list[torch.Tensor]) -> dict[tuple[int, int], str]:
+    """``(input position, flat index)`` → ``name[index]`` (``input0[3]`` without names)."""
+    labels = {}
+    for position, tensor in enumerate(inputs):
+        name = names[position] if position < len(names) and names[position] else f"input{position}"
+        for element in range(tensor.numel()):
+            labels[(position, element)] = name if tensor.numel() == 1 else f"{name}[{element}]"
+    return labels
+
+
+def cmd_spectrum(client: Client, args: argparse.Namespace) -> None:
+    names, inputs = _read(args, "inputs")
+    result = client.top_singular(_model(args), _pack(inputs), args.k, steps=args.steps,
+                                 device=args.device)  # fmt: skip
+    _summary("singular values", result.values, result.metrics)
+    for i, (value, residual) in enumerate(zip(result.values.tolist(), result.residuals.tolist(),
+                                              strict=True), start=1):  # fmt: skip
+        _print(f"  σ{i} = {value:.6g}  (residual {residual:.1e})")
+    if args.output:
+        write_results(args.output, {
+            "values": result.values, "input_directions": result.input_directions,
+            "output_directions": result.output_directions, "residuals": result.residuals,
+        }, result.metrics)  # fmt: skip
+    if args.plot:
+        from jacserve.cli._plot import plot_spectrum
+
+        labels = list(_element_labels(names, inputs).values())
+        plot_spectrum(result.values, result.input_directions, args.plot, input_names=labels,
+                      residuals=result.residuals)  # fmt: skip
+        _print(f"plot: {args.plot}")
+
+
 COMMANDS: dict[str, Callable[[Client, argparse.Namespace], None]] = {
     "upload": cmd_upload,
     "models": cmd_models,
@@ -278,6 +365,8 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], None]] = {
     "grad": cmd_grad,
     "hessian": cmd_hessian,
     "hvp": cmd_hvp,
+    "sensitivity": cmd_sensitivity,
+    "spectrum": cmd_spectrum,
 }
 
 
@@ -319,6 +408,9 @@ def add_client_commands(commands: Any) -> None:
     _inputs_flag(jacobian, "inputs", "the model's inputs (npz/json keys name the heatmap columns)")
     jacobian.add_argument("--mode", choices=["auto", "forward", "reverse"], default="auto")
     jacobian.add_argument("--device", default="", help="cpu, cuda or cuda:N")
+    jacobian.add_argument("--sparsity", metavar="detect|MASK",
+        help="a sparse Jacobian by coloured passes: 'detect' (probed), or a file with an "
+        "[M, N] mask of its nonzeros (.npy/.pt)")  # fmt: skip
     jacobian.add_argument("--shards", type=int, default=None,
         help="split the passes over this many concurrent windows (default: one per "
         "--target replica when the Jacobian is large; 1: never)")  # fmt: skip
@@ -351,6 +443,33 @@ def add_client_commands(commands: Any) -> None:
     hvp.add_argument("--device", default="", help="cpu, cuda or cuda:N")
     _output_flags(hvp)
     _connection_flags(hvp)
+
+    sensitivity = commands.add_parser("sensitivity",
+        help="elasticities, norms and the inputs that matter most", formatter_class=raw,
+        epilog=example + "jacserve sensitivity MODEL_ID --inputs params.json --top 5 "
+        "--plot ranked.png")  # fmt: skip
+    _model_arg(sensitivity)
+    _inputs_flag(sensitivity, "inputs", "the model's inputs (npz/json keys name them)")
+    sensitivity.add_argument("--mode", choices=["auto", "forward", "reverse"], default="auto")
+    sensitivity.add_argument("--top", type=int, default=10, help="ranked inputs (default 10)")
+    sensitivity.add_argument("--device", default="", help="cpu, cuda or cuda:N")
+    sensitivity.add_argument("--plot", metavar="PNG", help="bar chart of the top inputs")
+    _output_flags(sensitivity)
+    _connection_flags(sensitivity)
+
+    spectrum = commands.add_parser("spectrum",
+        help="top singular values and directions of the Jacobian (matrix-free)",
+        formatter_class=raw, epilog=example + "jacserve spectrum MODEL_ID --inputs x.npy "
+        "--k 5 --plot spectrum.png")  # fmt: skip
+    _model_arg(spectrum)
+    _inputs_flag(spectrum, "inputs", "the model's inputs")
+    spectrum.add_argument("--k", type=int, default=5, help="singular triplets (default 5)")
+    spectrum.add_argument("--steps", type=int, default=0,
+                          help="Lanczos steps (default: max(2k + 20, 40), capped by n and m)")  # fmt: skip
+    spectrum.add_argument("--device", default="", help="cpu, cuda or cuda:N")
+    spectrum.add_argument("--plot", metavar="PNG", help="singular values and top directions")
+    _output_flags(spectrum)
+    _connection_flags(spectrum)
 
     grad = commands.add_parser("grad", help="gradients with respect to the model's parameters",
         formatter_class=raw, epilog=example + "jacserve grad MODEL_ID --inputs x.npy "

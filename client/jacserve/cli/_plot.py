@@ -71,6 +71,7 @@ def plot_gradients(
     *,
     top: int = 20,
     title: str = "Largest sensitivities",
+    xlabel: str = "gradient (red: positive, blue: negative)",
 ) -> None:
     """Draw the ``top`` entries of the gradients with the largest magnitude, ranked, as
     horizontal bars coloured by sign; each bar is labelled ``name[index]``.
@@ -99,8 +100,55 @@ def plot_gradients(
         color=["#b2182b" if value > 0 else "#2166ac" for _, value, _ in entries],
     )
     axes.axvline(0, color="black", linewidth=0.8)
-    axes.set_xlabel("gradient (red: positive, blue: negative)")
+    axes.set_xlabel(xlabel)
     axes.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_spectrum(
+    values: torch.Tensor,
+    input_directions: torch.Tensor,
+    path: str | pathlib.Path,
+    *,
+    input_names: Sequence[str] | None = None,
+    residuals: torch.Tensor | None = None,
+) -> None:
+    """Draw the singular values (log scale, with residuals when given) and the input
+    directions of the largest three, component by component.
+
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "s.png"
+    >>> plot_spectrum(torch.tensor([3.0, 1.0]), torch.eye(2), out)
+    >>> out.stat().st_size > 1000
+    True
+    """
+    plt = _pyplot()
+    values = values.detach().double().cpu()
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    ranks = range(1, values.numel() + 1)
+    left.semilogy(ranks, values.tolist(), "o-", label="σᵢ")
+    if residuals is not None:
+        left.semilogy(
+            ranks, residuals.double().clamp_min(1e-300).tolist(), "x:", label="residual / σ₁"
+        )
+        left.legend(fontsize=8)
+    from matplotlib.ticker import MaxNLocator
+
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
+    left.set_xlabel("rank i")
+    left.set_title("Singular values of the Jacobian")
+    left.grid(alpha=0.3)
+    directions = input_directions.detach().double().cpu()
+    for i in range(min(3, directions.shape[0])):
+        right.plot(directions[i].tolist(), marker="." if directions.shape[1] <= 60 else None,
+                   label=f"v{i + 1} (σ = {float(values[i]):.3g})")  # fmt: skip
+    right.axhline(0, color="black", linewidth=0.8)
+    _ticks(right.set_xticks, input_names, directions.shape[1], rotate=True)
+    right.set_xlabel("input element")
+    right.set_title("Input directions that matter most")
+    right.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
