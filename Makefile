@@ -39,6 +39,7 @@ bench:
 	$(PYTHON) bench/service.py
 	$(PYTHON) bench/streaming.py
 	$(PYTHON) bench/scaleout.py
+	$(PYTHON) bench/analysis.py
 
 ci:
 	CI=true bash .ci/run

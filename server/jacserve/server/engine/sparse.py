@@ -19,6 +19,7 @@ vanishes there) is missed, and its value is then lost — pass the pattern when 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -221,8 +222,7 @@ def sparse_jacobian(
         m = numel(outputs)
         rows, cols = _check_pattern(pattern, m, n)
         with stopwatch(run.device) as t_plan:
-            column_colors, by_columns = color_columns(rows, cols, n)
-            row_colors, by_rows = color_columns(cols, rows, m)
+            (column_colors, by_columns), (row_colors, by_rows) = _colorings(rows, cols, m, n, cache)
         run.plan_seconds = t_plan.seconds
         forward = mode == "forward" or (mode == "auto" and by_columns <= by_rows)
         colors = by_columns if forward else by_rows
@@ -274,6 +274,21 @@ def sparse_jacobian(
         run, plan, n=n, m=m, outputs=outputs, tuple_output=g.tuple_output, values=(values,)
     )
     return result, SparseResult(rows, cols, values, (m, n), colors, detected)
+
+
+def _colorings(
+    rows: torch.Tensor, cols: torch.Tensor, m: int, n: int, cache: DerivativeCache | None
+) -> tuple[tuple[torch.Tensor, int], tuple[torch.Tensor, int]]:
+    """Column and row colourings of a pattern, remembered by the pattern's digest (greedy
+    colouring is a Python loop: 90 ms for a 4000-row tridiagonal pattern, 0.3 ms to hash)."""
+    digest = hashlib.sha1(rows.numpy().tobytes() + cols.numpy().tobytes()).hexdigest()
+    key = ("colouring", m, n, digest)
+    found = cache.get(key) if cache is not None else None
+    if found is None:
+        found = (color_columns(rows, cols, n), color_columns(cols, rows, m))
+        if cache is not None:
+            cache.put(key, found, 8 * (m + n))
+    return found
 
 
 def _split_rows(seeds: torch.Tensor, like: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
