@@ -144,3 +144,18 @@ def test_a_given_pattern_is_used_and_checked(client):
         client.jacobian(torch.jit.script(Reaction()), u, sparsity=mask[:49])
     with pytest.raises(InvalidArgument, match="indices must lie"):
         client.jacobian(torch.jit.script(Reaction()), u, sparsity=([0, 60], [0, 1]))
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda c, m, x: c.top_singular(m, x, k=0), "k must be in 1..min"),
+        (lambda c, m, x: c.top_singular(m, x, k=9), "k must be in 1..min"),
+        (lambda c, m, x: c.top_singular(m, x, k=3, steps=2), "steps must be >= k"),
+        (lambda c, m, x: c.sensitivity(m, x, top_k=-1), "top_k must be >= 0"),
+        (lambda c, m, x: c.jacobian(m, x, sparsity="detect", probes=-1), "probes must be >= 0"),
+    ],
+)
+def test_bad_analysis_requests_are_invalid_argument(client, call, message):
+    with pytest.raises(InvalidArgument, match=message):
+        call(client, torch.jit.script(Reaction()), torch.randn(8, dtype=F64))
