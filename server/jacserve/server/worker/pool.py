@@ -91,6 +91,7 @@ class WorkerPool:
         self._busy = 0
         self._closed = threading.Event()
         self._workers: dict[int, _Worker] = {}
+        self._starting: set[subprocess.Popen[bytes]] = set()  # spawned, not yet ready
 
     @property
     def size(self) -> int:
@@ -121,6 +122,8 @@ class WorkerPool:
             raise RuntimeError("worker processes failed to start; see the log above")
 
     def _start_worker(self, index: int) -> bool:
+        if self._closed.is_set():
+            return False
         scratch = os.path.join(self._settings.scratch_dir, f"worker-{index}")
         shutil.rmtree(scratch, ignore_errors=True)
         os.makedirs(scratch)
@@ -135,13 +138,17 @@ class WorkerPool:
         safe_path = ["-P"] if sys.version_info >= (3, 11) else []  # no cwd on sys.path
         command = [sys.executable, *safe_path, "-m", "jacserve.server.worker.process"]
         try:
-            process = subprocess.Popen(
-                [*command, str(child.fileno()), settings.to_json()],
-                pass_fds=(child.fileno(),),
-                env=env,
-                cwd=scratch,
-                stdin=subprocess.DEVNULL,
-            )
+            with self._lock:  # close() kills what is starting: its scratch folder goes away
+                if self._closed.is_set():
+                    return False
+                process = subprocess.Popen(
+                    [*command, str(child.fileno()), settings.to_json()],
+                    pass_fds=(child.fileno(),),
+                    env=env,
+                    cwd=scratch,
+                    stdin=subprocess.DEVNULL,
+                )
+                self._starting.add(process)
         finally:
             child.close()
         parent.settimeout(120)
@@ -151,14 +158,18 @@ class WorkerPool:
             if not header.get("ready"):
                 raise ProtocolError(f"unexpected first message {header}")
         except (OSError, EOFError, ProtocolError) as exc:
-            _LOG.error("worker %d did not start: %s (exit code %s)", index, exc, process.poll())
+            if not self._closed.is_set():
+                _LOG.error("worker %d did not start: %s (exit code %s)", index, exc, process.poll())
             process.kill()
             process.wait()
             channel.close()
+            with self._lock:
+                self._starting.discard(process)
             return False
         parent.settimeout(None)
         worker = _Worker(index, process, channel)
         with self._lock:
+            self._starting.discard(process)
             if self._closed.is_set():
                 self._stop_worker(worker)
                 return False
@@ -405,6 +416,9 @@ class WorkerPool:
             self._idle_changed.notify_all()
             workers = list(self._workers.values())
             self._workers.clear()
+        with self._lock:
+            for process in self._starting:
+                process.kill()
         for worker in workers:
             self._stop_worker(worker)
 
