@@ -160,3 +160,21 @@ def test_bad_pass_windows_are_invalid_argument(replicas, mode, window, message):
             stub.Jacobian(request, timeout=60)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in info.value.details()
+
+
+def test_async_client_splits_across_replicas_too(replicas):
+    import asyncio
+
+    from jacserve.client import AsyncClient
+
+    targets = [replicas[0].target, _dead_target(), replicas[1].target]
+
+    async def main():
+        async with AsyncClient(targets, timeout=120) as client:
+            return await client.jacobian(torch.jit.script(Wide()), (X, Y), shards=3)
+
+    result = asyncio.run(main())
+    _assert_same_structure(result.jacobian, _reference(Wide(), X, Y))
+    served = {s.target for s in result.shards}
+    assert served == {targets[0], targets[2]}
+    assert sum(s.stop - s.start for s in result.shards) == result.metrics.passes

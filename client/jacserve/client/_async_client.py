@@ -22,6 +22,7 @@ from jacserve.client._archive import ModelSource, archive_bytes
 from jacserve.client._calls import (
     Prepared,
     SliceCallback,
+    as_sequence,
     jacobian_key,
     prepare_gradients,
     prepare_hessian,
@@ -43,7 +44,8 @@ from jacserve.client._results import (
     ModelInfo,
     VjpResult,
 )
-from jacserve.client.errors import NotFound, from_rpc_error
+from jacserve.client._sharding import pass_window_plan
+from jacserve.client.errors import DeadlineExceeded, NotFound, Unavailable, from_rpc_error
 from jacserve.v1 import jacobian_service_pb2 as pb
 
 __all__ = ["AsyncClient"]
@@ -66,8 +68,6 @@ class AsyncClient(ClientBase):
     torch.Size([2, 3])
     """
 
-    _several_targets = False  # one target: scale-out is the sync Client's (several targets)
-
     _grpc = grpc.aio
 
     async def __aenter__(self) -> AsyncClient:
@@ -77,21 +77,30 @@ class AsyncClient(ClientBase):
         await self.close()
 
     async def close(self) -> None:
-        """Close the channel; the client cannot be used afterwards."""
-        await self._channel.close()
+        """Close the channels; the client cannot be used afterwards."""
+        for channel in self._channels:
+            await channel.close()
 
     async def _call(
-        self, rpc: str, request: Any, timeout: float | None, *, streaming: bool = False
+        self,
+        rpc: str,
+        request: Any,
+        timeout: float | None,
+        *,
+        streaming: bool = False,
+        replica: int | None = None,
     ) -> Any:
-        """As :meth:`Client._call`: retries inside one deadline; a ``streaming`` call is
-        returned as (its first message, the call) once that message has arrived."""
+        """As :meth:`Client._call`: retries inside one deadline, taking turns over several
+        targets; a ``streaming`` call is returned as (its first message, the call) once
+        that message has arrived."""
         timeout = self.timeout if timeout is _UNSET else timeout
         deadline = None if timeout is None else time.monotonic() + timeout
+        index = self._take_turn() if replica is None else replica
         attempt = 0
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                call = getattr(self._stub, rpc)(
+                call = getattr(self._stubs[index], rpc)(
                     request() if callable(request) else request,
                     timeout=remaining,
                     metadata=self._settings.metadata,
@@ -101,8 +110,11 @@ class AsyncClient(ClientBase):
                 return await call.read(), call
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc)
-            await asyncio.sleep(self._retry_wait(error, attempt, deadline))
+            if replica is not None:
+                raise error
+            wait, index = self._after_failure(error, attempt, deadline, index)
             attempt += 1
+            await asyncio.sleep(wait)
 
     async def _derive(
         self, model: ModelSource, method: str, prepared: Prepared[_T], timeout: float | None
@@ -160,13 +172,31 @@ class AsyncClient(ClientBase):
         model_id = hashlib.sha256(data).hexdigest()
         if model_id in self._known_ids:
             return model_id
-        try:
-            await self.get_model(model_id, timeout=timeout)
-        except NotFound:
-            chunks = upload_chunks(data, self._settings.upload_chunk_bytes)
-            await self._call("UploadModel", chunks, timeout)
+        if len(self._stubs) == 1:
+            await self._upload_to(None, data, model_id, timeout)
+        else:  # every replica that answers, as Client.upload
+            results = await asyncio.gather(
+                *(self._upload_to(i, data, model_id, timeout) for i in range(len(self._stubs))),
+                return_exceptions=True,
+            )
+            failures = [r for r in results if isinstance(r, BaseException)]
+            for failure in failures:
+                if not isinstance(failure, Unavailable | DeadlineExceeded):
+                    raise failure
+            if len(failures) == len(self._stubs):
+                raise failures[-1]
         self._known_ids.add(model_id)
         return model_id
+
+    async def _upload_to(
+        self, replica: int | None, data: bytes, model_id: str, timeout: float | None
+    ) -> None:
+        request = pb.GetModelRequest(model_id=model_id)
+        try:
+            await self._call("GetModel", request, timeout, replica=replica)
+        except NotFound:
+            chunks = upload_chunks(data, self._settings.upload_chunk_bytes)
+            await self._call("UploadModel", chunks, timeout, replica=replica)
 
     async def get_model(self, model_id: str, *, timeout: float | None = _UNSET) -> ModelInfo:
         """As :meth:`Client.get_model`."""
@@ -209,9 +239,9 @@ class AsyncClient(ClientBase):
         chunk_size: int = 0, device: str = "", method: str = "forward",
         timeout: float | None = _UNSET, stream: bool | None = None, progress: bool | None = None,
         on_slice: SliceCallback | None = None, max_block_bytes: int = 0, verify: int | bool = 0,
-        sparsity: Any = None, probes: int = 0,
+        sparsity: Any = None, probes: int = 0, shards: int | None = None,
     ) -> JacobianResult:  # fmt: skip
-        """As :meth:`Client.jacobian` (one target: no splitting across replicas)."""
+        """As :meth:`Client.jacobian`."""
         if sparsity is not None:
             if batched or verify or on_slice is not None:
                 raise ValueError("sparsity: not with batched, verify or on_slice")
@@ -220,7 +250,20 @@ class AsyncClient(ClientBase):
             return await self._derive(model, method, sparse, timeout)
         options = dict(mode=mode, wrt=wrt, batched=batched, max_memory_bytes=max_memory_bytes,
                        chunk_size=chunk_size, device=device, verify=verify)  # fmt: skip
+        lanes = self._lanes(shards)
         key = jacobian_key(model, method, inputs, wrt, batched)
+        if lanes > 1 and not batched and on_slice is None and not verify and key not in self._whole:
+            unary = prepare_jacobian(inputs, **options)
+            inputs_tuple = as_sequence(inputs)[0]
+
+            async def split(ref: pb.FunctionRef) -> JacobianResult | None:
+                return await self._sharded(unary, ref, lanes, timeout, inputs_tuple,
+                                           always=shards is not None)  # fmt: skip
+
+            result = await self._with_model(model, method, split, timeout, unary.example)
+            if result is not None:
+                return result
+            self._whole.add(key)
         if stream is None:
             stream = self._needs_stream(key)
             if stream is None:
@@ -241,6 +284,32 @@ class AsyncClient(ClientBase):
         result = await self._derive(model, method, prepared, timeout)
         self._remember(key, result_bytes(result))
         return result
+
+    async def _sharded(
+        self, prepared: Prepared[JacobianResult], ref: pb.FunctionRef, lanes: int,
+        timeout: Any, inputs_tuple: bool, *, always: bool,
+    ) -> JacobianResult | None:  # fmt: skip
+        """As ``Client._sharded``: the lanes run in a thread, each window's call on this
+        event loop."""
+        prepared.function.CopyFrom(ref)
+        timeout = self.timeout if timeout is _UNSET else timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        plan_request = pass_window_plan(prepared.request)
+        plan = await self._call("Jacobian", plan_request, timeout)
+        if self._server_limit is None:
+            info = await self._call("GetServerInfo", pb.GetServerInfoRequest(), timeout)
+            self._server_limit = info.max_message_bytes
+        loop = asyncio.get_running_loop()
+
+        def call(replica: int, request: pb.JacobianRequest, remaining: float | None) -> Any:
+            pinned = replica if len(self._stubs) > 1 else None
+            window = self._call("Jacobian", request, remaining, replica=pinned)
+            return asyncio.run_coroutine_threadsafe(window, loop).result()
+
+        sharded = self._splitter(plan, lanes, always, call)
+        if sharded is None:
+            return None
+        return await asyncio.to_thread(sharded.run, plan_request, plan, inputs_tuple, deadline)
 
     async def parameter_gradients(
         self, model: ModelSource, inputs: Any, cotangent: Any | None = None, *,

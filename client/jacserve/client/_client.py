@@ -48,12 +48,7 @@ from jacserve.client._results import (
     ModelInfo,
     VjpResult,
 )
-from jacserve.client._sharding import (
-    ShardedJacobian,
-    pass_window_plan,
-    resolved_addresses,
-    worth_splitting,
-)
+from jacserve.client._sharding import pass_window_plan
 from jacserve.client.errors import DeadlineExceeded, NotFound, Unavailable, from_rpc_error
 from jacserve.v1 import jacobian_service_pb2 as pb
 
@@ -144,19 +139,9 @@ class Client(ClientBase):
                 error = from_rpc_error(exc)
             if replica is not None:
                 raise error
-            wait = self._retry_wait(error, attempt, deadline)
+            wait, index = self._after_failure(error, attempt, deadline, index)
             attempt += 1
-            index = (index + 1) % len(self._stubs)
-            if attempt % len(self._stubs):
-                wait = 0.0  # another replica first
             time.sleep(wait)
-
-    def _take_turn(self) -> int:
-        """The replica for the next unpinned call (round robin over the targets)."""
-        with self._lock:
-            index = self._next_replica
-            self._next_replica = (index + 1) % len(self._stubs)
-        return index
 
     def _with_model(
         self,
@@ -513,15 +498,6 @@ class Client(ClientBase):
         self._remember(key, result_bytes(result))
         return result
 
-    def _lanes(self, shards: int | None) -> int:
-        if shards is not None:
-            if shards < 1:
-                raise ValueError(f"shards must be >= 1; got {shards}")
-            return shards
-        if len(self._stubs) > 1:
-            return len(self._stubs)
-        return resolved_addresses(self.target)
-
     def _sharded(
         self,
         prepared: Prepared[JacobianResult],
@@ -539,19 +515,16 @@ class Client(ClientBase):
         deadline = None if timeout is None else time.monotonic() + timeout
         plan_request = pass_window_plan(prepared.request)
         plan = self._call("Jacobian", plan_request, timeout)
-        if not always and not worth_splitting(plan, lanes):
-            return None
         if self._server_limit is None:
             info = self._call("GetServerInfo", pb.GetServerInfoRequest(), timeout)
             self._server_limit = info.max_message_bytes
-        limit = min(self._settings.max_message_bytes, self._server_limit)
 
         def call(replica: int, request: pb.JacobianRequest, remaining: float | None) -> Any:
             pinned = replica if len(self._stubs) > 1 else None
             return self._call("Jacobian", request, remaining, replica=pinned)
 
-        sharded = ShardedJacobian(call, self.targets, lanes, limit)
-        return sharded.run(plan_request, plan, inputs_tuple, deadline)
+        sharded = self._splitter(plan, lanes, always, call)
+        return None if sharded is None else sharded.run(plan_request, plan, inputs_tuple, deadline)
 
     def parameter_gradients(
         self,

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import grpc
 
 from jacserve.client._retry import RetryPolicy
+from jacserve.client._sharding import ShardedJacobian, resolved_addresses, worth_splitting
 from jacserve.client.errors import JacserveError
 from jacserve.v1 import jacobian_service_pb2_grpc as pb_grpc
 
@@ -89,7 +90,6 @@ class ClientBase:
     """
 
     _grpc: ClassVar[Any] = grpc
-    _several_targets: ClassVar[bool] = True  # whether a list of replicas is accepted
 
     def __init__(
         self,
@@ -108,10 +108,6 @@ class ClientBase:
         self.targets = (target,) if isinstance(target, str) else tuple(target)
         if not self.targets:
             raise ValueError("target: need at least one 'host:port'")
-        if len(self.targets) > 1 and not self._several_targets:
-            raise ValueError(
-                f"{type(self).__name__} takes one target; Client splits work across several"
-            )
         self.target = self.targets[0]
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
@@ -143,6 +139,43 @@ class ClientBase:
         if late or not self.retry.should_retry(error.code, attempt, error.message):
             raise error
         return wait
+
+    def _take_turn(self) -> int:
+        """The replica for the next unpinned call (round robin over the targets)."""
+        with self._lock:
+            index = self._next_replica
+            self._next_replica = (index + 1) % len(self._stubs)
+        return index
+
+    def _after_failure(
+        self, error: JacserveError, attempt: int, deadline: float | None, index: int
+    ) -> tuple[float, int]:
+        """(seconds to wait, replica) for try ``attempt + 1`` after a try on ``index``
+        failed: with several targets the next replica at once, a wait only after every
+        replica failed. Raises ``error`` when no try is due."""
+        wait = self._retry_wait(error, attempt, deadline)
+        if (attempt + 1) % len(self._stubs):
+            wait = 0.0
+        return wait, (index + 1) % len(self._stubs)
+
+    def _lanes(self, shards: int | None) -> int:
+        """Concurrent windows for splitting a Jacobian (1: no splitting)."""
+        if shards is not None:
+            if shards < 1:
+                raise ValueError(f"shards must be >= 1; got {shards}")
+            return shards
+        if len(self._stubs) > 1:
+            return len(self._stubs)
+        return resolved_addresses(self.target)
+
+    def _splitter(self, plan: Any, lanes: int, always: bool, call: Any) -> ShardedJacobian | None:
+        """What splits a planned Jacobian over the replicas; ``None`` when the plan says it
+        is too small to gain (unless ``always``). Needs ``_server_limit`` known."""
+        if not always and not worth_splitting(plan, lanes):
+            return None
+        assert self._server_limit is not None
+        limit = min(self._settings.max_message_bytes, self._server_limit)
+        return ShardedJacobian(call, self.targets, lanes, limit)
 
     def _remember(self, key: tuple, size: int | None) -> None:
         """Record a Jacobian's size for the stream policy (``None``: not assembled)."""
