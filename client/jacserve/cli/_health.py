@@ -46,7 +46,11 @@ def add_health_command(commands: Any) -> argparse.ArgumentParser:
 
 
 def check_health(argv: Sequence[str], environ: Mapping[str, str]) -> int:
-    """Run ``jacserve health ARGS``; returns the exit code."""
+    """Run ``jacserve health ARGS``; returns the exit code.
+
+    >>> check_health(["health", "--target", "127.0.0.1:9", "--timeout", "0.2"], {})
+    4
+    """
     parser = argparse.ArgumentParser(prog="jacserve")
     add_health_command(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(list(argv))

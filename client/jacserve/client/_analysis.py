@@ -72,7 +72,11 @@ def prepare_sensitivity(
     inputs: Any, *, wrt: Sequence[int] | None = None, mode: str = "auto", top_k: int = 10,
     device: str = "",
 ) -> Prepared[SensitivityResult]:  # fmt: skip
-    """A ``Sensitivity`` call (arguments as :meth:`jacserve.client.Client.sensitivity`)."""
+    """A ``Sensitivity`` call (arguments as :meth:`jacserve.client.Client.sensitivity`).
+
+    >>> prepare_sensitivity(torch.ones(2), top_k=3).request.top_k
+    3
+    """
     if mode not in MODES:
         raise ValueError(f"mode: expected 'auto', 'forward' or 'reverse'; got {mode!r}")
     request = pb.SensitivityRequest(
@@ -101,7 +105,11 @@ def prepare_sensitivity(
 def prepare_top_singular(
     inputs: Any, k: int, *, wrt: Sequence[int] | None = None, steps: int = 0, device: str = "",
 ) -> Prepared[SingularResult]:  # fmt: skip
-    """A ``TopSingular`` call (arguments as :meth:`jacserve.client.Client.top_singular`)."""
+    """A ``TopSingular`` call (arguments as :meth:`jacserve.client.Client.top_singular`).
+
+    >>> prepare_top_singular(torch.ones(4), 2).rpc
+    'TopSingular'
+    """
     request = pb.TopSingularRequest(
         inputs=encode_tensors(as_sequence(inputs)[1], name="inputs"),
         wrt=list(wrt or ()),
@@ -155,7 +163,11 @@ def prepare_sparse_jacobian(
     inputs: Any, sparsity: Any, *, wrt: Sequence[int] | None = None, mode: str = "auto",
     probes: int = 0, device: str = "",
 ) -> Prepared[JacobianResult]:  # fmt: skip
-    """A ``SparseJacobian`` call (``Client.jacobian(..., sparsity=...)``)."""
+    """A ``SparseJacobian`` call (``Client.jacobian(..., sparsity=...)``).
+
+    >>> prepare_sparse_jacobian(torch.ones(2), torch.eye(2)).request.pattern.col_indices
+    [0, 1]
+    """
     if mode not in MODES:
         raise ValueError(f"mode: expected 'auto', 'forward' or 'reverse'; got {mode!r}")
     request = pb.SparseJacobianRequest(

@@ -148,7 +148,9 @@ class ShardedJacobian:
         inputs_tuple: bool,
         deadline: float | None,
     ) -> JacobianResult:
-        """Compute every window in the mode of ``plan`` (the answer to ``plan_request``)."""
+        """Compute every window in the mode of ``plan`` (the answer to ``plan_request``),
+        with ``deadline`` (``time.monotonic()``) for all of them; raises the first error
+        that no other replica can help with, or the last one when every lane failed."""
         metrics = DerivativeMetrics.from_wire(plan.metrics)
         outputs = decode_tensors(plan.outputs)
         n, m, total = metrics.input_size, metrics.output_size, metrics.passes
