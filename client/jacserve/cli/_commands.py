@@ -181,7 +181,7 @@ def cmd_jacobian(client: Client, args: argparse.Namespace) -> None:
     if args.plot:
         from jacserve.cli._plot import plot_jacobian
 
-        matrix = _matrix(result)
+        matrix = _matrix(result.output, result.jacobian)
         input_names = _input_labels(names, inputs)
         plot_jacobian(
             matrix, args.plot,
@@ -217,15 +217,17 @@ def _sparse_jacobian(client: Client, args: argparse.Namespace, inputs: list[torc
         _print(f"plot: {args.plot}")
 
 
-def _matrix(result: Any) -> torch.Tensor:
-    """All Jacobian blocks as one (outputs × inputs) matrix, entries flattened in order."""
-    outputs = result.output if isinstance(result.output, tuple) else (result.output,)
-    rows = result.jacobian if isinstance(result.output, tuple) else (result.jacobian,)
+def _matrix(row_tensors: Any, blocks: Any) -> torch.Tensor:
+    """Blocks structured like ``torch.autograd.functional.jacobian`` (a tensor, a tuple
+    per row tensor, or a tuple of tuples) as one matrix: a row per element of
+    ``row_tensors`` (the outputs; the inputs for a Hessian), entries flattened in order."""
+    tuple_rows = isinstance(row_tensors, tuple | list)
+    rows = blocks if tuple_rows else (blocks,)
     rows = [row if isinstance(row, tuple) else (row,) for row in rows]
     return torch.cat(
         [
-            torch.cat([block.reshape(out.numel(), -1) for block in row], dim=1)
-            for row, out in zip(rows, outputs, strict=True)
+            torch.cat([block.reshape(t.numel(), -1) for block in row], dim=1)
+            for row, t in zip(rows, row_tensors if tuple_rows else (row_tensors,), strict=True)
         ],
         dim=0,
     )
@@ -271,19 +273,8 @@ def cmd_hessian(client: Client, args: argparse.Namespace) -> None:
     if args.plot:
         from jacserve.cli._plot import plot_jacobian
 
-        n = sum(t.numel() for t in inputs)
-        rows = result.hessian if isinstance(result.hessian, tuple) else ((result.hessian,),)
-        matrix = (
-            torch.cat(
-                [
-                    torch.cat([b.reshape(-1, 1 if b.dim() == 0 else -1) for b in row], 1)
-                    for row in rows
-                ]
-            ).reshape(n, n)
-            if len(inputs) > 1
-            else result.hessian.reshape(n, n)
-        )
-        labels = _names(args.input_names, n, _input_labels(names, inputs))
+        matrix = _matrix(_pack(inputs), result.hessian)
+        labels = _names(args.input_names, matrix.shape[0], _input_labels(names, inputs))
         plot_jacobian(matrix, args.plot, input_names=labels, output_names=labels)
         _print(f"plot: {args.plot}")
 

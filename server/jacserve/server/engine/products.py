@@ -42,10 +42,15 @@ from jacserve.server.engine._run import (
 from jacserve.server.engine.planner import ModePlan
 from jacserve.server.errors import InvalidArgument
 
-__all__ = ["jvp", "vjp"]
+__all__ = ["batch_size_of", "jvp", "vjp"]
 
 
-def _batch_of(kind: str, values: Sequence[torch.Tensor]) -> int:
+def batch_size_of(kind: str, values: Sequence[torch.Tensor]) -> int:
+    """The shared leading dimension of batched ``values`` (tangents, cotangents, vectors).
+
+    >>> batch_size_of("tangents", [torch.zeros(4, 2), torch.zeros(4)])
+    4
+    """
     sizes = {v.shape[0] if v.dim() else None for v in values}
     if len(sizes) != 1 or None in sizes:
         shapes = [list(v.shape) for v in values]
@@ -101,7 +106,7 @@ def jvp(
     chosen = resolve_wrt(primals, wrt)
     diff = tuple(primals[j] for j in chosen)
     tangents = tuple(tangents)
-    k = _batch_of("tangents", tangents) if batched and tangents else 0
+    k = batch_size_of("tangents", tangents) if batched and tangents else 0
     check_like(
         "tangents",
         _unbatched(tangents) if batched else list(tangents),
@@ -243,7 +248,7 @@ def vjp(
             outputs, pullback = func_vjp(g, *diff)
         run.forward_seconds = t_forward.seconds
         check_floating_outputs(outputs, method)
-        k = _batch_of("cotangents", cotangents) if batched and cotangents else 0
+        k = batch_size_of("cotangents", cotangents) if batched and cotangents else 0
         run.batch_size = k
         check_like(
             "cotangents", _unbatched(cotangents) if batched else list(cotangents), outputs, "output"

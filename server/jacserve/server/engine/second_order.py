@@ -43,6 +43,7 @@ from jacserve.server.engine._run import (
 )
 from jacserve.server.engine.jacobian import blocks_from_passes
 from jacserve.server.engine.planner import ModePlan
+from jacserve.server.engine.products import batch_size_of
 from jacserve.server.errors import InvalidArgument, ResourceExhausted
 
 __all__ = ["gauss_newton_vector_products", "hessian", "hessian_vector_products"]
@@ -114,14 +115,9 @@ def _vectors(
 ) -> tuple[GivenRows, int]:
     vectors = tuple(vectors)
     if batched:
-        sizes = {v.shape[0] if v.dim() else None for v in vectors}
-        if len(sizes) != 1 or None in sizes or 0 in sizes:
-            raise InvalidArgument(
-                "batched vectors need one shared leading dimension k >= 1; got shapes "
-                f"{[list(v.shape) for v in vectors]}"
-            )
+        k = batch_size_of("vectors", vectors)
         check_like("vectors", [v[0] for v in vectors], diff, "differentiated input")
-        return GivenRows(vectors), vectors[0].shape[0]
+        return GivenRows(vectors), k
     check_like("vectors", list(vectors), diff, "differentiated input")
     return GivenRows(tuple(v.unsqueeze(0) for v in vectors)), 1
 

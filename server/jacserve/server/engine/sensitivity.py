@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from jacserve.server.engine._layout import blocks_matrix, flat64
+
 __all__ = ["RankedInput", "SensitivitySummary", "summarize"]
 
 
@@ -39,20 +41,6 @@ class SensitivitySummary:
     undefined_outputs: int  # outputs equal to 0, whose elasticities are NaN
 
 
-def _matrix(
-    blocks: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor], width: int
-) -> torch.Tensor:
-    """Blocks ``[i][j]`` (row-major) as one float64 ``[M, N]`` matrix."""
-    rows = []
-    for i, output in enumerate(outputs):
-        row = [
-            blocks[i * width + j].detach().double().cpu().reshape(output.numel(), -1)
-            for j in range(width)
-        ]
-        rows.append(torch.cat(row, dim=1))
-    return torch.cat(rows, dim=0)
-
-
 def _nan_norm(matrix: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.nan_to_num(matrix, nan=0.0).norm(dim=dim)
 
@@ -73,9 +61,9 @@ def summarize(
     ([[1.0, 1.0]], [0, 1])
     """
     width = len(wrt)
-    jacobian = _matrix(blocks, outputs, width)
-    x = torch.cat([inputs[j].detach().double().cpu().reshape(-1) for j in wrt])
-    y = torch.cat([o.detach().double().cpu().reshape(-1) for o in outputs])
+    jacobian = blocks_matrix(blocks, outputs, width)
+    x = flat64([inputs[j] for j in wrt])
+    y = flat64(outputs)
     zero = y == 0
     elasticities = jacobian * x[None, :] / torch.where(zero, torch.nan, y)[:, None]
     input_scores = _nan_norm(elasticities, 0)

@@ -35,6 +35,7 @@ from jacserve.server.engine._function import (
     resolve_wrt,
     user_code,
 )
+from jacserve.server.engine._layout import blocks_matrix, flat64_rows, split_like
 from jacserve.server.engine._measure import stopwatch
 from jacserve.server.engine._passes import GivenRows, run_passes
 from jacserve.server.engine._run import (
@@ -143,17 +144,7 @@ def _detect(
                 shift = 1e-2 * (1 + inputs[j].detach().abs().double().cpu()) * noise
                 point[j] = inputs[j] + shift.to(inputs[j].dtype).to(inputs[j].device)
         result = jacobian(fn, point, wrt=wrt, method=method)
-        blocks = [b.detach().cpu().reshape(-1) for b in result.values]
-        outputs = result.outputs
-        rows = []
-        for i, out in enumerate(outputs):
-            rows.append(
-                torch.cat(
-                    [blocks[i * len(wrt) + j].reshape(out.numel(), -1) for j in range(len(wrt))],
-                    dim=1,
-                )
-            )
-        nonzero = torch.cat(rows, dim=0) != 0
+        nonzero = blocks_matrix(result.values, result.outputs, len(wrt)) != 0
         found = nonzero if found is None else found | nonzero
     assert found is not None
     rows, cols = found.nonzero(as_tuple=True)
@@ -230,7 +221,7 @@ def sparse_jacobian(
         seeds = torch.zeros(colors, n if forward else m, dtype=torch.float64)
         seeds[seeds_of, torch.arange(seeds_of.numel())] = 1.0
         like = diff if forward else outputs
-        rows_of_seeds = GivenRows(_split_rows(seeds, like))
+        rows_of_seeds = GivenRows(split_like(seeds, like))
         with (
             user_code(f"differentiating method {method!r}", DERIVATIVE_HINT),
             stopwatch(run.device) as t_derivative,
@@ -243,13 +234,13 @@ def sparse_jacobian(
                         lambda *t: func_jvp(g, diff, t)[1], rows_of_seeds,
                         chunk_size=colors, check=True,
                     )  # fmt: skip
-                compressed = _flat_rows(results)
+                compressed = flat64_rows(results)
                 run.vectorized = report.vectorized
             else:
                 results, report = run_passes(
                     lambda *c: pullback(c), rows_of_seeds, chunk_size=colors, check=True
                 )
-                compressed = _flat_rows(results)
+                compressed = flat64_rows(results)
                 run.vectorized = report.vectorized
         run.derivative_seconds = t_derivative.seconds
         dtype = outputs[0].dtype if outputs else torch.float32
@@ -289,19 +280,3 @@ def _colorings(
         if cache is not None:
             cache.put(key, found, 8 * (m + n))
     return found
-
-
-def _split_rows(seeds: torch.Tensor, like: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """Seed rows ``[colours, total]`` split per tensor of ``like``, shaped and typed like it."""
-    parts, offset = [], 0
-    for t in like:
-        block = seeds[:, offset : offset + t.numel()]
-        parts.append(block.reshape(seeds.shape[0], *t.shape).to(t.dtype).to(t.device))
-        offset += t.numel()
-    return tuple(parts)
-
-
-def _flat_rows(results: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Per-pass results (one tensor per output or input, leading dim = passes) as one
-    float64 ``[passes, total]`` matrix on the CPU."""
-    return torch.cat([r.detach().double().cpu().reshape(r.shape[0], -1) for r in results], dim=1)

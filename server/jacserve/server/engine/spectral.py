@@ -30,6 +30,7 @@ from jacserve.server.engine._function import (
     resolve_wrt,
     user_code,
 )
+from jacserve.server.engine._layout import flat64, split_like
 from jacserve.server.engine._measure import stopwatch
 from jacserve.server.engine._run import (
     FORWARD_AD_LOCK,
@@ -57,18 +58,6 @@ class SingularTriplets:
     output_directions: torch.Tensor
     residuals: torch.Tensor
     steps: int
-
-
-def _split(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    parts, offset = [], 0
-    for t in like:
-        parts.append(flat[offset : offset + t.numel()].reshape(t.shape).to(t.dtype))
-        offset += t.numel()
-    return tuple(parts)
-
-
-def _flat(parts: Sequence[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1).double() for p in parts])
 
 
 def _orthogonalize(vector: torch.Tensor, basis: list[torch.Tensor]) -> torch.Tensor:
@@ -128,7 +117,7 @@ def top_singular(
         forward = _forward_product(g, diff, outputs, pullback, run)
 
         def backward(u: torch.Tensor) -> torch.Tensor:
-            return _flat(pullback(_split(u, outputs)))
+            return flat64(pullback(split_like(u, outputs)))
 
         with (
             user_code(f"differentiating method {method!r}", DERIVATIVE_HINT),
@@ -154,7 +143,7 @@ def _forward_product(
 
     def by_forward_mode(v: torch.Tensor) -> torch.Tensor:
         with FORWARD_AD_LOCK:
-            return _flat(func_jvp(g, diff, _split(v, diff))[1])
+            return flat64(func_jvp(g, diff, split_like(v, diff))[1])
 
     try:
         by_forward_mode(torch.zeros(numel(diff), dtype=torch.float64))
@@ -168,7 +157,7 @@ def _forward_product(
             f"no forward-mode rule ({str(exc).splitlines()[0][:200]}); J·v as the VJP of the VJP",
             vectorized=False,
         )
-        return lambda v: _flat(transpose(_split(v, diff))[0])
+        return lambda v: flat64(transpose(split_like(v, diff))[0])
 
 
 def _lanczos(

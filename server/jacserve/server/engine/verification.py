@@ -133,9 +133,7 @@ def central_differences(
         if project is not None:
             quotient = project(quotient).reshape(-1)
         derivative = expected.detach().double().reshape(-1).cpu()
-        difference = float((quotient - derivative).norm())
-        size = max(float(quotient.norm()), float(derivative.norm()), _TINY)
-        errors.append(difference / size if difference > 0 else 0.0)
+        errors.append(_relative_error(quotient, derivative))
     return Verification(tuple(errors), precision, step)
 
 
@@ -185,11 +183,15 @@ def parameter_differences(
                     parameter.sub_(sign * step * part.to(parameter.device, parameter.dtype))
         fd = project((quotients[0] - quotients[1]) / (2 * step)).reshape(-1)
         ad = expected.detach().double().reshape(-1).cpu()
-        difference = float((fd - ad).norm())
-        size = max(float(fd.norm()), float(ad.norm()), _TINY)
-        errors.append(difference / size if difference > 0 else 0.0)
+        errors.append(_relative_error(fd, ad))
     label = precision if precision == "float64" else str(dtype).removeprefix("torch.")
     return Verification(tuple(errors), label, step)
+
+
+def _relative_error(fd: torch.Tensor, ad: torch.Tensor) -> float:
+    """``‖fd − ad‖ / max(‖fd‖, ‖ad‖)``, 0 when they are equal (zeros included)."""
+    difference = float((fd - ad).norm())
+    return difference / max(float(fd.norm()), float(ad.norm()), _TINY) if difference else 0.0
 
 
 def _shifted(

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from jacserve.codec import decode_tensors, encode_tensors
+from jacserve.codec import encode_tensors
 from jacserve.server.engine._function import resolve_wrt
 from jacserve.server.engine.sensitivity import summarize
 from jacserve.server.engine.sparse import sparse_jacobian
@@ -49,8 +49,7 @@ class AnalysisHandlers:
             mode=request.mode,
             options=request.options,
         )
-        model, result, phases = self._compute_jacobian(inner, deadline)
-        inputs = decode_tensors(request.inputs)
+        model, result, phases, inputs = self._compute_jacobian(inner, deadline)
         wrt = resolve_wrt(inputs, list(request.wrt))
         summary = summarize(result.values, result.outputs, inputs, wrt, request.top_k or 10)
         metrics = self._wire_metrics(result, phases, model)

@@ -256,7 +256,8 @@ class DerivativeHandlers(AnalysisHandlers):
 
     def _compute_jacobian(
         self, request: pb.JacobianRequest, deadline: float
-    ) -> tuple[LoadedModel, engine.EngineResult, Phases]:
+    ) -> tuple[LoadedModel, engine.EngineResult, Phases, tuple[torch.Tensor, ...]]:
+        """Load, check and run a Jacobian request: (model, result, phases, decoded inputs)."""
         phases = Phases()
         model, fn, method, t = self._prepare(
             phases, request.function, request.options, inputs=request.inputs
@@ -299,10 +300,10 @@ class DerivativeHandlers(AnalysisHandlers):
                 verify.verify_jacobian(model.module, method.name, inputs, list(request.wrt),
                                        result.outputs, result.values, count)
             )  # fmt: skip
-        return model, result, phases
+        return model, result, phases, inputs
 
     def _Jacobian(self, request: pb.JacobianRequest, deadline: float) -> pb.JacobianResponse:
-        model, result, phases = self._compute_jacobian(request, deadline)
+        model, result, phases, _ = self._compute_jacobian(request, deadline)
         outputs, values = self._encode(phases, result.outputs, result.values)
         return pb.JacobianResponse(
             outputs=outputs,
@@ -322,7 +323,7 @@ class DerivativeHandlers(AnalysisHandlers):
             )
         limit = self._settings.max_message_bytes - (64 << 10)
         block_bytes = min(request.max_block_bytes or STREAM_BLOCK_BYTES, limit)
-        model, result, phases = self._compute_jacobian(request.request, deadline)
+        model, result, phases, _ = self._compute_jacobian(request.request, deadline)
         size = sum(v.numel() * v.element_size() for v in (*result.outputs, *result.values))
         if size <= block_bytes:  # one message: no header, slices and metrics to exchange
             outputs, values = self._encode(phases, result.outputs, result.values)

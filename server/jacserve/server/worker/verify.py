@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 
 from jacserve.server.engine._function import resolve_wrt
+from jacserve.server.engine._layout import blocks_matrix, flat64
 from jacserve.server.engine.verification import (
     MAX_DIRECTIONS,
     Verification,
@@ -43,10 +44,6 @@ def check_count(requested: int, *, batched: bool = False, windowed: bool = False
     return requested
 
 
-def _flat(tensors: Tensors) -> torch.Tensor:
-    return torch.cat([t.detach().reshape(-1).double().cpu() for t in tensors])
-
-
 def verify_jacobian(
     module: torch.nn.Module,
     method: str,
@@ -65,18 +62,9 @@ def verify_jacobian(
     True
     """
     chosen = resolve_wrt(inputs, wrt)
-    width = len(chosen)
-    checks = []
-    for direction in random_directions([inputs[j] for j in chosen], count):
-        along = [
-            sum(
-                blocks[i * width + k].detach().double().cpu().reshape(out.numel(), -1)
-                @ direction[k].reshape(-1)
-                for k in range(width)
-            )
-            for i, out in enumerate(outputs)
-        ]
-        checks.append((direction, torch.cat([a.reshape(-1) for a in along])))
+    matrix = blocks_matrix(blocks, outputs, len(chosen))
+    directions = random_directions([inputs[j] for j in chosen], count)
+    checks = [(direction, matrix @ flat64(direction)) for direction in directions]
     return central_differences(module, method, inputs, chosen, checks)
 
 
@@ -103,7 +91,7 @@ def verify_jvp(
         tangent = [t[index] if batched else t for t in tangents]
         norm = math.sqrt(sum(float(t.double().square().sum()) for t in tangent)) or 1.0
         direction = tuple(t.double().cpu() / norm for t in tangent)
-        answer = _flat([j[index] if batched else j for j in jvps]) / norm
+        answer = flat64([j[index] if batched else j for j in jvps]) / norm
         checks.append((direction, answer))
     return central_differences(module, method, inputs, chosen, checks)
 
@@ -127,7 +115,7 @@ def verify_vjp(
     True
     """
     chosen = resolve_wrt(inputs, wrt)
-    u = _flat([c[0] if batched else c for c in cotangents])
+    u = flat64([c[0] if batched else c for c in cotangents])
     answer = [v[0] if batched else v for v in vjps]
     checks = []
     for direction in random_directions([inputs[j] for j in chosen], count):
@@ -155,7 +143,7 @@ def verify_gradients(
     >>> verify_gradients(lin, "forward", [x], ["weight", "bias"], grads, [], 2).max_relative_error < 1e-8
     True
     """
-    u = _flat(cotangents) if cotangents else None
+    u = flat64(cotangents) if cotangents else None
     checks = []
     for direction in random_directions(gradients, count):
         dotted = sum(
