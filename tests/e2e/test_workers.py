@@ -34,13 +34,6 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]
         yield running
 
 
-def _wait_for_workers(server: RunningServer, count: int) -> None:
-    deadline = time.monotonic() + 60
-    while len(server.pool.pids()) < count:
-        assert time.monotonic() < deadline, "workers were not replaced"
-        time.sleep(0.05)
-
-
 def test_a_worker_killed_mid_request_costs_only_that_request(limited):
     with Client(limited.target, timeout=60) as client:
         looping = client.upload(hostile.infinite_loop())
@@ -54,18 +47,16 @@ def test_a_worker_killed_mid_request_costs_only_that_request(limited):
             except Exception as exc:
                 errors.append(exc)
 
-        before = set(limited.pool.pids())
         thread = threading.Thread(target=doomed)
         thread.start()
         time.sleep(0.5)
-        victim = next(pid for pid in limited.pool.pids() if _busy(pid))
+        victim = next(pid for pid in limited.pool.pids(looping) if _busy(pid))
         os.kill(victim, signal.SIGKILL)
         thread.join(timeout=30)
         assert len(errors) == 1 and isinstance(errors[0], ResourceExhausted)
         assert "SIGKILL" in str(errors[0])
-        assert client.jacobian(good, X).jacobian.shape == (2, 3)  # the other worker serves
-        _wait_for_workers(limited, 2)
-        assert victim not in limited.pool.pids() and set(limited.pool.pids()) != before
+        assert client.jacobian(good, X).jacobian.shape == (2, 3)  # its own worker serves
+        assert victim not in limited.pool.pids()
         scrape = __import__("urllib.request").request.urlopen(
             f"http://127.0.0.1:{limited.metrics_port}/metrics", timeout=10
         )
@@ -85,7 +76,6 @@ def test_cpu_time_limit_stops_a_runaway_request(limited):
         assert "CPU seconds" in str(info.value), str(info.value)
         assert time.monotonic() - began < 10
         assert client.jacobian(hostile.good_script(), X).jacobian.shape == (2, 3)
-        _wait_for_workers(limited, 2)
 
 
 SANDBOX_PROBE = textwrap.dedent(

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -39,6 +40,7 @@ from jacserve.server.registry.store import ArchiveStore
 from jacserve.server.resources import available_cpus, available_memory_bytes
 from jacserve.server.service import SERVICE_NAME, FrontendSettings, JacobianServicer
 from jacserve.server.worker.pool import WorkerPool
+from jacserve.server.worker.sandbox.identity import make_non_dumpable
 from jacserve.server.worker.settings import WorkerSettings
 
 __all__ = ["RunningServer", "main", "serve"]
@@ -83,10 +85,10 @@ class RunningServer:
         self._grpc_server.wait_for_termination()
 
 
-def worker_settings(config: ServerConfig, model_dir: str, scratch_dir: str) -> WorkerSettings:
+def worker_settings(config: ServerConfig, scratch_dir: str) -> WorkerSettings:
     """What each worker process gets, with the automatic sizes resolved.
 
-    >>> settings = worker_settings(ServerConfig(workers=2), "/models", "/scratch")
+    >>> settings = worker_settings(ServerConfig(workers=2), "/scratch")
     >>> settings.torch_threads >= 1, settings.memory_limit_bytes >= 4 << 30
     (True, True)
     """
@@ -94,7 +96,6 @@ def worker_settings(config: ServerConfig, model_dir: str, scratch_dir: str) -> W
     workers = config.workers or cpus
     memory = available_memory_bytes()
     return WorkerSettings(
-        model_dir=model_dir,
         scratch_dir=scratch_dir,
         device=config.device,
         max_archive_bytes=config.max_archive_bytes,
@@ -135,11 +136,16 @@ def serve(config: ServerConfig, environ: dict[str, str] | None = None) -> Runnin
     temporary.append(scratch_dir)
     store = ArchiveStore(model_dir, max_archive_bytes=config.max_archive_bytes)
     metrics = ServiceMetrics()
-    settings = worker_settings(config, model_dir, scratch_dir)
+    settings = worker_settings(config, scratch_dir)
+    if sys.platform == "linux":
+        make_non_dumpable()  # workers of the same uid cannot read our memory or environment
     pool = WorkerPool(
         settings,
         config.workers or available_cpus(),
         max_queue=config.max_queue,
+        archive_path=lambda model_id: str(store.path(model_id)),
+        max_warm=config.warm_workers,
+        load_seconds=config.load_timeout,
         on_event=metrics.worker_event,
     )
     servicer = JacobianServicer(

@@ -29,7 +29,9 @@ class ServerConfig:
     metrics_port: int | None = 9464  # None disables the Prometheus endpoint; 0 picks a free port
     max_workers: int = 32
     max_concurrent_rpcs: int = 256
-    workers: int = 0  # 0: one worker process per CPU core
+    workers: int = 0  # 0: one per CPU core
+    warm_workers: int = 0  # 0: four per --workers
+    load_timeout: float = 120.0
     max_queue: int = 64
     max_message_bytes: int = 512 * MiB
     max_archive_bytes: int = 1024 * MiB
@@ -78,6 +80,10 @@ class ServerConfig:
         for name in ("workers", "worker_memory_bytes", "worker_cpu_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}")
+        if self.warm_workers < 0:
+            raise ValueError(f"warm_workers must be >= 0; got {self.warm_workers}")
+        if self.load_timeout <= 0:
+            raise ValueError(f"load_timeout must be > 0; got {self.load_timeout}")
         if self.request_timeout <= 0:
             raise ValueError(f"request_timeout must be > 0; got {self.request_timeout}")
         if self.worker_open_files < 64:
@@ -102,7 +108,9 @@ _HELP = {
     "metrics_port": "Prometheus /metrics port; 'off' disables it, 0 picks a free one",
     "max_workers": "frontend threads serving RPCs",
     "max_concurrent_rpcs": "RPCs in flight before new ones get RESOURCE_EXHAUSTED",
-    "workers": "worker processes that run models (0: one per CPU core)",
+    "workers": "requests computed at once, each in its model's own worker process (0: one per CPU core)",
+    "warm_workers": "most live worker processes, one per archive, idle ones evicted least recently used (0: 4 x --workers)",
+    "load_timeout": "seconds an archive may take to load and check in its worker before it is refused",
     "max_queue": "requests that may wait for a free worker before RESOURCE_EXHAUSTED",
     "max_message_bytes": "largest gRPC message sent or received",
     "max_archive_bytes": "largest model archive, compressed or uncompressed",

@@ -15,7 +15,6 @@ import functools
 import inspect
 import logging
 import math
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,9 +34,10 @@ from jacserve.server.errors import (
     WorkerFailed,
 )
 from jacserve.server.metrics import ServiceMetrics
+from jacserve.server.registry.catalog import ModelCatalog
 from jacserve.server.registry.store import ArchiveStore, check_model_id
 from jacserve.server.worker.operations import DERIVATIVE_REQUESTS, STREAMING_REQUESTS
-from jacserve.server.worker.pool import WorkerPool
+from jacserve.server.worker.pool import LoadFailure, WorkerPool
 from jacserve.v1 import jacobian_service_pb2 as pb
 
 __all__ = ["REQUEST_ID_KEY", "SERVICE_NAME", "FrontendSettings", "JacobianServicer"]
@@ -170,9 +170,8 @@ class JacobianServicer:
         self._pool = pool
         self._metrics = metrics
         self._settings = settings
-        self._catalog: dict[str, pb.ModelInfo] = {}
-        self._lock = threading.Lock()
-        metrics.track_models(lambda: len(self._catalog), pool.size)
+        self._catalog = ModelCatalog(store.directory)
+        metrics.track_models(lambda: len(self._catalog.all()), pool.size)
 
     # -- models ---------------------------------------------------------------------------
 
@@ -181,33 +180,53 @@ class JacobianServicer:
         limit = self._settings.request_timeout_seconds
         return time.monotonic() + min(limit, remaining if remaining is not None else math.inf)
 
+    @staticmethod
+    def _cancelled(context: grpc.ServicerContext | None) -> Callable[[], bool]:
+        return (lambda: not context.is_active()) if context is not None else lambda: False
+
+    def _refused(self, model_id: str, failure: LoadFailure, *, checked: bool) -> Exception:
+        """Forget an archive that could not be loaded: removed if it never passed its
+        check, quarantined if it had (or if its loader crashed or hung)."""
+        if checked or failure.crashed:
+            _LOG.error("quarantined model %s: %s", model_id, failure.error)
+            self._catalog.quarantine(model_id, str(failure.error))
+            self._pool.forget(model_id)
+        else:
+            with contextlib.suppress(NotFound):
+                self._store.remove(model_id)
+        return failure.error
+
     def _describe(self, model_id: str, context: grpc.ServicerContext | None) -> pb.ModelInfo:
         """Have a worker load the stored archive, check its operators and describe it."""
-        _, body = self._pool.call(
-            {"op": "describe", "model_id": model_id},
-            None,
-            deadline=self._deadline(context),
-            cancelled=(lambda: not context.is_active()) if context is not None else lambda: False,
-            loading=True,
-        )
-        info = pb.ModelInfo.FromString(body or b"")
-        with self._lock:
-            self._catalog[model_id] = info
+        checked = self._catalog.get(model_id) is not None
+        try:
+            body = self._pool.describe(
+                model_id, deadline=self._deadline(context), cancelled=self._cancelled(context)
+            )
+        except LoadFailure as failure:
+            raise self._refused(model_id, failure, checked=checked) from None
+        info = pb.ModelInfo.FromString(body)
+        self._catalog.put(model_id, info)
         return info
 
     def info(self, model_id: str, context: grpc.ServicerContext | None = None) -> pb.ModelInfo:
         """The description of a stored model (loading it in a worker on first use).
 
         Raises:
-            InvalidArgument: malformed id or an archive that no longer loads.
-            NotFound: unknown id.
+            InvalidArgument: malformed id or an archive that does not load.
+            NotFound: unknown id. FailedPrecondition: a quarantined archive.
         """
         check_model_id(model_id)
-        with self._lock:
-            info = self._catalog.get(model_id)
+        info = self._catalog.get(model_id)
         self._metrics.model_lookup(info is not None)
         if info is not None:
             return info
+        reason = self._catalog.quarantined(model_id)
+        if reason is not None:
+            raise FailedPrecondition(
+                f"model {model_id} is quarantined: its archive crashed, hung or was refused "
+                f"while loading ({reason[:300]}); delete it (DeleteModel) and upload a fixed one"
+            )
         if not self._store.path(model_id).exists():
             raise NotFound(
                 f"model {model_id} is not registered; upload it first (UploadModel / Client.upload)"
@@ -227,24 +246,35 @@ class JacobianServicer:
         """Check, store and describe an archive; a refused one leaves nothing behind."""
         self._check_uploads()
         model_id, _, already = self._store.add(data, expected_id=expected_id)
-        with self._lock:
-            known = self._catalog.get(model_id)
+        known = self._catalog.get(model_id)
         if known is not None:
             return known, True
+        if self._catalog.quarantined(model_id) is not None:
+            with contextlib.suppress(NotFound):
+                self._store.remove(model_id)
+            return self.info(model_id), False  # raises: quarantined
         try:
             return self._describe(model_id, context), already
-        except (InvalidArgument, ResourceExhausted, WorkerFailed):
-            self._store.remove(model_id)
+        except (ResourceExhausted, WorkerFailed, DeadlineExceeded):
+            if self._catalog.get(model_id) is None and self._catalog.quarantined(model_id) is None:
+                with contextlib.suppress(NotFound):
+                    self._store.remove(model_id)  # not checked: nothing stays behind
             raise
 
     def preload(self) -> list[str]:
-        """Describe every stored archive (at start-up); returns the ids that failed."""
+        """Describe every stored archive not yet described (at start-up), each in its own
+        worker; returns the ids that failed (now quarantined). Archives described before
+        are not loaded at all."""
         failed = []
         for model_id in self._store.ids():
+            if self._catalog.get(model_id) is not None:
+                continue
             try:
-                self.info(model_id)
+                self._describe(model_id, None)
             except Exception as exc:
                 _LOG.error("stored archive %s does not load: %s", model_id, exc)
+                if self._catalog.quarantined(model_id) is None:
+                    self._catalog.quarantine(model_id, str(exc))
                 failed.append(model_id)
         return failed
 
@@ -277,22 +307,25 @@ class JacobianServicer:
     def ListModels(
         self, request: pb.ListModelsRequest, context: Any, observed: _Observed
     ) -> pb.ListModelsResponse:
-        models = []
-        for model_id in self._store.ids():
-            try:
-                models.append(self.info(model_id, context))
-            except (InvalidArgument, NotFound):
-                continue  # removed meanwhile, or a stored archive that no longer loads
-        return pb.ListModelsResponse(models=models)
+        stored = set(self._store.ids())
+        return pb.ListModelsResponse(
+            models=[m for m in self._catalog.all() if m.model_id in stored]
+        )
 
     @_rpc("DeleteModel")
     def DeleteModel(
         self, request: pb.DeleteModelRequest, context: Any, observed: _Observed
     ) -> pb.DeleteModelResponse:
         self._check_uploads()
-        self._store.remove(check_model_id(request.model_id))
-        with self._lock:
-            self._catalog.pop(request.model_id, None)
+        model_id = check_model_id(request.model_id)
+        if self._catalog.quarantined(model_id) is not None:
+            self._catalog.release(model_id)
+            with contextlib.suppress(NotFound):
+                self._store.remove(model_id)
+        else:
+            self._store.remove(model_id)
+        self._catalog.forget(model_id)
+        self._pool.forget(model_id)
         return pb.DeleteModelResponse()
 
     # -- derivatives ----------------------------------------------------------------------
@@ -310,14 +343,24 @@ class JacobianServicer:
                 "function: expected model_id (from UploadModel) or an inline archive; got neither"
             )
 
+    def _call(self, model_id: str, call: Callable[[], Any]) -> Any:
+        """Run a pool call; an archive whose loader fails now is quarantined."""
+        try:
+            return call()
+        except LoadFailure as failure:
+            raise self._refused(model_id, failure, checked=True) from None
+
     def _derive(self, name: str, request: Any, context: Any, observed: _Observed) -> bytes:
         ref = request.function
         self._resolve(ref, context)
-        reply, body = self._pool.call(
-            {"op": name, "model_id": ref.model_id},
-            request.SerializeToString(),
-            deadline=self._deadline(context),
-            cancelled=lambda: not context.is_active(),
+        reply, body = self._call(
+            ref.model_id,
+            lambda: self._pool.call(
+                {"op": name, "model_id": ref.model_id},
+                request.SerializeToString(),
+                deadline=self._deadline(context),
+                cancelled=self._cancelled(context),
+            ),
         )
         observed.mode, observed.passes = str(reply.get("mode", "none")), int(reply.get("passes", 0))
         return body or b""
@@ -372,13 +415,18 @@ class JacobianServicer:
     ) -> Iterator[bytes]:
         self._resolve(request.request.function, context)
         summary: dict[str, Any] = {}
-        yield from self._pool.stream(
-            {"op": "StreamJacobian", "model_id": request.request.function.model_id},
+        model_id = request.request.function.model_id
+        parts = self._pool.stream(
+            {"op": "StreamJacobian", "model_id": model_id},
             request.SerializeToString(),
             deadline=self._deadline(context),
-            cancelled=lambda: not context.is_active(),
+            cancelled=self._cancelled(context),
             summary=summary,
         )
+        first = self._call(model_id, lambda: next(parts, None))
+        if first is not None:
+            yield first
+            yield from parts
         observed.mode, observed.passes = (
             str(summary.get("mode", "none")),
             int(summary.get("passes", 0)),

@@ -103,6 +103,12 @@ def _proc() -> _ProcFiles:
         return _proc_files
 
 
+def open_proc_files() -> None:
+    """Open the RSS meter's ``/proc/self`` files now (a worker does, before its sandbox
+    makes them unreadable); raises ``OSError`` where they cannot be opened."""
+    _proc()
+
+
 def _status_kib(field: bytes) -> int | None:
     text = os.pread(_proc().status, 8192, 0)
     start = text.find(field + b":")

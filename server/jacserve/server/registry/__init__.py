@@ -22,7 +22,7 @@ if TYPE_CHECKING:
         load_model,
     )
     from jacserve.server.registry.operators import OperatorAllowlist
-    from jacserve.server.registry.registry import ModelInfo, ModelRegistry, model_id_of
+    from jacserve.server.registry.registry import ArchiveRegistry, ModelInfo, model_id_of
 
 _LAZY = {
     "InputInfo": "loading",
@@ -32,18 +32,18 @@ _LAZY = {
     "load_model": "loading",
     "OperatorAllowlist": "operators",
     "ModelInfo": "registry",
-    "ModelRegistry": "registry",
+    "ArchiveRegistry": "registry",
     "model_id_of": "registry",
 }
 
 __all__ = [
     "ArchiveFormat",
+    "ArchiveRegistry",
     "ArchiveStore",
     "InputInfo",
     "LoadedModel",
     "MethodInfo",
     "ModelInfo",
-    "ModelRegistry",
     "OperatorAllowlist",
     "ParameterInfo",
     "check_model_id",

@@ -18,7 +18,7 @@ import torch
 from jacserve.codec import decode_tensors, dtype_to_wire, encode_tensors
 from jacserve.server import engine
 from jacserve.server.errors import InvalidArgument, ResourceExhausted
-from jacserve.server.registry import LoadedModel, MethodInfo, ModelInfo, ModelRegistry
+from jacserve.server.registry import ArchiveRegistry, LoadedModel, MethodInfo, ModelInfo
 from jacserve.server.worker import verify
 from jacserve.server.worker.analysis import AnalysisHandlers
 from jacserve.server.worker.phases import Phases, check_deadline
@@ -95,17 +95,17 @@ class DerivativeHandlers(AnalysisHandlers):
     """The derivative RPCs over a registry of loaded models and the engine.
 
     Args:
-        registry: loads models from the archive directory.
+        registry: the worker's one archive.
         settings: caps and defaults.
     """
 
-    def __init__(self, registry: ModelRegistry, settings: HandlerSettings) -> None:
+    def __init__(self, registry: ArchiveRegistry, settings: HandlerSettings) -> None:
         self._registry = registry
         self._settings = settings
 
-    def describe(self, model_id: str) -> pb.ModelInfo:
-        """Load a stored archive (checking its operators) and describe it."""
-        return model_info_to_wire(self._registry.info(model_id))
+    def describe(self) -> pb.ModelInfo:
+        """The description of the worker's archive."""
+        return model_info_to_wire(self._registry.info(self._registry.model_id))
 
     def handle(self, method: str, request: Any, deadline: float) -> Any:
         """Run the derivative RPC ``method`` on ``request``; returns its response message."""

@@ -1,73 +1,67 @@
-"""The frontend's pool of worker processes: dispatch, deadlines, crashes and restarts.
+"""The frontend's pool of workers: one confined process per archive, forked on demand.
 
-Each request takes an idle worker (waiting in a bounded queue if none is idle), sends it
-the serialized request and waits for the reply until the call's deadline. A worker that
-overruns the deadline is killed and replaced and the caller gets
-:class:`~jacserve.server.errors.DeadlineExceeded`; one that dies (segfault, out of memory,
-CPU limit) costs only its own request, with an error that says what happened. Workers
-are started in parallel; a replacement starts in the background while the others serve.
+A worker serves exactly one archive for its whole life — it is assumed compromised once
+it has loaded it — so a request goes to an idle worker of its own model, or a new one is
+forked from the zygote (:mod:`~jacserve.server.worker.zygote`, milliseconds) and handed
+the archive. At most ``size`` requests compute at once; at most ``max_warm`` workers live,
+idle ones of other models evicted least recently used first. A worker that overruns its
+request's deadline is killed and the caller gets
+:class:`~jacserve.server.errors.DeadlineExceeded`; one that dies (segfault, out of
+memory, CPU limit) costs only its own request. Loading runs in the background up to
+``load_seconds`` whatever the callers' deadlines, so short deadlines never make a model
+restart forever.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import select
-import shutil
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
 
 from jacserve.server import errors
-from jacserve.server.worker.protocol import Channel, ProtocolError
+from jacserve.server.worker.protocol import ProtocolError
 from jacserve.server.worker.settings import WorkerSettings
+from jacserve.server.worker.spawner import Zygote, ZygoteError
+from jacserve.server.worker.starting import (
+    ERRORS,
+    LoadFailure,
+    RunningWorker,
+    describe_exit,
+    start_worker,
+)
 
-__all__ = ["WorkerPool"]
+__all__ = ["LoadFailure", "WorkerPool"]
 
 _LOG = logging.getLogger("jacserve.server.workers")
 _POLL_SECONDS = 0.05
-_AFFINITY_MODELS = 16
-_SECRET_VARIABLES = ("JACSERVE_AUTH_TOKEN", "JACSERVE_AUTH_TOKEN_FILE", "JACSERVE_TLS_KEY")
-_ERRORS: dict[str, type[errors.JacserveError]] = {
-    cls.__name__: cls
-    for cls in (
-        errors.InvalidArgument,
-        errors.ModelExecutionError,
-        errors.NotFound,
-        errors.ResourceExhausted,
-        errors.FailedPrecondition,
-        errors.DeadlineExceeded,
-    )
-}
 
 
-@dataclass
-class _Worker:
-    index: int
-    process: subprocess.Popen[bytes]
-    channel: Channel
-    models: list[str] = field(default_factory=list)  # most recent last: routing affinity
+@dataclass(eq=False)
+class _Start:
+    """A worker being started for a model; ``error`` is set when it failed."""
 
-    def served(self, model_id: str) -> None:
-        if model_id in self.models:
-            self.models.remove(model_id)
-        self.models.append(model_id)
-        del self.models[:-_AFFINITY_MODELS]
+    model_id: str
+    done: bool = False
+    error: LoadFailure | None = None
 
 
 class WorkerPool:
-    """``size`` worker processes serving requests one at a time each.
+    """Per-archive worker processes forked from one zygote.
 
     Args:
         settings: what every worker gets (its ``scratch_dir`` is the root of theirs).
-        size: number of workers.
-        max_queue: requests that may wait for a worker; more get RESOURCE_EXHAUSTED.
+        size: requests that may compute at once.
+        max_queue: requests that may wait; more get RESOURCE_EXHAUSTED.
+        archive_path: where the stored archive of a model id is.
+        max_warm: most live workers (idle ones are kept per archive, LRU-evicted).
+        load_seconds: longest an archive may take to load and check.
         on_event: called with ``("queue_wait", seconds)``, ``("restart", reason)`` and
             ``("busy", count)`` for the metrics.
     """
@@ -78,164 +72,173 @@ class WorkerPool:
         size: int,
         *,
         max_queue: int,
+        archive_path: Callable[[str], str],
+        max_warm: int = 0,
+        load_seconds: float = 120.0,
         on_event: Callable[[str, Any], None] = lambda kind, value: None,
     ) -> None:
         self._settings = settings
         self._size = size
+        self._max_warm = max(max_warm or 4 * size, size)
         self._max_queue = max_queue
+        self._archive_path = archive_path
+        self._load_seconds = load_seconds
         self._on_event = on_event
         self._lock = threading.Lock()
-        self._idle: list[_Worker] = []
-        self._idle_changed = threading.Condition(self._lock)
+        self._changed = threading.Condition(self._lock)
+        self._zygote = Zygote(settings)
+        self._idle: list[RunningWorker] = []  # least recently used first
+        self._live: dict[int, RunningWorker] = {}
+        self._starts: dict[str, _Start] = {}
+        self._free_slots = list(range(self._max_warm))
+        self._serials = itertools.count()
         self._waiting = 0
         self._busy = 0
         self._closed = threading.Event()
-        self._workers: dict[int, _Worker] = {}
-        self._starting: set[subprocess.Popen[bytes]] = set()  # spawned, not yet ready
+
+    @property
+    def settings(self) -> WorkerSettings:
+        """What every worker gets."""
+        return self._settings
 
     @property
     def size(self) -> int:
-        """Number of worker processes."""
+        """Requests that may compute at once."""
         return self._size
 
-    def pids(self) -> list[int]:
-        """Process ids of the live workers, by index."""
+    def pids(self, model_id: str | None = None) -> list[int]:
+        """Process ids of the live workers (of ``model_id`` only, if given)."""
         with self._lock:
-            return [w.process.pid for _, w in sorted(self._workers.items())]
+            return [
+                w.process.pid
+                for _, w in sorted(self._live.items())
+                if model_id is None or w.model_id == model_id
+            ]
 
     def start(self) -> None:
-        """Start every worker and return once all are ready.
+        """Start the zygote (workers are forked when requests need them).
 
         Raises:
-            RuntimeError: a worker could not start (its error is in the log).
+            RuntimeError: the zygote could not start (its error is in the log).
         """
-        threads = [
-            threading.Thread(target=self._start_worker, args=(i,), daemon=True)
-            for i in range(self._size)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if len(self._workers) != self._size:
-            self.close()
-            raise RuntimeError("worker processes failed to start; see the log above")
-
-    def _start_worker(self, index: int) -> bool:
-        if self._closed.is_set():
-            return False
-        scratch = os.path.join(self._settings.scratch_dir, f"worker-{index}")
-        shutil.rmtree(scratch, ignore_errors=True)
-        os.makedirs(scratch)
-        settings = replace(self._settings, scratch_dir=scratch)
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = {k: v for k, v in os.environ.items() if k not in _SECRET_VARIABLES}
-        env.update(
-            TMPDIR=scratch,
-            TORCHINDUCTOR_CACHE_DIR=os.path.join(scratch, "inductor"),
-            OMP_NUM_THREADS=str(max(1, settings.torch_threads)),
-        )
-        safe_path = ["-P"] if sys.version_info >= (3, 11) else []  # no cwd on sys.path
-        command = [sys.executable, *safe_path, "-m", "jacserve.server.worker.process"]
+        os.chmod(self._settings.scratch_dir, 0o711)  # workers of other uids reach their folders
         try:
-            with self._lock:  # close() kills what is starting: its scratch folder goes away
-                if self._closed.is_set():
-                    return False
-                process = subprocess.Popen(
-                    [*command, str(child.fileno()), settings.to_json()],
-                    pass_fds=(child.fileno(),),
-                    env=env,
-                    cwd=scratch,
-                    stdin=subprocess.DEVNULL,
-                )
-                self._starting.add(process)
-        finally:
-            child.close()
-        parent.settimeout(120)
-        channel = Channel(parent)
-        try:
-            header, _ = channel.receive(max_payload_bytes=0)
-            if not header.get("ready"):
-                raise ProtocolError(f"unexpected first message {header}")
-        except (OSError, EOFError, ProtocolError) as exc:
-            if not self._closed.is_set():
-                _LOG.error("worker %d did not start: %s (exit code %s)", index, exc, process.poll())
-            process.kill()
-            process.wait()
-            channel.close()
-            with self._lock:
-                self._starting.discard(process)
-            return False
-        parent.settimeout(None)
-        worker = _Worker(index, process, channel)
-        with self._lock:
-            self._starting.discard(process)
-            if self._closed.is_set():
-                self._stop_worker(worker)
-                return False
-            self._workers[index] = worker
-        self._release(worker)
-        _LOG.info("worker %d ready (pid %d)", index, process.pid)
-        return True
+            self._zygote.start()
+        except ZygoteError as exc:
+            raise RuntimeError(f"worker processes failed to start: {exc}") from exc
 
-    def _replace(self, worker: _Worker, reason: str) -> None:
-        """Kill ``worker`` and start its successor in the background (once per worker)."""
-        self._stop_worker(worker, kill=True)
-        with self._lock:
-            current = self._workers.get(worker.index) is worker
-            if current:
-                del self._workers[worker.index]
-        if not current or self._closed.is_set():
-            return
-        self._on_event("restart", reason)
+    # -- starting and stopping workers ---------------------------------------------------
 
-        def restart() -> None:
-            delay = 0.5
-            while not self._closed.is_set() and not self._start_worker(worker.index):
-                time.sleep(delay)
-                delay = min(delay * 2, 30)
-
+    def _begin_start(self, model_id: str) -> _Start | None:
+        """Start a worker for ``model_id`` in the background if there is room; caller
+        holds the lock."""
+        victim = None
+        if len(self._live) + len(self._starts) >= self._max_warm:
+            if not self._idle:
+                return None
+            victim = self._idle.pop(0)
+            del self._live[victim.serial]
+        start = _Start(model_id)
+        self._starts[model_id] = start
+        # the victim's slot (its uid) passes on once it is dead; live + starting <= max_warm
+        slot = victim.slot if victim is not None else self._free_slots.pop(0)
         threading.Thread(
-            target=restart, name=f"jacserve-restart-{worker.index}", daemon=True
+            target=self._run_start,
+            args=(start, slot, victim),
+            name=f"jacserve-start-{model_id[:8]}",
+            daemon=True,
         ).start()
+        return start
 
-    @staticmethod
-    def _stop_worker(worker: _Worker, *, kill: bool = False) -> None:
-        if kill and worker.process.poll() is None:
-            worker.process.kill()
-        worker.channel.close()
+    def _run_start(self, start: _Start, slot: int, victim: RunningWorker | None) -> None:
+        if victim is not None:
+            victim.stop()
+        worker = None
         try:
-            worker.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            worker.process.kill()
-            worker.process.wait()
+            worker = self._fork(start.model_id, slot)
+        except LoadFailure as failure:
+            start.error = failure
+            if failure.crashed:
+                self._on_event("restart", "load failure")
+        with self._changed:
+            start.done = True
+            self._starts.pop(start.model_id, None)
+            if worker is not None and not self._closed.is_set():
+                self._live[worker.serial] = worker
+                self._idle.append(worker)
+            else:
+                self._free_slots.append(slot)
+            self._changed.notify_all()
+        if worker is not None and self._closed.is_set():
+            worker.stop()
+        elif worker is not None:
+            _LOG.info("worker for model %s ready (pid %d)", start.model_id, worker.process.pid)
 
-    def _release(self, worker: _Worker) -> None:
-        with self._idle_changed:
-            self._idle.append(worker)
-            self._idle_changed.notify()
+    def _fork(self, model_id: str, slot: int) -> RunningWorker:
+        for attempt in range(2):
+            try:
+                return start_worker(
+                    self._zygote,
+                    model_id=model_id,
+                    archive_path=self._archive_path(model_id),
+                    serial=next(self._serials),
+                    slot=slot,
+                    scratch_root=self._settings.scratch_dir,
+                    load_seconds=self._load_seconds,
+                )
+            except ZygoteError as exc:
+                if attempt or self._closed.is_set():
+                    raise LoadFailure(
+                        errors.WorkerFailed(f"no worker could be started: {exc}"), crashed=False
+                    ) from exc
+                _LOG.error("the zygote is gone (%s); starting a new one", exc)
+                self._zygote.close()
+                self._zygote = Zygote(self._settings)
+                try:
+                    self._zygote.start()
+                except ZygoteError:
+                    continue
+        raise AssertionError("unreachable")
 
-    def _pick(self, model_id: str | None) -> _Worker:
-        """The idle worker that served ``model_id`` most recently, else the longest idle;
-        caller holds the lock and ``self._idle`` is not empty."""
-        chosen = self._idle[0]
-        if model_id is not None:
-            for worker in self._idle:
-                if model_id in worker.models:
-                    chosen = worker
-                    break
-        self._idle.remove(chosen)
-        return chosen
+    def _retire(self, worker: RunningWorker, reason: str | None) -> int | None:
+        """Stop a worker for good (outside the lock); ``reason`` counts it as a restart."""
+        with self._changed:
+            self._live.pop(worker.serial, None)
+        code = worker.stop()
+        with self._changed:
+            self._free_slots.append(worker.slot)
+            self._changed.notify_all()
+        if reason is not None and not self._closed.is_set():
+            self._on_event("restart", reason)
+        return code
+
+    def forget(self, model_id: str) -> None:
+        """Stop the idle workers of a deleted model."""
+        with self._lock:
+            idle = [w for w in self._idle if w.model_id == model_id]
+            self._idle = [w for w in self._idle if w.model_id != model_id]
+        for worker in idle:
+            self._retire(worker, reason=None)
+
+    # -- dispatch -------------------------------------------------------------------------
+
+    def _take_idle(self, model_id: str) -> RunningWorker | None:
+        for worker in reversed(self._idle):  # most recently used first
+            if worker.model_id == model_id:
+                self._idle.remove(worker)
+                return worker
+        return None
 
     def _acquire(
-        self, model_id: str | None, deadline: float, cancelled: Callable[[], bool]
-    ) -> _Worker:
+        self, model_id: str, deadline: float, cancelled: Callable[[], bool]
+    ) -> RunningWorker:
         began = time.monotonic()
-        with self._idle_changed:
-            if not self._idle and self._waiting >= self._max_queue:
+        joined: _Start | None = None
+        with self._changed:
+            if self._waiting >= self._max_queue:
                 raise errors.ResourceExhausted(
-                    f"all {self._size} workers are busy and {self._waiting} requests are "
-                    "already queued (--max-queue); retry with backoff or add replicas"
+                    f"{self._busy} requests are computing and {self._waiting} are already "
+                    "queued (--max-queue); retry with backoff or add replicas"
                 )
             self._waiting += 1
             try:
@@ -244,26 +247,60 @@ class WorkerPool:
                         raise errors.FailedPrecondition(
                             "the server is shutting down; retry on another replica"
                         )
-                    if self._idle:
-                        worker = self._pick(model_id)
-                        if worker.process.poll() is None:
+                    if joined is not None and joined.done and joined.error is not None:
+                        raise joined.error
+                    if self._busy < self._size:
+                        worker = self._take_idle(model_id)
+                        if worker is not None:
+                            if worker.process.poll() is not None:
+                                self._lock.release()
+                                try:
+                                    self._retire(worker, "exited while idle")
+                                finally:
+                                    self._lock.acquire()
+                                continue
+                            self._busy += 1
+                            self._on_event("busy", self._busy)
                             return worker
-                        self._lock.release()
-                        try:
-                            self._replace(worker, "exited while idle")
-                        finally:
-                            self._lock.acquire()
-                        continue
+                        running = self._starts.get(model_id)
+                        joined = running or self._begin_start(model_id) or joined
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or cancelled():
                         raise errors.DeadlineExceeded(
-                            f"no worker became free within the deadline ({time.monotonic() - began:.2f}s "
-                            f"queued behind {self._size} busy workers); nothing was computed"
+                            f"no worker for this model was free within the deadline "
+                            f"({time.monotonic() - began:.2f}s); nothing was computed. A "
+                            "model's first request also waits for its archive to load"
                         )
-                    self._idle_changed.wait(min(remaining, _POLL_SECONDS * 4))
+                    self._changed.wait(min(remaining, _POLL_SECONDS * 4))
             finally:
                 self._waiting -= 1
                 self._on_event("queue_wait", time.monotonic() - began)
+
+    def _release(self, worker: RunningWorker) -> None:
+        with self._changed:
+            self._busy -= 1
+            self._on_event("busy", self._busy)
+            if worker.serial in self._live:
+                worker.last_used = time.monotonic()
+                self._idle.append(worker)
+            self._changed.notify_all()
+
+    def describe(
+        self, model_id: str, *, deadline: float, cancelled: Callable[[], bool] = lambda: False
+    ) -> bytes:
+        """The serialized ModelInfo of an archive, loading it in a worker if none has.
+
+        Raises:
+            LoadFailure: the archive was refused or its loader crashed or hung.
+            JacserveError: no worker in time, or shutting down.
+        """
+        with self._lock:
+            known = next((w.info for w in self._live.values() if w.model_id == model_id), None)
+        if known is not None:
+            return known
+        worker = self._acquire(model_id, deadline, cancelled)
+        self._release(worker)
+        return worker.info
 
     def call(
         self,
@@ -272,22 +309,15 @@ class WorkerPool:
         *,
         deadline: float,
         cancelled: Callable[[], bool] = lambda: False,
-        loading: bool = False,
     ) -> tuple[dict[str, Any], bytes | None]:
-        """Run one operation on a worker; returns the reply header and payload.
-
-        Args:
-            header: the operation (``op`` and its fields; ``model_id`` routes the call to
-                a worker that has the model loaded, when one is idle).
-            payload: the serialized request, if any.
-            deadline: ``time.monotonic()`` by which the answer is due.
-            cancelled: polled while waiting; True kills the worker as for a deadline.
-            loading: the operation loads an archive, so a crash blames the archive.
+        """Run one operation on a worker of ``header["model_id"]``; returns the reply
+        header and payload.
 
         Raises:
+            LoadFailure: the model's archive could not be loaded.
             JacserveError: the worker's own error, or what its death means.
         """
-        parts = self._run(header, payload, deadline, cancelled, loading)
+        parts = self._run(header, payload, deadline, cancelled)
         reply, body = next(parts)
         if reply.get("more"):
             parts.close()
@@ -306,9 +336,9 @@ class WorkerPool:
         """Run a streaming operation; yields each message's payload as it arrives and
         puts the final reply header (mode, passes) into ``summary``.
 
-        Closing the iterator early (the caller went away) stops and replaces the worker.
+        Closing the iterator early (the caller went away) stops the worker.
         """
-        for reply, body in self._run(header, payload, deadline, cancelled, loading=False):
+        for reply, body in self._run(header, payload, deadline, cancelled):
             if reply.get("more"):
                 yield body or b""
             elif summary is not None:
@@ -320,19 +350,14 @@ class WorkerPool:
         payload: bytes | None,
         deadline: float,
         cancelled: Callable[[], bool],
-        loading: bool,
     ) -> Iterator[tuple[dict[str, Any], bytes | None]]:
         """Every reply of one operation, the last one without ``more``; raises its error."""
-        model_id = header.get("model_id")
-        worker = self._acquire(model_id, deadline, cancelled)
-        with self._lock:
-            self._busy += 1
-            self._on_event("busy", self._busy)
+        worker = self._acquire(str(header["model_id"]), deadline, cancelled)
         began, done = time.monotonic(), False
         try:
             worker.channel.send({**header, "deadline": deadline}, payload)
             while True:
-                reply, body = self._await_reply(worker, deadline, cancelled, loading, began)
+                reply, body = self._await_reply(worker, deadline, cancelled, began)
                 if not reply.get("more"):
                     break
                 yield reply, body
@@ -340,39 +365,33 @@ class WorkerPool:
                     worker.channel.send({"op": "next"})  # the arena is free for the next part
             done = True
         except (OSError, EOFError, ProtocolError) as exc:
-            done = True  # _died replaces the worker
-            raise self._died(worker, exc, loading) from None
+            done = True
+            raise self._died(worker, exc) from None
         finally:
-            with self._lock:
-                self._busy -= 1
-                self._on_event("busy", self._busy)
-            if not done and self._workers.get(worker.index) is worker:
-                self._replace(worker, "abandoned stream")  # still sending to no one
-        if model_id:
-            worker.served(model_id)
-        self._release(worker)
+            if not done and worker.serial in self._live:
+                self._retire(worker, "abandoned stream")  # still sending to no one
+            self._release(worker)
         if not reply.get("ok"):
-            error = _ERRORS.get(str(reply.get("error")), errors.WorkerFailed)
+            error = ERRORS.get(str(reply.get("error")), errors.WorkerFailed)
             raise error(str(reply.get("message", "the worker failed without a message"))[:4000])
         yield reply, body
 
     def _await_reply(
         self,
-        worker: _Worker,
+        worker: RunningWorker,
         deadline: float,
         cancelled: Callable[[], bool],
-        loading: bool,
         began: float,
     ) -> tuple[dict[str, Any], bytes | None]:
-        """The worker's next message; past the deadline the worker is replaced and this raises."""
+        """The worker's next message; past the deadline the worker is stopped and this raises."""
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or cancelled():
-                self._replace(worker, "deadline")
+                self._retire(worker, "deadline")
                 raise errors.DeadlineExceeded(
                     f"the request ran {time.monotonic() - began:.2f}s, past its deadline; its "
-                    "worker was stopped and replaced. Raise the timeout or use a smaller "
-                    "problem (if the model loops forever, fix the model)"
+                    "worker was stopped. Raise the timeout or use a smaller problem (if the "
+                    "model loops forever, fix the model)"
                 )
             ready, _, _ = select.select([worker.channel], [], [], min(remaining, _POLL_SECONDS))
             if ready:
@@ -380,13 +399,13 @@ class WorkerPool:
                     max_payload_bytes=self._settings.max_message_bytes + (1 << 20)
                 )
 
-    def _died(self, worker: _Worker, exc: BaseException, loading: bool) -> errors.JacserveError:
+    def _died(self, worker: RunningWorker, exc: BaseException) -> errors.JacserveError:
         try:
-            code = worker.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
+            code: int | None = worker.process.wait(timeout=5)
+        except TimeoutError:
             code = None  # alive but speaking nonsense: a protocol error
-        self._replace(worker, "crash" if code is not None else "protocol error")
-        how = _describe_exit(code) if code is not None else f"protocol error: {exc}"
+        self._retire(worker, "crash" if code is not None else "protocol error")
+        how = describe_exit(code) if code is not None else f"protocol error: {exc}"
         if code == -signal.SIGXCPU:
             return errors.ResourceExhausted(
                 f"the request used more than {self._settings.cpu_seconds:g} CPU seconds, the "
@@ -398,36 +417,19 @@ class WorkerPool:
                 "kernel for using too much memory; use smaller inputs or a memory budget "
                 "(options.max_memory_bytes)"
             )
-        if loading:
-            return errors.InvalidArgument(
-                f"loading the archive crashed its worker ({how}); the archive is malformed or "
-                "hostile and was not registered"
-            )
         return errors.WorkerFailed(
             f"the worker running this request crashed ({how}); the model is faulty on these "
-            "inputs. "
-            "A new worker was started and other requests are unaffected"
+            "inputs. Requests for other models are unaffected"
         )
 
     def close(self) -> None:
-        """Stop every worker (they exit when their socket closes)."""
+        """Stop every worker and the zygote."""
         self._closed.set()
-        with self._idle_changed:
-            self._idle_changed.notify_all()
-            workers = list(self._workers.values())
-            self._workers.clear()
-        with self._lock:
-            for process in self._starting:
-                process.kill()
+        with self._changed:
+            self._changed.notify_all()
+            workers = list(self._live.values())
+            self._live.clear()
+            self._idle.clear()
         for worker in workers:
-            self._stop_worker(worker)
-
-
-def _describe_exit(code: int) -> str:
-    """``SIGSEGV`` for a signal, ``exit code 1`` otherwise."""
-    if code < 0:
-        try:
-            return signal.Signals(-code).name
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit code {code}"
+            worker.stop()
+        self._zygote.close()

@@ -1,10 +1,10 @@
-"""A worker process: the only place user code (archives) is loaded and run.
+"""A worker process: the only place user code (an archive) is loaded and run.
 
-Started by :class:`~jacserve.server.worker.pool.WorkerPool` as
-``python -m jacserve.server.worker.process FD SETTINGS_JSON``, where ``FD`` is its end of
-a ``SOCK_SEQPACKET`` socket pair. It imports torch, confines itself
-(:mod:`~jacserve.server.worker.sandbox`), says ``ready`` and then answers one request at a
-time until the socket closes. Replies are ``{"ok": true, ...}`` with the serialized
+Forked by the zygote (:mod:`~jacserve.server.worker.zygote`), a worker confines itself
+(:mod:`~jacserve.server.worker.sandbox`), says ``ready``, receives its one archive as an
+open file descriptor (``{"op": "load"}``), loads and checks it — inside the sandbox —
+answers with its description, and then serves requests for that archive only, one at a
+time, until the socket closes. Replies are ``{"ok": true, ...}`` with the serialized
 response in shared memory, or ``{"ok": false, "error": CLASS, "message": TEXT}``.
 """
 
@@ -14,9 +14,8 @@ import contextlib
 import glob
 import logging
 import os
-import socket
 import sys
-import time
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,11 +23,10 @@ import torch
 
 from jacserve.codec import TensorCodecError
 from jacserve.server import errors
-from jacserve.server.allocator import keep_freed_memory
+from jacserve.server.engine import _measure
 from jacserve.server.engine._function import is_allocation_failure
 from jacserve.server.engine.compiled import ProgramCompiler
-from jacserve.server.logs import configure_logging
-from jacserve.server.registry import ModelRegistry, OperatorAllowlist
+from jacserve.server.registry import ArchiveRegistry, OperatorAllowlist
 from jacserve.server.worker.cpu_budget import CpuBudget
 from jacserve.server.worker.handlers import DerivativeHandlers, HandlerSettings
 from jacserve.server.worker.operations import DERIVATIVE_REQUESTS, STREAMING_REQUESTS
@@ -37,20 +35,24 @@ from jacserve.server.worker.sandbox import SandboxSettings, apply_sandbox
 from jacserve.server.worker.settings import WorkerSettings
 from jacserve.v1 import jacobian_service_pb2 as pb
 
-__all__ = ["main", "run_worker"]
+__all__ = ["MAX_ERROR_CHARS", "serve_one_archive"]
 
 _LOG = logging.getLogger("jacserve.worker")
+MAX_ERROR_CHARS = 4000
+"""Longest error message a worker sends (the frontend cuts there too)."""
 
 
-def _build(settings: WorkerSettings, compiler: ProgramCompiler | None) -> DerivativeHandlers:
+def _build(
+    settings: WorkerSettings, compiler: ProgramCompiler | None, archive: bytes
+) -> DerivativeHandlers:
     extra = settings.allow_ops
     allowlist = (
         OperatorAllowlist.from_file(settings.op_allowlist, extra)
         if settings.op_allowlist
         else OperatorAllowlist.default(extra)
     )
-    registry = ModelRegistry(
-        settings.model_dir,
+    registry = ArchiveRegistry(
+        archive,
         max_archive_bytes=settings.max_archive_bytes,
         max_loaded_bytes=settings.max_loaded_bytes,
         device=settings.device,
@@ -71,42 +73,77 @@ def _build(settings: WorkerSettings, compiler: ProgramCompiler | None) -> Deriva
 
 
 def _error(exc: BaseException) -> dict[str, Any]:
+    """The reply for a failed operation; its text is cut so that the header always fits."""
     if isinstance(exc, errors.JacserveError):
-        return {"ok": False, "error": type(exc).__name__, "message": str(exc)}
-    if isinstance(exc, TensorCodecError):
-        return {"ok": False, "error": "InvalidArgument", "message": str(exc)}
-    text = str(exc)
-    if is_allocation_failure(exc):  # outside model calls too (loading, encoding)
-        return {
-            "ok": False,
-            "error": "ResourceExhausted",
-            "message": "the model ran out of memory in its worker (the per-worker memory "
-            "limit is --worker-memory-bytes); use smaller inputs or a memory budget "
-            f"(options.max_memory_bytes): {text.splitlines()[0][:200] if text else type(exc).__name__}",
-        }
-    _LOG.exception("request failed unexpectedly")
-    return {"ok": False, "error": "Internal", "message": f"{type(exc).__name__} in the worker"}
+        kind, text = type(exc).__name__, str(exc)
+    elif isinstance(exc, TensorCodecError):
+        kind, text = "InvalidArgument", str(exc)
+    elif is_allocation_failure(exc):  # outside model calls too (loading, encoding)
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        kind, text = (
+            "ResourceExhausted",
+            "the model ran out of memory in its worker (the per-worker memory limit is "
+            "--worker-memory-bytes); use smaller inputs or a memory budget "
+            f"(options.max_memory_bytes): {first}",
+        )
+    else:
+        _LOG.exception("request failed unexpectedly")
+        kind, text = "Internal", f"{type(exc).__name__} in the worker"
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[: MAX_ERROR_CHARS - 20] + " … (message cut)"
+    return {"ok": False, "error": kind, "message": text}
 
 
 def _answer(handlers: DerivativeHandlers, header: dict[str, Any], payload: bytes | None) -> Any:
     op = header.get("op")
-    if op == "describe":
-        return handlers.describe(str(header["model_id"]))
     if op in STREAMING_REQUESTS and payload is not None:
         request = STREAMING_REQUESTS[str(op)].FromString(payload)
         return handlers.stream_jacobian(request, float(header["deadline"]))
     request_type = DERIVATIVE_REQUESTS.get(str(op))
     if request_type is None or payload is None:
-        raise errors.InvalidArgument(f"unknown worker operation {op!r}")
+        raise errors.InvalidArgument(f"unknown worker operation {str(op)[:80]!r}")
     return handlers.handle(str(op), request_type.FromString(payload), float(header["deadline"]))
 
 
-def run_worker(channel: Channel, settings: WorkerSettings) -> None:
-    """Serve requests from ``channel`` until it closes."""
-    compiler = ProgramCompiler() if settings.compile == "on" else None
-    handlers = _build(settings, compiler)
-    budget = CpuBudget(settings.cpu_seconds, compiler.cpu_seconds if compiler else float)
-    channel.send({"ready": True, "pid": os.getpid()})
+def _read_archive(fd: int, limit: int) -> bytes:
+    """The archive behind the descriptor the frontend sent (then closed)."""
+    with os.fdopen(fd, "rb") as archive:
+        data = archive.read(limit + 1)
+    if len(data) > limit:
+        raise errors.ResourceExhausted(f"archive is above the server's limit of {limit} bytes")
+    return data
+
+
+def _load(
+    channel: Channel,
+    settings: WorkerSettings,
+    compiler: ProgramCompiler | None,
+    budget: CpuBudget,
+) -> DerivativeHandlers:
+    """Receive the archive, load and check it, and answer with its description.
+
+    Raises:
+        EOFError: the frontend went away, or the archive was refused (already answered).
+    """
+    header, _ = channel.receive(max_payload_bytes=0)
+    if header.get("op") != "load" or "file_fd" not in header:
+        raise EOFError(f"expected the archive first; got {str(header.get('op'))[:80]!r}")
+    with budget.request():
+        try:
+            archive = _read_archive(int(header["file_fd"]), settings.max_archive_bytes)
+            handlers = _build(settings, compiler, archive)
+            info = handlers.describe()
+        except Exception as exc:
+            channel.send(_error(exc))
+            raise EOFError("the archive was refused") from exc
+    channel.send({"ok": True}, info.SerializeToString())
+    return handlers
+
+
+def _serve(
+    channel: Channel, handlers: DerivativeHandlers, settings: WorkerSettings, budget: CpuBudget
+) -> None:
+    """Answer requests until the channel closes."""
     while True:
         try:
             header, payload = channel.receive(max_payload_bytes=settings.max_message_bytes)
@@ -154,56 +191,58 @@ def _labels(metrics: Any) -> dict[str, Any]:
 
 def _prefer_as_oom_victim() -> None:
     """Under memory pressure (a container at its limit) the kernel should kill a worker,
-    which costs one request, rather than the frontend, which costs all of them."""
+    which costs one archive's requests, rather than the frontend, which costs all."""
     # Linux only; raising one's own score needs no privilege
     with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as score:
         score.write("900")
 
 
-def _warm_up() -> None:
-    """Pay torch's lazy imports before the first request does.
-
-    Calling a TorchScript module imports ``torch._dynamo`` and the first forward-mode
-    pass imports the decompositions: 1.5 CPU seconds on the first request of every
-    worker (measured on the 2-core CI machine), which also counted against
-    ``--worker-cpu-seconds``. Forward and reverse Jacobians of ``tanh`` take both paths.
-    """
-    import torch._dynamo  # the first module call imports it otherwise
-
-    point = torch.ones(2)
-    torch.func.jacfwd(torch.tanh)(point)
-    torch.func.jacrev(torch.tanh)(point)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: ``python -m jacserve.server.worker.process FD SETTINGS_JSON``."""
-    fd_text, settings_json = (argv or sys.argv[1:])[:2]
-    settings = WorkerSettings.from_json(settings_json)
-    configure_logging(settings.log_level, settings.log_format)
-    channel = Channel(socket.socket(fileno=int(fd_text)))
-    if settings.allocator == "keep":
-        keep_freed_memory()
-    torch.set_num_threads(max(1, settings.torch_threads))
-    os.makedirs(settings.scratch_dir, exist_ok=True)
-    _prefer_as_oom_victim()
-    _warm_up()
-    if settings.sandbox:
-        gpus = tuple(glob.glob("/dev/nvidia*"))  # requests may pick a GPU (options.device)
-        applied = apply_sandbox(
-            SandboxSettings(
-                # CUDA reserves vast address space: no RLIMIT_AS on a machine with GPUs
-                memory_bytes=0 if gpus else settings.memory_limit_bytes,
-                open_files=settings.open_files,
-                scratch_dir=settings.scratch_dir,
-                read_dirs=(settings.model_dir,),
-                device_files=gpus,
-            )
+def _confine(settings: WorkerSettings, *, slot: int, own_uid: bool) -> None:
+    gpus = tuple(glob.glob("/dev/nvidia*"))  # requests may pick a GPU (options.device)
+    if sys.platform == "linux" and settings.memory_meter == "rss":
+        with contextlib.suppress(OSError):
+            _measure.open_proc_files()  # before the worker's /proc becomes root's
+    applied = apply_sandbox(
+        SandboxSettings(
+            # CUDA reserves vast address space: no RLIMIT_AS on a machine with GPUs
+            memory_bytes=0 if gpus else settings.memory_limit_bytes,
+            open_files=settings.open_files,
+            scratch_dir=settings.scratch_dir,
+            slot=slot,
+            own_uid=own_uid,
+            allow_exec=settings.compile == "on",
+            device_files=gpus,
         )
-        _LOG.info("sandbox: %s", "; ".join(f"{k}: {v}" for k, v in applied.items()))
-    started = time.perf_counter()
-    run_worker(channel, settings)
-    _LOG.debug("worker exits after %.1fs", time.perf_counter() - started)
+    )
+    _LOG.debug("sandbox: %s", "; ".join(f"{k}: {v}" for k, v in applied.items()))
 
 
-if __name__ == "__main__":
-    main()
+def serve_one_archive(
+    channel: Channel, settings: WorkerSettings, *, slot: int, own_uid: bool
+) -> None:
+    """A forked worker's life: confine, say ready, load the archive, serve it.
+
+    Args:
+        channel: its connection to the frontend.
+        settings: its settings (``scratch_dir`` is its own folder).
+        slot: its slot among live workers (its uid, when it gets one).
+        own_uid: switch to a uid of its own (root, world-readable Python).
+    """
+    os.chdir(settings.scratch_dir)
+    os.environ.update(
+        TMPDIR=settings.scratch_dir,
+        TORCHINDUCTOR_CACHE_DIR=os.path.join(settings.scratch_dir, "inductor"),
+    )
+    tempfile.tempdir = settings.scratch_dir
+    torch.set_num_threads(max(1, settings.torch_threads))
+    _prefer_as_oom_victim()
+    if settings.sandbox:
+        _confine(settings, slot=slot, own_uid=own_uid)
+    compiler = ProgramCompiler() if settings.compile == "on" else None
+    budget = CpuBudget(settings.cpu_seconds, compiler.cpu_seconds if compiler else float)
+    channel.send({"ready": True, "pid": os.getpid()})
+    try:
+        handlers = _load(channel, settings, compiler, budget)
+    except EOFError:
+        return
+    _serve(channel, handlers, settings, budget)

@@ -34,6 +34,7 @@ MAX_HEADER_BYTES = 1 << 16
 _MIN_ARENA_BYTES = 1 << 20
 _FD_SPACE = socket.CMSG_SPACE(array.array("i", [0]).itemsize)
 _PAYLOAD_KEY = "_payload_bytes"
+_FILE_KEY = "_file"
 
 
 class ProtocolError(Exception):
@@ -68,13 +69,26 @@ class Channel:
             self._arena.close()
         self._arena = mmap.mmap(fd, size) if size else None
 
-    def send(self, header: dict[str, Any], payload: bytes | memoryview | None = None) -> None:
+    def send(
+        self,
+        header: dict[str, Any],
+        payload: bytes | memoryview | None = None,
+        *,
+        file_fd: int | None = None,
+    ) -> None:
         """Send one message; ``payload`` is written into the arena.
+
+        ``file_fd`` (a message without payload only) passes an open file descriptor; the
+        receiver finds its own copy as ``header["file_fd"]`` and must close it.
 
         Raises:
             OSError: the peer is gone (``BrokenPipeError`` / ``ConnectionResetError``).
         """
         fds: list[int] = []
+        if file_fd is not None:
+            if payload is not None:
+                raise ValueError("a message carries a payload or a file, not both")
+            header = {**header, _FILE_KEY: True}
         if payload is not None:
             header = {**header, _PAYLOAD_KEY: len(payload)}
             if self._arena is None or len(self._arena) < len(payload):
@@ -89,7 +103,9 @@ class Channel:
             if len(data) > MAX_HEADER_BYTES:
                 raise ProtocolError(f"message header of {len(data)} bytes is above the limit")
             ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
-            self.sock.sendmsg([data], ancillary if fds else [])
+            if file_fd is not None:
+                ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [file_fd]))]
+            self.sock.sendmsg([data], ancillary if fds or file_fd is not None else [])
         finally:
             for fd in fds:
                 os.close(fd)
@@ -120,7 +136,11 @@ class Channel:
                 raise ProtocolError("message header is not JSON") from None
             if not isinstance(header, dict):
                 raise ProtocolError("message header is not a JSON object")
-            if fds:
+            if header.pop(_FILE_KEY, False):
+                if len(fds) != 1:
+                    raise ProtocolError("a file message without its descriptor")
+                header["file_fd"] = os.dup(fds[0])
+            elif fds:
                 if os.fstat(fds[0]).st_size > max(max_payload_bytes, _MIN_ARENA_BYTES) * 2:
                     raise ProtocolError("the peer's arena is larger than any allowed payload")
                 self._map(fds[0])

@@ -12,12 +12,11 @@ __all__ = ["WorkerSettings"]
 class WorkerSettings:
     """Everything a worker needs; plain values only, so it travels as JSON.
 
-    >>> settings = WorkerSettings(model_dir="/models", scratch_dir="/tmp/w0")
+    >>> settings = WorkerSettings(scratch_dir="/tmp/w0")
     >>> WorkerSettings.from_json(settings.to_json()) == settings
     True
     """
 
-    model_dir: str
     scratch_dir: str
     device: str = "cpu"
     max_archive_bytes: int = 1 << 30

@@ -1,0 +1,183 @@
+"""Starting one worker for one archive: fork it, hand it the archive, hear its verdict.
+
+Used by :class:`~jacserve.server.worker.pool.WorkerPool` in a background thread, so that a
+slow or hostile loader costs no caller more than its own deadline: loading goes on up to
+``load_seconds`` whoever is still waiting, and a loader that crashes, hangs or refuses
+the archive ends as a :class:`LoadFailure` that names what happened.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+from jacserve.server import errors
+from jacserve.server.worker.protocol import Channel, ProtocolError
+from jacserve.server.worker.spawner import WorkerProcess, Zygote
+
+__all__ = ["ERRORS", "LoadFailure", "RunningWorker", "describe_exit", "start_worker"]
+
+ERRORS: dict[str, type[errors.JacserveError]] = {
+    cls.__name__: cls
+    for cls in (
+        errors.InvalidArgument,
+        errors.ModelExecutionError,
+        errors.NotFound,
+        errors.ResourceExhausted,
+        errors.FailedPrecondition,
+        errors.DeadlineExceeded,
+    )
+}
+"""Worker error names and the errors they become in the frontend."""
+
+
+class LoadFailure(Exception):
+    """An archive could not be loaded.
+
+    Attributes:
+        error: what the caller is told.
+        crashed: the loader crashed, hung or was killed (not a clean refusal), so the
+            archive must never be loaded automatically again.
+    """
+
+    def __init__(self, error: errors.JacserveError, *, crashed: bool) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.crashed = crashed
+
+
+@dataclass(eq=False)
+class RunningWorker:
+    """A live worker bound to one archive."""
+
+    serial: int
+    slot: int
+    model_id: str
+    process: WorkerProcess
+    channel: Channel
+    scratch: str
+    info: bytes  # its archive's serialized ModelInfo
+    last_used: float = field(default_factory=time.monotonic)
+    _stopping: threading.Lock = field(default_factory=threading.Lock)
+    _code: int | None = None
+
+    def stop(self) -> int | None:
+        """Kill the worker and remove its scratch folder (once, whoever asks first);
+        returns its exit code if known."""
+        with self._stopping:
+            if self.channel.sock.fileno() < 0:
+                return self._code
+            self.process.kill()
+            self.channel.close()
+            try:
+                self._code = self.process.wait(timeout=10)
+            except TimeoutError:
+                self._code = None
+            self.process.close()
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            return self._code
+
+
+def describe_exit(code: int) -> str:
+    """``SIGSEGV`` for a signal, ``exit code 1`` otherwise.
+
+    >>> describe_exit(-11), describe_exit(1)
+    ('SIGSEGV', 'exit code 1')
+    """
+    if code < 0:
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+def _reply(channel: Channel, process: WorkerProcess, until: float) -> tuple[dict, bytes | None]:
+    """The worker's next message before ``until``; raises LoadFailure otherwise."""
+    while True:
+        remaining = until - time.monotonic()
+        if remaining <= 0:
+            process.kill()
+            raise LoadFailure(
+                errors.DeadlineExceeded(
+                    "loading the archive did not finish within the server's load limit "
+                    "(--load-timeout); the archive was not registered"
+                ),
+                crashed=True,
+            )
+        ready, _, _ = select.select([channel], [], [], min(remaining, 0.5))
+        if ready:
+            try:
+                return channel.receive(max_payload_bytes=64 << 20)
+            except (OSError, EOFError, ProtocolError):
+                try:
+                    code = process.wait(timeout=5)
+                except TimeoutError:
+                    process.kill()
+                    code = -signal.SIGKILL
+                raise LoadFailure(
+                    errors.InvalidArgument(
+                        f"loading the archive crashed its worker ({describe_exit(code)}); the "
+                        "archive is malformed or hostile and was not registered"
+                    ),
+                    crashed=True,
+                ) from None
+
+
+def start_worker(
+    zygote: Zygote,
+    *,
+    model_id: str,
+    archive_path: str,
+    serial: int,
+    slot: int,
+    scratch_root: str,
+    load_seconds: float,
+) -> RunningWorker:
+    """Fork a worker, give it the archive at ``archive_path`` and wait for its answer.
+
+    Raises:
+        LoadFailure: the archive was refused or its loader crashed or hung.
+        ZygoteError: no worker could be forked.
+    """
+    scratch = os.path.join(scratch_root, f"worker-{serial}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    os.makedirs(scratch, mode=0o700)
+    process, channel = zygote.fork(scratch_dir=scratch, slot=slot)
+    until = time.monotonic() + load_seconds
+    worker = RunningWorker(serial, slot, model_id, process, channel, scratch, b"")
+    try:
+        try:
+            header, _ = _reply(channel, process, until)
+        except LoadFailure as failure:  # before it saw the archive: not the archive's fault
+            raise LoadFailure(
+                errors.WorkerFailed(f"a worker could not start ({failure}); see the server log"),
+                crashed=False,
+            ) from None
+        if not header.get("ready"):
+            raise LoadFailure(errors.WorkerFailed("the worker did not start"), crashed=False)
+        try:
+            with open(archive_path, "rb") as archive:
+                channel.send({"op": "load"}, file_fd=archive.fileno())
+        except FileNotFoundError:
+            raise LoadFailure(
+                errors.NotFound(
+                    f"model {model_id} is not registered; upload it first "
+                    "(UploadModel / Client.upload)"
+                ),
+                crashed=False,
+            ) from None
+        reply, body = _reply(channel, process, until)
+        if not reply.get("ok"):
+            error = ERRORS.get(str(reply.get("error")), errors.WorkerFailed)
+            raise LoadFailure(error(str(reply.get("message", "refused"))[:4000]), crashed=False)
+        worker.info = bytes(body or b"")
+        return worker
+    except BaseException:
+        worker.stop()
+        raise
