@@ -75,9 +75,13 @@ class _Options:
 
     def per_point(self) -> dict[str, Any]:
         """Keyword arguments for a :func:`jacobian` call on one point of a batch."""
-        fields = dataclasses.asdict(self)
-        del fields["evaluation_bytes"]
-        return fields
+        # Not dataclasses.asdict: it deep-copies, and the cache holds a lock (and must be
+        # the same cache, so that the points share what it learns).
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "evaluation_bytes"
+        }
 
 
 def _signature(
