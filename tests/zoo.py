@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 IMAGE = (1, 3, 16, 16)
-"""One small image: enough for ResNet-18's four downsamplings and MobileNetV3's five."""
+"""One small image: ResNet-18 and MobileNetV3 downsample it to 2×2 and 1×1."""
 
 
 def _ready(model: nn.Module, *shape: int) -> tuple[nn.Module, torch.Tensor]:
@@ -181,8 +181,8 @@ class MobileNetV3Small(nn.Module):
 
 
 def mobilenet_v3_small() -> tuple[nn.Module, torch.Tensor]:
-    """MobileNetV3-small (width 0.25) and one 32×32 image (five stride-2 stages)."""
-    return _ready(MobileNetV3Small(), 1, 3, 32, 32)
+    """MobileNetV3-small (width 0.25) and one 16×16 image."""
+    return _ready(MobileNetV3Small(), *IMAGE)
 
 
 def bn_cnn() -> tuple[nn.Module, torch.Tensor]:
