@@ -71,7 +71,8 @@ class LoadedModel:
     signature (see :class:`~jacserve.server.engine.DerivativeCache`) and
     ``compiled_programs`` its compiled Jacobian programs (at most 8, see
     :class:`~jacserve.server.engine.compiled.CompiledPrograms`); both live and die with
-    the loaded model, so eviction or deletion drops them too.
+    the loaded model, so eviction or deletion drops them too. ``value_reads`` says where
+    the model reads tensor values into Python numbers (such models are never compiled).
     """
 
     def __init__(
