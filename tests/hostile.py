@@ -176,9 +176,13 @@ class _Prints(torch.nn.Module):
         return x * 2
 
 
-class _Item(torch.nn.Module):
+class _WritesOutOfBounds(torch.nn.Module):
+    """Scatters into a dense tensor at an index 10**8 past its end (unchecked COO indices)."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * x.sum().item()
+        indices = torch.tensor([[100_000_000]])
+        sparse = torch.ops.aten._sparse_coo_tensor_unsafe(indices, x[:1], [3])
+        return x + sparse.to_dense()
 
 
 class _Loops(torch.nn.Module):
@@ -212,8 +216,8 @@ def printer() -> bytes:
     return _save_script(_Prints())
 
 
-def item_user() -> bytes:
-    return _save_script(_Item())
+def out_of_bounds_writer() -> bytes:
+    return _save_script(_WritesOutOfBounds())
 
 
 def infinite_loop() -> bytes:

@@ -78,7 +78,11 @@ UPLOADS: dict[str, tuple[Callable[[pathlib.Path], bytes], type[JacserveError], s
     ),
     "writes a file": (lambda m: hostile.file_writer(str(m)), InvalidArgument, "aten::save"),
     "prints": (lambda m: hostile.printer(), InvalidArgument, "prim::Print"),
-    "data-dependent op": (lambda m: hostile.item_user(), InvalidArgument, "aten::item"),
+    "memory-unsafe constructor": (
+        lambda m: hostile.out_of_bounds_writer(),
+        InvalidArgument,
+        "aten::_sparse_coo_tensor_unsafe",
+    ),
     "segfaults the loader": (
         lambda m: hostile.deeply_nested(),
         InvalidArgument,
@@ -102,8 +106,8 @@ def test_pickled_sample_inputs_are_never_unpickled(client, marker):
 
 
 def test_disallowed_op_in_an_inline_archive_is_refused(client):
-    with pytest.raises(InvalidArgument, match="aten::item"):
-        client.jacobian(hostile.item_user(), X)
+    with pytest.raises(InvalidArgument, match="aten::_sparse_coo_tensor_unsafe"):
+        client.jacobian(hostile.out_of_bounds_writer(), X)
     _still_serving(client)
 
 

@@ -127,7 +127,7 @@ def test_uploads_off_serves_only_preloaded_models(tmp_path):
             assert [m.model_id for m in client.list_models()] == [model_id]
             assert client.jacobian(model_id, X).jacobian.shape == (2, 3)
             with pytest.raises(PermissionDenied, match="uploads are off"):
-                client.upload(hostile.item_user())
+                client.upload(hostile.out_of_bounds_writer())
             with pytest.raises(PermissionDenied):
                 client.delete_model(model_id)
     finally:

@@ -131,7 +131,7 @@ _HELP = {
     "worker_open_files": "open files per worker",
     "sandbox": "confine workers: no network, files read-only but a scratch folder (true/false)",
     "op_allowlist": "file of allowed operators, one per line (default: the built-in list)",
-    "allow_ops": "operators to allow beyond the list, comma-separated (e.g. aten::item)",
+    "allow_ops": "operators to allow beyond the list, comma-separated (e.g. prim::Print,aten::empty)",
     "allow_uploads": "accept uploads and inline archives (false: serve only --model-dir)",
     "auth_token_file": "file of accepted bearer tokens, one per line (or env JACSERVE_AUTH_TOKEN)",
     "tls_cert_file": "PEM certificate chain of the server (enables TLS)",

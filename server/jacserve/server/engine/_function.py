@@ -42,6 +42,7 @@ __all__ = [
     "numel",
     "resolve_wrt",
     "safe_execution",
+    "summarize_error",
     "to_output_tuple",
     "user_code",
 ]
@@ -65,7 +66,12 @@ def safe_execution() -> Iterator[None]:
         yield
 
 
-def _summarize(exc: BaseException) -> str:
+def summarize_error(exc: BaseException) -> str:
+    """One line of what went wrong: for TorchScript errors the cause (their last line).
+
+    >>> summarize_error(ValueError("ValueError: bad shape\\nmore detail"))
+    'bad shape'
+    """
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     if not lines:
         return type(exc).__name__
@@ -106,12 +112,12 @@ def user_code(what: str, hint: str = _CALL_HINT) -> Iterator[None]:
     except Exception as exc:
         if is_allocation_failure(exc):
             raise ResourceExhausted(
-                f"{what} ran out of memory ({_summarize(exc)}); the worker's memory is capped "
+                f"{what} ran out of memory ({summarize_error(exc)}); the worker's memory is capped "
                 "(--worker-memory-bytes). Use smaller inputs or a memory budget "
                 "(options.max_memory_bytes)"
             ) from exc
         raise ModelExecutionError(
-            f"{what} raised {type(exc).__name__}: {_summarize(exc)}. {hint}"
+            f"{what} raised {type(exc).__name__}: {summarize_error(exc)}. {hint}"
         ) from exc
 
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch.func import vmap
 
+from jacserve.server.engine._function import summarize_error
+
 __all__ = ["Basis", "BasisWindow", "GivenRows", "PassReport", "run_passes"]
 
 Single = Callable[..., tuple[torch.Tensor, ...]]
@@ -109,10 +111,6 @@ class PassReport:
     fallback_reason: str = ""
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-
-
 def _agrees_with_one_unbatched_pass(
     single: Single, basis: tuple[torch.Tensor, ...], stacked: tuple[torch.Tensor, ...]
 ) -> bool:
@@ -177,7 +175,7 @@ def run_passes(
                     raise
                 report.vectorized = False
                 report.fallback_reason = (
-                    f"vmap failed ({type(exc).__name__}: {_first_line(exc)}); "
+                    f"vmap failed ({type(exc).__name__}: {summarize_error(exc)[:200]}); "
                     "computed the passes one at a time"
                 )
             else:

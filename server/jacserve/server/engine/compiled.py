@@ -144,6 +144,8 @@ class CompiledPrograms:
         compile_after: eager runs of a key before it is compiled.
         max_programs: most programs kept for this model (others stay eager).
         min_speedup: how much faster than eager a program must be to be used.
+        disabled: why this model is never compiled (empty: it may be); its requests
+            stay eager and report ``"off: <reason>"``.
     """
 
     def __init__(
@@ -154,7 +156,9 @@ class CompiledPrograms:
         compile_after: int = 2,
         max_programs: int = 8,
         min_speedup: float = 1.1,
+        disabled: str = "",
     ) -> None:
+        self._disabled = disabled
         self._compiler = compiler
         self._min_speedup = min_speedup
         self._traceable = traceable
@@ -167,6 +171,8 @@ class CompiledPrograms:
         self, key: Hashable
     ) -> tuple[Callable[..., tuple[object, tuple[torch.Tensor, ...]]] | None, str]:
         """The ready program for ``key`` (or ``None``) and where compilation stands."""
+        if self._disabled:
+            return None, f"off: {self._disabled}"
         with self._lock:
             entry = self._entries.get(key)
         if entry is None:
@@ -200,6 +206,8 @@ class CompiledPrograms:
         blocks: Sequence[torch.Tensor],
     ) -> None:
         """Count an eager run of ``key``; queue a compile job once there were enough."""
+        if self._disabled:
+            return
         with self._lock:
             entry = self._entries.setdefault(key, _Entry("counting"))
             if entry.state != "counting":

@@ -29,6 +29,7 @@ from jacserve.server.engine._function import (
     Outputs,
     numel,
     resolve_wrt,
+    summarize_error,
     user_code,
 )
 from jacserve.server.engine._measure import LiveTensorMeter, stopwatch
@@ -75,9 +76,13 @@ class _Options:
 
     def per_point(self) -> dict[str, Any]:
         """Keyword arguments for a :func:`jacobian` call on one point of a batch."""
-        fields = dataclasses.asdict(self)
-        del fields["evaluation_bytes"]
-        return fields
+        # Not dataclasses.asdict: it deep-copies, and the cache holds a lock (and must be
+        # the same cache, so that the points share what it learns).
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "evaluation_bytes"
+        }
 
 
 def _signature(
@@ -647,7 +652,7 @@ def _compute(
         except Exception as exc:
             if not missing_forward_rule(exc):
                 raise
-            reason = f"no forward-mode rule ({str(exc).splitlines()[0][:200]})"
+            reason = f"no forward-mode rule ({summarize_error(exc)[:200]})"
             if options.passes is not None:  # the window's numbering is forward mode's
                 raise InvalidArgument(f"{reason}; ask for the passes in reverse mode") from exc
             run.fall_back(f"{reason}; used reverse mode", vectorized=run.vectorized)
@@ -725,7 +730,7 @@ def _point_by_point(
     first = results[0]
     reason = (
         f"the model cannot be vectorized over points ({type(cause).__name__}: "
-        f"{(str(cause).strip().splitlines() or [''])[0][:200]}); computed each point separately"
+        f"{summarize_error(cause)[:200]}); computed each point separately"
     )
     metrics = first.metrics
     return dataclasses.replace(

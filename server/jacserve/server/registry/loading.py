@@ -21,7 +21,7 @@ from jacserve.server.engine import DerivativeCache
 from jacserve.server.engine.compiled import CompiledPrograms, ProgramCompiler
 from jacserve.server.errors import InvalidArgument
 from jacserve.server.registry.archive import ArchiveFormat, strip_sample_inputs
-from jacserve.server.registry.operators import OperatorAllowlist
+from jacserve.server.registry.operators import OperatorAllowlist, value_reads
 
 __all__ = [
     "DERIVATIVE_CACHE_BYTES",
@@ -71,7 +71,8 @@ class LoadedModel:
     signature (see :class:`~jacserve.server.engine.DerivativeCache`) and
     ``compiled_programs`` its compiled Jacobian programs (at most 8, see
     :class:`~jacserve.server.engine.compiled.CompiledPrograms`); both live and die with
-    the loaded model, so eviction or deletion drops them too.
+    the loaded model, so eviction or deletion drops them too. ``value_reads`` says where
+    the model reads tensor values into Python numbers (such models are never compiled).
     """
 
     def __init__(
@@ -82,9 +83,11 @@ class LoadedModel:
         device: torch.device,
         cache_bytes: int = DERIVATIVE_CACHE_BYTES,
         warnings: Sequence[str] = (),
+        value_reads: Sequence[str] = (),
     ):
         self.format = fmt
         self.warnings = tuple(warnings)
+        self.value_reads = tuple(value_reads)
         self.module = module
         self.methods = tuple(methods)
         self.device = device
@@ -102,9 +105,20 @@ class LoadedModel:
         self.nbytes = sum(t.numel() * t.element_size() for t in tensors) + cache_bytes
 
     def enable_compilation(self, compiler: ProgramCompiler, *, compile_after: int) -> None:
-        """Let the engine build compiled Jacobian programs of this model in ``compiler``."""
+        """Let the engine build compiled Jacobian programs of this model in ``compiler``.
+
+        A model that reads tensor values into Python numbers (``value_reads``) stays
+        eager: a program compiled at one input may not take the path another input takes,
+        and its check against one eager Jacobian cannot see that.
+        """
+        disabled = ""
+        if self.value_reads:
+            disabled = (
+                f"the model reads tensor values into Python numbers ({self.value_reads[0]}), "
+                "so it may take another path at other inputs; it runs eagerly"
+            )
         self.compiled_programs = CompiledPrograms(
-            compiler, self._traceable, compile_after=compile_after
+            compiler, self._traceable, compile_after=compile_after, disabled=disabled
         )
 
     def _traceable(self, inputs: Sequence[torch.Tensor]) -> torch.nn.Module:
@@ -235,4 +249,6 @@ def load_model(
             f"({torch.__version__})"
         ) from exc
     warnings = allowlist.check(module)
-    return LoadedModel(fmt, module, methods, device, warnings=warnings)
+    return LoadedModel(
+        fmt, module, methods, device, warnings=warnings, value_reads=value_reads(module)
+    )
