@@ -252,6 +252,6 @@ def slow_to_load(statements: int = 40_000) -> bytes:
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     code = next(n for n in names if n.endswith("activation.py"))
     text = zipfile.ZipFile(io.BytesIO(data)).read(code).decode()
-    body = "".join(f"    input = torch.add(input, 0.0)\n" for _ in range(statements))
+    body = "".join("    input = torch.add(input, 0.0)\n" for _ in range(statements))
     slow = text.replace("    return torch.tanh(input)", body + "    return torch.tanh(input)")
     return rewrite(data, {code.split("/", 1)[1]: slow.encode()})

@@ -86,9 +86,9 @@ def test_a_compromised_worker_reaches_nothing_but_itself(isolated, tmp_path):
     (victim,) = isolated.pool.pids(other_user)
     settings = dataclasses.replace(isolated.pool.settings, scratch_dir=str(tmp_path / "scratch"))
     archive = isolated.store.path(other_user)
+    targets = [str(os.getpid()), str(victim), str(archive), str(isolated.port)]
     out = subprocess.run(
-        [sys.executable, "-P", "-c", ATTACKER, settings.to_json(), str(os.getpid()),
-         str(victim), str(archive), str(isolated.port)],  # fmt: skip
+        [sys.executable, "-P", "-c", ATTACKER, settings.to_json(), *targets],
         capture_output=True,
         text=True,
         timeout=120,
