@@ -143,7 +143,9 @@ class ZipView:
 def _open_zip(fileobj: BinaryIO) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(fileobj)
-    except (zipfile.BadZipFile, ValueError, EOFError, UnicodeDecodeError):
+    except UnicodeDecodeError:  # a name flagged UTF-8 that is not
+        raise InvalidArgument("archive has a zip entry name that is not UTF-8") from None
+    except (zipfile.BadZipFile, ValueError, EOFError):
         fileobj.seek(0)
         raise InvalidArgument(
             f"archive is not a zip file ({_describe_prefix(fileobj.read(8))}); upload a file "
