@@ -88,10 +88,17 @@ class ZipView:
     left open, at the position it had).
     """
 
-    def __init__(self, archive: zipfile.ZipFile, root: str, entries: dict[str, zipfile.ZipInfo]):
+    def __init__(
+        self,
+        archive: zipfile.ZipFile,
+        root: str,
+        entries: dict[str, zipfile.ZipInfo],
+        restore: tuple[BinaryIO, int],
+    ) -> None:
         self.archive = archive
         self.root = root
         self._entries = entries
+        self._restore = restore
 
     @classmethod
     def open(cls, source: bytes | BinaryIO, *, max_uncompressed_bytes: int) -> ZipView:
@@ -105,19 +112,24 @@ class ZipView:
         start = fileobj.tell()
         try:
             archive = _open_zip(fileobj)
-            try:
-                return cls(archive, *_check_structure(archive, fileobj, max_uncompressed_bytes))
-            except BaseException:
-                archive.close()
-                raise
-        finally:
+        except BaseException:
             fileobj.seek(start)
+            raise
+        try:
+            root, entries = _check_structure(archive, fileobj, max_uncompressed_bytes)
+        except BaseException:
+            archive.close()
+            fileobj.seek(start)
+            raise
+        return cls(archive, root, entries, (fileobj, start))
 
     def __enter__(self) -> ZipView:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.archive.close()
+        fileobj, start = self._restore
+        fileobj.seek(start)
 
     def names(self) -> list[str]:
         """Entry names relative to the top-level folder, as written."""
