@@ -8,7 +8,10 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import warnings
 import zipfile
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -255,3 +258,157 @@ def slow_to_load(statements: int = 40_000) -> bytes:
     body = "".join("    input = torch.add(input, 0.0)\n" for _ in range(statements))
     slow = text.replace("    return torch.tanh(input)", body + "    return torch.tanh(input)")
     return rewrite(data, {code.split("/", 1)[1]: slow.encode()})
+
+
+# --- archives that talk around static checks (tests/e2e/test_archive_checks.py) ---
+
+
+class Dynamic(torch.nn.Module):
+    """``tanh(linear(x))`` plus a mix of ``x``'s row pairs: reshapes give symbolic sizes
+    such as ``FloorDiv`` of the row count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pairs = x.reshape(-1, 2, 4).sum(1).repeat(2, 1)
+        return torch.tanh(self.linear(x)) + pairs[:, :3]
+
+
+def dynamic_export() -> bytes:
+    """A legitimate .pt2 of :class:`Dynamic` whose input has 2·b rows (b from 1 to 512)."""
+    b = torch.export.Dim("b", min=1, max=512)
+    program = torch.export.export(Dynamic(), (torch.randn(4, 4),), dynamic_shapes=({0: 2 * b},))
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    return buffer.getvalue()
+
+
+def _rewrite_json(data: bytes, suffix: str, change: Callable[[dict[str, Any]], None]) -> bytes:
+    name = next(n for n in zipfile.ZipFile(io.BytesIO(data)).namelist() if n.endswith(suffix))
+    document = json.loads(zipfile.ZipFile(io.BytesIO(data)).read(name))
+    change(document)
+    return rewrite(data, {name.split("/", 1)[1]: json.dumps(document).encode()})
+
+
+def export_with_expression(marker: str) -> bytes:
+    """A dynamic-shape .pt2 one of whose symbolic sizes, sympified, runs ``touch marker``."""
+    payload = f"Add(Integer(__import__('os').system('touch {marker}')), "
+
+    def change(program: dict[str, Any]) -> None:
+        for tensor in program["graph_module"]["graph"]["tensor_values"].values():
+            for size in tensor["sizes"]:
+                if "as_expr" in size:
+                    size["as_expr"]["expr_str"] = payload + size["as_expr"]["expr_str"] + ")"
+                    return
+
+    return _rewrite_json(dynamic_export(), "models/model.json", change)
+
+
+def export_with_guard(marker: str) -> bytes:
+    """A .pt2 whose shape guard (exec'd when sample inputs are present) runs ``touch``."""
+
+    def change(program: dict[str, Any]) -> None:
+        program["guards_code"].append(f"__import__('os').system('touch {marker}') == 0")
+
+    return _rewrite_json(dynamic_export(), "models/model.json", change)
+
+
+def export_with_case_variant_config(marker: str) -> bytes:
+    """A .pt2 with a second weights config, ``model_weights_CONFIG.json``, that marks a
+    weight pickled (an exploit in ``weight_pickled``). torch checks that the lower-case
+    name exists, then its case-insensitive reader finds the variant."""
+    data = good_export()
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    config_name = next(n for n in archive.namelist() if n.endswith("model_weights_config.json"))
+    config = json.loads(archive.read(config_name))
+    first = next(iter(config["config"].values()))
+    first.update(use_pickle=True, path_name="weight_pickled")
+    root = config_name.split("/", 1)[0]
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as target:  # first in the zip: where miniz's search lands
+        target.writestr(config_name.replace("config.json", "CONFIG.json"), json.dumps(config))
+        for entry in archive.infolist():
+            target.writestr(entry, archive.read(entry))
+        target.writestr(f"{root}/data/weights/weight_pickled", exploit_pickle(marker))
+    return out.getvalue()
+
+
+class _Held:
+    """A TorchScript class whose ``__setstate__`` writes a file when unpickled."""
+
+    def __init__(self, value: torch.Tensor, path: str) -> None:
+        self.value = value
+        self.path = path
+
+    def __getstate__(self) -> tuple[torch.Tensor, str]:
+        return (self.value, self.path)
+
+    def __setstate__(self, state: tuple[torch.Tensor, str]) -> None:
+        torch.save(state[0], state[1])
+        self.value = state[0]
+        self.path = state[1]
+
+
+class _HoldsObject(torch.nn.Module):
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.held = torch.jit.script(_Held)(torch.ones(3), path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.held.value
+
+
+def script_class_with_setstate(marker: str) -> bytes:
+    """A TorchScript module holding a class object whose ``__setstate__`` writes ``marker``."""
+    return _save_script(_HoldsObject(marker))
+
+
+def script_with_hidden_code(marker: str, extension: str = ".PY") -> bytes:
+    """:func:`script_class_with_setstate` with its code entries renamed ``*.PY`` (torch's
+    reader finds them ignoring case)."""
+    data = script_class_with_setstate(marker)
+    source = zipfile.ZipFile(io.BytesIO(data))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as target:
+        for entry in source.infolist():
+            name = entry.filename
+            if name.endswith(".py"):
+                name = name.removesuffix(".py") + extension
+            target.writestr(name, source.read(entry))
+    return out.getvalue()
+
+
+def with_entry(data: bytes, name: str, content: bytes = b"") -> bytes:
+    """A copy of an archive with one more entry, named exactly ``name``."""
+    out = io.BytesIO(data)
+    with zipfile.ZipFile(out, "a") as archive, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        archive.writestr(zipfile.ZipInfo(name), content)
+    return out.getvalue()
+
+
+def with_name_bytes(data: bytes, old: bytes, new: bytes, *, local_only: bool = False) -> bytes:
+    """A copy of a zip with an entry name's bytes replaced (same length) in its headers;
+    with ``local_only``, in the local header alone."""
+    if len(old) != len(new):
+        raise ValueError("names must have the same length")
+    if not local_only:
+        return data.replace(old, new)
+    position = data.index(old)
+    return data[:position] + new + data[position + len(old) :]
+
+
+def with_comment(data: bytes, comment: bytes = b"hidden") -> bytes:
+    """A copy of a zip with a comment after its end record."""
+    out = io.BytesIO(data)
+    with zipfile.ZipFile(out, "a") as archive:
+        archive.comment = comment
+    return out.getvalue()
+
+
+def with_prefix(data: bytes, prefix: bytes = bytes(64)) -> bytes:
+    """A zip with bytes before its first entry (Python's zipfile adjusts; miniz does not)."""
+    return prefix + data

@@ -2,8 +2,9 @@
 
 A ``Tensor`` message holds a dtype, a shape and the raw little-endian, C-order bytes of
 the elements: the layout of the Open Inference Protocol's raw contents. Decoding checks
-everything before it allocates: a known dtype, non-negative dimensions, an element cap,
-and a byte length equal to ``numel × itemsize``.
+everything before it allocates: a known dtype, at most :data:`MAX_RANK` dimensions,
+non-negative dimensions, an element cap, and a byte length equal to
+``numel × itemsize``.
 
 >>> import torch
 >>> msg = encode_tensor(torch.arange(6, dtype=torch.float32).reshape(2, 3))
@@ -27,6 +28,7 @@ import torch
 from jacserve.v1 import jacobian_service_pb2 as pb
 
 __all__ = [
+    "MAX_RANK",
     "SUPPORTED_DTYPES",
     "TensorCodecError",
     "as_tensor",
@@ -51,6 +53,9 @@ _WIRE_BY_TORCH: dict[torch.dtype, int] = {v: k for k, v in _TORCH_BY_WIRE.items(
 
 SUPPORTED_DTYPES: tuple[torch.dtype, ...] = tuple(_WIRE_BY_TORCH)
 """The torch dtypes that travel over the wire."""
+
+MAX_RANK = 32
+"""Most dimensions a decoded tensor may have."""
 
 if sys.byteorder != "little":  # every platform torch ships wheels for is little-endian
     raise ImportError("jacserve.codec needs a little-endian host: tensors travel as raw LE bytes")
@@ -162,8 +167,8 @@ def decode_tensor(
         A tensor that owns its memory (one copy of the message's bytes).
 
     Raises:
-        TensorCodecError: unknown dtype, negative dimension, too many elements, or a
-            byte length that does not match the shape.
+        TensorCodecError: unknown dtype, more than :data:`MAX_RANK` dimensions, negative
+            dimension, too many elements, or a byte length that does not match the shape.
 
     >>> decode_tensor(pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=[2], data=bytes(7)))  # doctest: +IGNORE_EXCEPTION_DETAIL
     Traceback (most recent call last):
@@ -174,6 +179,10 @@ def decode_tensor(
         dtype = dtype_from_wire(message.dtype)
     except TensorCodecError as exc:
         raise TensorCodecError(f"{name}: {exc}") from None
+    if len(message.shape) > MAX_RANK:
+        raise TensorCodecError(
+            f"{name}: expected at most {MAX_RANK} dimensions; got {len(message.shape)}"
+        )
     shape = list(message.shape)
     if any(d < 0 for d in shape):
         raise TensorCodecError(f"{name}: dimensions must be >= 0; got shape {shape}")

@@ -8,7 +8,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jacserve.codec import SUPPORTED_DTYPES, TensorCodecError, decode_tensor, encode_tensor
+from jacserve.codec import (
+    MAX_RANK,
+    SUPPORTED_DTYPES,
+    TensorCodecError,
+    decode_tensor,
+    encode_tensor,
+)
 from jacserve.v1 import jacobian_service_pb2 as pb
 
 shapes = st.lists(st.integers(min_value=0, max_value=5), min_size=0, max_size=4)
@@ -67,6 +73,9 @@ def test_decoded_tensors_are_writable_and_own_their_memory():
         (pb.Tensor(dtype=pb.DTYPE_UNSPECIFIED, shape=[1], data=bytes(4)), "DTYPE_UNSPECIFIED"),
         (pb.Tensor(dtype=99, shape=[1], data=bytes(4)), "dtype field is 99"),
         (pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=[1000, 1000], data=b""), "above the limit"),
+        (pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=[1] * 33, data=bytes(4)), "at most 32 dim"),
+        (pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=[1] * 100_000, data=bytes(4)), "got 100000"),
+        (pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=[0] * 40, data=b""), "at most 32 dim"),
     ],
 )
 def test_malformed_messages_are_rejected_with_the_reason(message, fragment):
@@ -86,3 +95,14 @@ def test_malformed_messages_are_rejected_with_the_reason(message, fragment):
 def test_unsupported_values_are_rejected(value, fragment):
     with pytest.raises(TensorCodecError, match=fragment):
         encode_tensor(value)
+
+
+def test_the_rank_cap_is_inclusive():
+    message = pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=[1] * MAX_RANK, data=bytes(4))
+    assert decode_tensor(message).dim() == MAX_RANK == 32
+
+
+def test_the_rank_is_checked_before_the_elements_and_bytes():
+    message = pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=[2**40] * 33, data=b"")
+    with pytest.raises(TensorCodecError, match="at most 32 dimensions; got 33"):
+        decode_tensor(message, max_elements=10)

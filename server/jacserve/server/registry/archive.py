@@ -3,8 +3,10 @@
 Both TorchScript (``torch.jit.save``) and torch.export (``torch.export.save``) write zip
 files with one top-level folder. A TorchScript archive has ``<root>/data.pkl`` and
 ``<root>/code/``; a torch.export archive has ``<root>/archive_format`` containing
-``pt2``. The zip's central directory is read first so that entry counts and the
-uncompressed size are capped before any entry is inflated.
+``pt2``. Every check reads the archive through one canonical view of its central
+directory (:class:`~jacserve.server.registry.zipview.ZipView`): sizes and entry counts are
+capped before any entry is inflated, and names are looked up ignoring case, as torch's
+reader does.
 
 >>> detect_format(b"not a zip", max_uncompressed_bytes=1 << 20)  # doctest: +IGNORE_EXCEPTION_DETAIL
 Traceback (most recent call last):
@@ -14,17 +16,16 @@ InvalidArgument: archive is not a zip file ...
 from __future__ import annotations
 
 import io
-import json
 import re
 import zipfile
 from enum import Enum
+from typing import BinaryIO
 
-from jacserve.server.errors import InvalidArgument, ResourceExhausted
+from jacserve.server.errors import InvalidArgument
+from jacserve.server.registry.export_checks import check_export_archive
+from jacserve.server.registry.zipview import MAX_ENTRIES, ZipView
 
 __all__ = ["MAX_ENTRIES", "ArchiveFormat", "detect_format", "strip_sample_inputs"]
-
-MAX_ENTRIES = 100_000
-"""Most zip entries an archive may hold."""
 
 
 class ArchiveFormat(str, Enum):
@@ -34,61 +35,37 @@ class ArchiveFormat(str, Enum):
     TORCH_EXPORT = "torch_export"
 
 
-def _describe_prefix(data: bytes) -> str:
-    head = data[:8]
-    return f"it starts with bytes {head.hex(' ')}" if head else "it is empty"
-
-
-def detect_format(data: bytes, *, max_uncompressed_bytes: int) -> ArchiveFormat:
-    """Return the format of an archive, checking its zip structure and sizes first.
+def detect_format(data: bytes | BinaryIO, *, max_uncompressed_bytes: int) -> ArchiveFormat:
+    """Return the format of an archive, checking its zip structure, sizes and contents.
 
     Args:
-        data: the archive's bytes.
+        data: the archive's bytes, or a seekable binary file holding them (read from its
+            start; its position is restored).
         max_uncompressed_bytes: cap on the sum of the entries' uncompressed sizes.
 
     Returns:
         :attr:`ArchiveFormat.TORCHSCRIPT` or :attr:`ArchiveFormat.TORCH_EXPORT`.
 
     Raises:
-        InvalidArgument: not a zip, duplicate entries, or neither format.
+        InvalidArgument: not a zip, a zip structure readers could disagree on (see
+            :mod:`~jacserve.server.registry.zipview`), neither format, or contents that
+            would run code while loading.
         ResourceExhausted: too many entries or too large once uncompressed.
+
+    >>> import io, torch
+    >>> buffer = io.BytesIO()
+    >>> torch.jit.save(torch.jit.script(torch.nn.Tanh()), buffer)
+    >>> detect_format(buffer, max_uncompressed_bytes=1 << 24)
+    <ArchiveFormat.TORCHSCRIPT: 'torchscript'>
     """
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, ValueError):
-        raise InvalidArgument(
-            f"archive is not a zip file ({_describe_prefix(data)}); upload a file written by "
-            "torch.jit.save (TorchScript) or torch.export.save (.pt2)"
-        ) from None
-    with archive:
-        entries = archive.infolist()
-        if len(entries) > MAX_ENTRIES:
-            raise ResourceExhausted(
-                f"archive has {len(entries)} zip entries; at most {MAX_ENTRIES} are accepted"
-            )
-        names = [e.filename for e in entries]
-        if len(set(names)) != len(names):
-            raise InvalidArgument("archive has duplicate zip entry names; re-save the model")
-        uncompressed = sum(e.file_size for e in entries)
-        if uncompressed > max_uncompressed_bytes:
-            raise ResourceExhausted(
-                f"archive would uncompress to {uncompressed} bytes, above the server's limit of "
-                f"{max_uncompressed_bytes} (--max-archive-bytes)"
-            )
-        roots = {name.split("/", 1)[0] for name in names}
-        if len(roots) != 1:
-            raise InvalidArgument(
-                f"archive must have exactly one top-level folder; found {len(roots)}"
-            )
-        (root,) = roots
-        present = set(names)
-        marker = f"{root}/archive_format"
-        if marker in present and archive.read(marker).strip() == b"pt2":
-            _check_export_archive(archive, root)
+    with ZipView.open(data, max_uncompressed_bytes=max_uncompressed_bytes) as view:
+        marker = view.find("archive_format")
+        if marker is not None and view.read(marker).strip() == b"pt2":
+            check_export_archive(view)
             return ArchiveFormat.TORCH_EXPORT
-        if f"{root}/data.pkl" in present:
-            if any(name.startswith(f"{root}/code/") for name in names):
-                _check_torchscript_archive(archive, root)
+        if view.find("data.pkl") is not None:
+            if any(name.lower().startswith("code/") for name in view.names()):
+                _check_torchscript_archive(view)
                 return ArchiveFormat.TORCHSCRIPT
             raise InvalidArgument(
                 "archive looks like a torch.save checkpoint (data.pkl without code/), which holds "
@@ -101,62 +78,29 @@ def detect_format(data: bytes, *, max_uncompressed_bytes: int) -> ArchiveFormat:
     )
 
 
-_SETSTATE = re.compile(rb"\bdef\s+__setstate__\s*\(")
-_PICKLED_OBJECT_PREFIXES = ("custom_obj_", "opaque_obj_")
+# NOTE: [TorchScript code that runs on loading]
+# torch.jit.load compiles every class it needs from <root>/code/ (looked up ignoring
+# case, whatever the extension), then its own restricted unpickler rebuilds data.pkl and
+# constants.pkl: it resolves globals only to tensors and TorchScript or registered C++
+# classes, never to Python callables, so those pickles (and code/*.debug_pkl) are left to
+# it. What it does run is the TorchScript __setstate__ of any module or class object it
+# rebuilds, before the server could check the program's operators. So any entry under
+# code/ that mentions the identifier __setstate__ at all (definition, comment or call)
+# is refused.
+_SETSTATE = re.compile(rb"__setstate__")
 
 
-def _check_torchscript_archive(archive: zipfile.ZipFile, root: str) -> None:
-    """Refuse TorchScript code that runs while loading: ``__setstate__`` is called by
-    ``torch.jit.load`` itself, before the server could look at the program's operators."""
-    for entry in archive.infolist():
-        name = entry.filename
-        is_code = name.startswith(f"{root}/code/") and name.endswith(".py")
-        if is_code and _SETSTATE.search(archive.read(entry)):
-            where = entry.filename.removeprefix(f"{root}/code/")
+def _check_torchscript_archive(view: ZipView) -> None:
+    """Refuse TorchScript code that runs while loading (see NOTE: [TorchScript code that
+    runs on loading])."""
+    for entry in view.entries():
+        where = view.relative(entry)
+        if where.lower().startswith("code/") and _SETSTATE.search(view.read(entry)):
             raise InvalidArgument(
-                f"archive defines __setstate__ (in code/{where}), which would run inside "
+                f"archive mentions __setstate__ (in {where}), which would run inside "
                 "torch.jit.load; the server refuses code that runs on loading. Remove the "
-                "custom __setstate__ (or __getstate__ pair) and save the model again"
-            )
-
-
-def _check_export_archive(archive: zipfile.ZipFile, root: str) -> None:
-    """Refuse the parts of a .pt2 archive that torch.export.load hands to pickle or to
-    native code: AOTInductor binaries and weights, constants or objects stored as pickles."""
-    for name in archive.namelist():
-        relative = name.removeprefix(f"{root}/")
-        if "aotinductor/" in relative:
-            raise InvalidArgument(
-                f"archive contains an AOTInductor package ({relative}), which torch would "
-                "load as native code; upload the torch.export program without "
-                "aoti_compile_and_package"
-            )
-        folder, _, filename = relative.rpartition("/")
-        if folder == "data/constants" and filename.startswith(_PICKLED_OBJECT_PREFIXES):
-            raise InvalidArgument(
-                f"archive stores a Python or script object as a pickle ({relative}); the "
-                "server unpickles nothing from an upload. Keep only tensors in the program's "
-                "constants"
-            )
-        if folder in ("data/weights", "data/constants") and filename.endswith("_config.json"):
-            _check_payload_config(archive.read(name), relative)
-
-
-def _check_payload_config(raw: bytes, where: str) -> None:
-    try:
-        config = json.loads(raw).get("config", {})
-        entries = [(str(k), dict(v)) for k, v in config.items()]
-    except (ValueError, AttributeError, TypeError):
-        raise InvalidArgument(
-            f"archive entry {where} is not the JSON torch.export writes"
-        ) from None
-    for fqn, entry in entries:
-        path = str(entry.get("path_name", ""))
-        if entry.get("use_pickle", False) or path.startswith(_PICKLED_OBJECT_PREFIXES):
-            raise InvalidArgument(
-                f"archive stores {fqn!r} as a pickle ({where}); the server unpickles nothing "
-                "from an upload. Save tensors as plain dense tensors (for example call "
-                ".contiguous() on subclassed or non-standard tensors before exporting)"
+                "custom __setstate__ (or __getstate__ pair) from the module and its classes "
+                "and save the model again"
             )
 
 
@@ -164,7 +108,8 @@ def strip_sample_inputs(data: bytes) -> bytes:
     """A copy of a .pt2 archive whose ``sample_inputs`` entries are emptied.
 
     torch.export.load unpickles the sample inputs, retrying with ``weights_only=False``;
-    the server never needs them, and an empty entry is one torch skips unread.
+    the server never needs them, and an empty entry is one torch skips unread. Names are
+    matched ignoring case, as torch's reader finds them.
 
     >>> import io, torch
     >>> buffer = io.BytesIO()
@@ -178,6 +123,7 @@ def strip_sample_inputs(data: bytes) -> bytes:
     out = io.BytesIO()
     with source, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as target:
         for entry in source.infolist():
-            empty = "/data/sample_inputs/" in entry.filename
+            relative = entry.filename.split("/", 1)[-1].lower()
+            empty = relative.startswith("data/sample_inputs/")
             target.writestr(entry, b"" if empty else source.read(entry))
     return out.getvalue()
