@@ -5,6 +5,9 @@ Usage:
                                        # regenerates BENCHMARKS.md (about a minute)
     python bench/service.py --quick    # a few seconds, writes nothing (CI smoke run)
 
+Per-archive workers: uploads of new archives on a default server (each forks a confined
+worker from the zygote and loads the archive there), the first JVP after each, the
+memory a warm worker adds beside the zygote, and a fresh interpreter's start for scale.
 Isolation: one small JVP (Linear(4, 3) + tanh) end to end through the SDK, against a
 gRPC server that runs the same handler in its own threads (no isolation, the design
 before worker processes) and against jacserve (frontend + worker process + shared
@@ -23,6 +26,7 @@ import os
 import pathlib
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +40,7 @@ from jacserve.client import Client
 from jacserve.codec import encode_tensors
 from jacserve.server.app import serve
 from jacserve.server.config import ServerConfig
-from jacserve.server.registry import ModelRegistry
+from jacserve.server.registry import ArchiveRegistry
 from jacserve.server.worker.handlers import DerivativeHandlers, HandlerSettings
 from jacserve.v1 import jacobian_service_pb2 as pb
 
@@ -44,8 +48,8 @@ warnings.filterwarnings("ignore")
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
-def _model_archive() -> bytes:
-    torch.manual_seed(0)
+def _model_archive(seed: int = 0) -> bytes:
+    torch.manual_seed(seed)
     module = torch.jit.script(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh()))
     buffer = io.BytesIO()
     torch.jit.save(module, buffer)
@@ -98,8 +102,8 @@ class _InProcessJvp:
 
 def _baseline(archive: bytes) -> tuple[_InProcessJvp, str]:
     torch.set_num_threads(1)  # as a worker on a 2-core machine with 2 workers
-    registry = ModelRegistry(tempfile.mkdtemp())
-    model_id = registry.add(archive)[0].model_id
+    registry = ArchiveRegistry(archive)
+    model_id = registry.model_id
     handlers = DerivativeHandlers(
         registry, HandlerSettings(max_tensor_elements=1 << 28, max_message_bytes=1 << 29)
     )
@@ -122,6 +126,74 @@ def isolation(archive: bytes, repeats: int) -> dict[str, float]:
         running.stop(grace=0)
         baseline.stop()
     return {k: statistics.median(v) for k, v in rounds.items()}
+
+
+def _smaps_kib(pid: int) -> dict[str, int]:
+    """Rss, Pss and private (unshared) KiB of a process, from ``smaps_rollup``."""
+    fields = {}
+    for line in pathlib.Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, value = line.split(":", 1)
+        fields[name] = int(value.split()[0])
+    return {
+        "rss": fields["Rss"],
+        "pss": fields["Pss"],
+        "private": fields["Private_Clean"] + fields["Private_Dirty"],
+    }
+
+
+def _parent(pid: int) -> int:
+    return int(pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _fresh_interpreter_seconds() -> float:
+    """A worker started the way they were before the zygote: a new interpreter that
+    imports torch and pays its lazy imports."""
+    began = time.perf_counter()
+    subprocess.run(
+        [
+            sys.executable,
+            "-P",
+            "-c",
+            "from jacserve.server.worker.zygote import warm_up; warm_up()",
+        ],
+        check=True,
+    )
+    return time.perf_counter() - began
+
+
+def per_archive_workers(models: int) -> dict[str, float]:
+    """What one confined worker per archive costs on a default server: the upload of a
+    new archive (fork from the zygote, confinement, load and check), its first JVP, and
+    the memory each warm worker adds; a fresh interpreter's start beside it."""
+    running = serve(ServerConfig(port=0, metrics_port=None, log_level="WARNING"))
+    uploads, firsts, fresh = [], [], []
+    try:
+        with Client(running.target, timeout=120) as client:
+            x = torch.randn(4)
+            for seed in range(models):
+                archive = _model_archive(seed)
+                began = time.perf_counter()
+                model_id = client.upload(archive)
+                uploads.append(time.perf_counter() - began)
+                began = time.perf_counter()
+                client.jvp(model_id, x, x)
+                firsts.append(time.perf_counter() - began)
+                fresh.append(_fresh_interpreter_seconds())
+        pids = running.pool.pids()
+        memory = [_smaps_kib(pid) for pid in pids]
+        zygote = _smaps_kib(_parent(pids[0]))
+    finally:
+        running.stop(grace=0)
+    return {
+        "workers": len(pids),
+        "upload_ms": statistics.median(uploads) * 1e3,
+        "first_jvp_ms": statistics.median(firsts) * 1e3,
+        "fresh_interpreter_ms": statistics.median(fresh) * 1e3,
+        "worker_private_mib": statistics.median(m["private"] for m in memory) / 1024,
+        "worker_pss_mib": statistics.median(m["pss"] for m in memory) / 1024,
+        "worker_rss_mib": statistics.median(m["rss"] for m in memory) / 1024,
+        "zygote_rss_mib": zygote["rss"] / 1024,
+    }
 
 
 def _client_loop(target: str, model_id: str, seconds: float, barrier, out) -> None:
@@ -180,6 +252,7 @@ def main() -> None:
     archive = _model_archive()
     latency = isolation(archive, repeats=50 if args.quick else 400)
     rates = throughput(archive, rounds=1 if args.quick else 5, seconds=1.0 if args.quick else 5.0)
+    workers = per_archive_workers(models=2 if args.quick else 6)
     cost = latency["isolated"] - latency["in_process"]
     ratios = [eight / one for one, eight, _ in rates]
     ratio = statistics.median(ratios)
@@ -198,6 +271,23 @@ def main() -> None:
         f"| jacserve: frontend → worker process via shared memory | {latency['isolated']:.3f} |",
         "",
         f"**Isolation cost: {cost:.3f} ms p50** (target ≤ 0.5 ms).",
+        "",
+        f"One confined worker per archive, default server settings, {workers['workers']:.0f} "
+        "archives uploaded one after another (medians):",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| upload of a new archive: fork from the zygote, confine, load, check, describe | "
+        f"{workers['upload_ms']:.1f} ms |",
+        f"| its first JVP (after the upload) | {workers['first_jvp_ms']:.1f} ms |",
+        f"| a fresh interpreter importing torch, the way workers started before the zygote | "
+        f"{workers['fresh_interpreter_ms']:.0f} ms |",
+        f"| memory a warm worker adds (private pages, not shared with the zygote) | "
+        f"{workers['worker_private_mib']:.1f} MiB |",
+        f"| a warm worker's proportional share (PSS) / resident set (RSS) | "
+        f"{workers['worker_pss_mib']:.1f} / {workers['worker_rss_mib']:.1f} MiB |",
+        f"| the zygote (torch imported once, shared by every worker) | "
+        f"{workers['zygote_rss_mib']:.0f} MiB RSS |",
         "",
         "Throughput, small JVPs from client processes on the same machine, 1 then 8 clients "
         "in each round:",
