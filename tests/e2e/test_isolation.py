@@ -18,12 +18,15 @@ import sys
 import textwrap
 from collections.abc import Iterator
 
+import grpc
 import pytest
 import torch
 
 from conftest import running_server
 from jacserve.client import Client
 from jacserve.server.app import RunningServer
+from jacserve.v1 import jacobian_service_pb2 as pb
+from jacserve.v1 import jacobian_service_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux confinement")
 
@@ -126,3 +129,19 @@ def test_a_long_error_message_is_cut_and_the_worker_survives(isolated):
         assert len(str(info.value)) < 10_000
         assert set(isolated.pool.pids(model)) == pids  # the same worker, still alive
         assert client.jacobian(model, torch.randn(3)).jacobian.shape == (2, 3)
+
+
+def test_a_tensor_of_100k_dimensions_is_refused_before_decoding(isolated):
+    with Client(isolated.target, timeout=60) as client:
+        model = client.upload(torch.jit.script(torch.nn.Tanh()))
+    deep = pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=[1] * 100_000, data=b"\0" * 4)
+    request = pb.JvpRequest(
+        function=pb.FunctionRef(model_id=model), primals=[deep], tangents=[deep]
+    )
+    with grpc.insecure_channel(isolated.target) as channel:
+        stub = pb_grpc.JacobianServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Jvp(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "dimensions" in info.value.details()
+    assert set(isolated.pool.pids(model))  # its worker is alive and well

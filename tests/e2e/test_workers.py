@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import running_server
-from jacserve.client import Client, NotFound, ResourceExhausted
+from jacserve.client import Client, DeadlineExceeded, NotFound, ResourceExhausted
 from jacserve.server.app import RunningServer
 from jacserve.server.logs import JsonFormatter
 from tests import hostile
@@ -61,6 +61,13 @@ def test_a_worker_killed_mid_request_costs_only_that_request(limited):
             f"http://127.0.0.1:{limited.metrics_port}/metrics", timeout=10
         )
         assert 'jacserve_worker_restarts_total{reason="crash"} 1.0' in scrape.read().decode()
+
+
+def _wait_until(condition, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the server did not get there"
+        time.sleep(0.02)
 
 
 def _busy(pid: int) -> bool:
@@ -169,3 +176,18 @@ def test_logs_are_json_with_the_request_id_the_client_sees(limited, caplog):
     assert records and records[0].code == "NOT_FOUND" and records[0].rpc == "StreamJacobian"
     line = json.loads(JsonFormatter().format(records[0]))
     assert line["request_id"] == request_id and line["message"] == "rpc finished"
+
+
+def test_a_model_whose_requests_keep_overrunning_stops_costing_workers(limited):
+    with Client(limited.target, timeout=60) as client:
+        slow = client.upload(archive_of(Slow(50_000_000), (X,), "torchscript"))
+        for _ in range(2):  # each overrun kills the model's worker
+            with pytest.raises(DeadlineExceeded):
+                client.jvp(slow, X, X, timeout=1.0)
+            _wait_until(lambda: limited.pool.pids(slow) == [])  # the server stopped it too
+        began = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match="was not started"):
+            client.jvp(slow, X, X, timeout=0.5)
+        assert time.monotonic() - began < 0.5
+        assert limited.pool.pids(slow) == []  # no worker was forked or loaded for it
+        assert client.jacobian(hostile.good_script(), X).jacobian.shape == (2, 3)

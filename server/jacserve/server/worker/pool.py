@@ -18,7 +18,6 @@ import itertools
 import logging
 import os
 import select
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jacserve.server import errors
+from jacserve.server.worker.overruns import Overruns
 from jacserve.server.worker.protocol import ProtocolError
 from jacserve.server.worker.settings import WorkerSettings
 from jacserve.server.worker.spawner import Zygote, ZygoteError
@@ -33,7 +33,7 @@ from jacserve.server.worker.starting import (
     ERRORS,
     LoadFailure,
     RunningWorker,
-    describe_exit,
+    death_error,
     start_worker,
 )
 
@@ -41,6 +41,7 @@ __all__ = ["LoadFailure", "WorkerPool"]
 
 _LOG = logging.getLogger("jacserve.server.workers")
 _POLL_SECONDS = 0.05
+_DEADLINE_SLACK_SECONDS = 0.25
 
 
 @dataclass(eq=False)
@@ -92,6 +93,7 @@ class WorkerPool:
         self._starts: dict[str, _Start] = {}
         self._free_slots = list(range(self._max_warm))
         self._serials = itertools.count()
+        self._overruns = Overruns()
         self._waiting = 0
         self._busy = 0
         self._closed = threading.Event()
@@ -352,7 +354,9 @@ class WorkerPool:
         cancelled: Callable[[], bool],
     ) -> Iterator[tuple[dict[str, Any], bytes | None]]:
         """Every reply of one operation, the last one without ``more``; raises its error."""
-        worker = self._acquire(str(header["model_id"]), deadline, cancelled)
+        model_id = str(header["model_id"])
+        self._overruns.refuse_hopeless(model_id, deadline)
+        worker = self._acquire(model_id, deadline, cancelled)
         began, done = time.monotonic(), False
         try:
             worker.channel.send({**header, "deadline": deadline}, payload)
@@ -364,6 +368,7 @@ class WorkerPool:
                 if not reply.get("last"):
                     worker.channel.send({"op": "next"})  # the arena is free for the next part
             done = True
+            self._overruns.finished(model_id)
         except (OSError, EOFError, ProtocolError) as exc:
             done = True
             raise self._died(worker, exc) from None
@@ -387,6 +392,8 @@ class WorkerPool:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or cancelled():
+                if remaining <= _DEADLINE_SLACK_SECONDS:  # a client's own deadline cancels
+                    self._overruns.overran(worker.model_id, time.monotonic() - began)
                 self._retire(worker, "deadline")
                 raise errors.DeadlineExceeded(
                     f"the request ran {time.monotonic() - began:.2f}s, past its deadline; its "
@@ -405,22 +412,7 @@ class WorkerPool:
         except TimeoutError:
             code = None  # alive but speaking nonsense: a protocol error
         self._retire(worker, "crash" if code is not None else "protocol error")
-        how = describe_exit(code) if code is not None else f"protocol error: {exc}"
-        if code == -signal.SIGXCPU:
-            return errors.ResourceExhausted(
-                f"the request used more than {self._settings.cpu_seconds:g} CPU seconds, the "
-                "per-request limit (--worker-cpu-seconds); its worker was stopped"
-            )
-        if code == -signal.SIGKILL:
-            return errors.ResourceExhausted(
-                "the worker running this request was killed (SIGKILL), most likely by the "
-                "kernel for using too much memory; use smaller inputs or a memory budget "
-                "(options.max_memory_bytes)"
-            )
-        return errors.WorkerFailed(
-            f"the worker running this request crashed ({how}); the model is faulty on these "
-            "inputs. Requests for other models are unaffected"
-        )
+        return death_error(code, exc, cpu_seconds=self._settings.cpu_seconds)
 
     def close(self) -> None:
         """Stop every worker and the zygote."""

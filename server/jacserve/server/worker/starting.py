@@ -20,7 +20,14 @@ from jacserve.server import errors
 from jacserve.server.worker.protocol import Channel, ProtocolError
 from jacserve.server.worker.spawner import WorkerProcess, Zygote
 
-__all__ = ["ERRORS", "LoadFailure", "RunningWorker", "describe_exit", "start_worker"]
+__all__ = [
+    "ERRORS",
+    "LoadFailure",
+    "RunningWorker",
+    "death_error",
+    "describe_exit",
+    "start_worker",
+]
 
 ERRORS: dict[str, type[errors.JacserveError]] = {
     cls.__name__: cls
@@ -95,6 +102,33 @@ def describe_exit(code: int) -> str:
         except ValueError:
             return f"signal {-code}"
     return f"exit code {code}"
+
+
+def death_error(
+    code: int | None, exc: BaseException, *, cpu_seconds: float
+) -> errors.JacserveError:
+    """What the caller is told when its worker died mid-request with exit ``code``
+    (``None``: it is alive but broke the protocol).
+
+    >>> type(death_error(-9, EOFError(), cpu_seconds=60)).__name__
+    'ResourceExhausted'
+    """
+    if code == -signal.SIGXCPU:
+        return errors.ResourceExhausted(
+            f"the request used more than {cpu_seconds:g} CPU seconds, the per-request limit "
+            "(--worker-cpu-seconds); its worker was stopped"
+        )
+    if code == -signal.SIGKILL:
+        return errors.ResourceExhausted(
+            "the worker running this request was killed (SIGKILL), most likely by the "
+            "kernel for using too much memory; use smaller inputs or a memory budget "
+            "(options.max_memory_bytes)"
+        )
+    how = describe_exit(code) if code is not None else f"protocol error: {exc}"
+    return errors.WorkerFailed(
+        f"the worker running this request crashed ({how}); the model is faulty on these "
+        "inputs. Requests for other models are unaffected"
+    )
 
 
 def _reply(channel: Channel, process: WorkerProcess, until: float) -> tuple[dict, bytes | None]:

@@ -31,6 +31,7 @@ _GLOBAL_PROC = (
     "/proc/stat",
     "/proc/sys/vm/overcommit_memory",
     "/proc/sys/kernel/cap_last_cap",
+    "/proc/driver/nvidia",  # the CUDA driver's version and parameters, where present
 )
 _READ_ONLY_DEVICES = ("/dev/urandom", "/dev/random", "/dev/zero")
 
