@@ -72,6 +72,14 @@ class _Observed:
     mode: str = "none"
     passes: int = 0
 
+    def report(self, reply: dict[str, Any]) -> None:
+        """Take mode and passes from a worker's reply, which a compromised worker writes:
+        only known modes become metric labels."""
+        mode = reply.get("mode")
+        self.mode = mode if mode in ("forward", "reverse") else "none"
+        passes = reply.get("passes")
+        self.passes = passes if isinstance(passes, int) and 0 <= passes < 1 << 40 else 0
+
 
 @dataclass(frozen=True)
 class FrontendSettings:
@@ -362,7 +370,7 @@ class JacobianServicer:
                 cancelled=self._cancelled(context),
             ),
         )
-        observed.mode, observed.passes = str(reply.get("mode", "none")), int(reply.get("passes", 0))
+        observed.report(reply)
         return body or b""
 
     @_rpc("Jvp")
@@ -427,10 +435,7 @@ class JacobianServicer:
         if first is not None:
             yield first
             yield from parts
-        observed.mode, observed.passes = (
-            str(summary.get("mode", "none")),
-            int(summary.get("passes", 0)),
-        )
+        observed.report(summary)
 
     @_rpc("GetServerInfo")
     def GetServerInfo(

@@ -125,7 +125,7 @@ def _load(
     Raises:
         EOFError: the frontend went away, or the archive was refused (already answered).
     """
-    header, _ = channel.receive(max_payload_bytes=0)
+    header, _ = channel.receive(max_payload_bytes=0, accept_file=True)
     if header.get("op") != "load" or "file_fd" not in header:
         raise EOFError(f"expected the archive first; got {str(header.get('op'))[:80]!r}")
     with budget.request():

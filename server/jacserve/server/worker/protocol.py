@@ -110,7 +110,9 @@ class Channel:
             for fd in fds:
                 os.close(fd)
 
-    def receive(self, *, max_payload_bytes: int) -> tuple[dict[str, Any], bytes | None]:
+    def receive(
+        self, *, max_payload_bytes: int, accept_file: bool = False
+    ) -> tuple[dict[str, Any], bytes | None]:
         """Receive one message: its header and a copy of its payload (or ``None``).
 
         Raises:
@@ -137,6 +139,8 @@ class Channel:
             if not isinstance(header, dict):
                 raise ProtocolError("message header is not a JSON object")
             if header.pop(_FILE_KEY, False):
+                if not accept_file:
+                    raise ProtocolError("the peer sent a file descriptor where none is taken")
                 if len(fds) != 1:
                     raise ProtocolError("a file message without its descriptor")
                 header["file_fd"] = os.dup(fds[0])

@@ -139,7 +139,7 @@ class Zygote:
         assert self._control is not None
         try:
             while True:
-                header, _ = self._control.receive(max_payload_bytes=0)
+                header, _ = self._control.receive(max_payload_bytes=0, accept_file=True)
                 if "forked" in header:
                     self._forked.put(header)
                 elif "exited" in header:

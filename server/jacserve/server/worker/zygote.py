@@ -120,7 +120,7 @@ def serve_forks(control: Channel, settings: WorkerSettings, own_uid: bool) -> No
         if control not in ready:
             continue
         try:
-            request, _ = control.receive(max_payload_bytes=0)
+            request, _ = control.receive(max_payload_bytes=0, accept_file=True)
         except EOFError:
             return
         if request.get("op") != "fork" or "file_fd" not in request:
