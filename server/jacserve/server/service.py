@@ -35,7 +35,8 @@ from jacserve.server.errors import (
     WorkerFailed,
 )
 from jacserve.server.metrics import ServiceMetrics
-from jacserve.server.registry.store import ArchiveStore, check_model_id
+from jacserve.server.registry.store import ArchiveStore, StagedArchive, check_model_id
+from jacserve.server.uploads import UploadSlots, receive_upload
 from jacserve.server.worker.operations import DERIVATIVE_REQUESTS, STREAMING_REQUESTS
 from jacserve.server.worker.pool import WorkerPool
 from jacserve.v1 import jacobian_service_pb2 as pb
@@ -81,6 +82,9 @@ class FrontendSettings:
     max_message_bytes: int = 512 << 20
     allow_uploads: bool = True
     request_timeout_seconds: float = 300.0
+    upload_idle_seconds: float = 30.0
+    max_uploads_per_peer: int = 4
+    max_uploads: int = 8  # in all: jacserve.server.uploads.total_upload_slots(max_workers)
 
 
 @contextlib.contextmanager
@@ -172,6 +176,9 @@ class JacobianServicer:
         self._settings = settings
         self._catalog: dict[str, pb.ModelInfo] = {}
         self._lock = threading.Lock()
+        self._uploads = UploadSlots(
+            per_peer=settings.max_uploads_per_peer, total=settings.max_uploads
+        )
         metrics.track_models(lambda: len(self._catalog), pool.size)
 
     # -- models ---------------------------------------------------------------------------
@@ -248,23 +255,34 @@ class JacobianServicer:
                 failed.append(model_id)
         return failed
 
+    def register_staged(
+        self, staged: StagedArchive, context: grpc.ServicerContext | None = None
+    ) -> tuple[pb.ModelInfo, bool]:
+        """Keep and describe a received archive; a refused one leaves nothing behind."""
+        self._store.commit(staged)  # the worker loads it from the store by id
+        with self._lock:
+            known = self._catalog.get(staged.model_id)
+        if known is not None:
+            return known, True
+        try:
+            return self._describe(staged.model_id, context), staged.already_present
+        except (InvalidArgument, ResourceExhausted, WorkerFailed):
+            self._store.remove(staged.model_id)
+            raise
+
     @_rpc("UploadModel")
     def UploadModel(
         self, request_iterator: Iterator[pb.UploadModelRequest], context: Any, observed: _Observed
     ) -> pb.UploadModelResponse:
-        data = bytearray()
-        expected_id = ""
-        limit = self._store.max_archive_bytes
-        self._check_uploads()  # before reading the stream
-        for chunk in request_iterator:
-            expected_id = expected_id or chunk.expected_model_id
-            data += chunk.chunk
-            if len(data) > limit:
-                raise ResourceExhausted(
-                    f"archive is larger than the server's limit of {limit} bytes "
-                    "(--max-archive-bytes); upload a smaller model or raise the limit"
-                )
-        info, already = self.register(bytes(data), context, expected_id=expected_id)
+        self._check_uploads()  # before reading the stream, as are the upload slots
+        with self._uploads.admit(context.peer()):
+            staged = receive_upload(
+                self._store, request_iterator, idle_seconds=self._settings.upload_idle_seconds
+            )
+            try:
+                info, already = self.register_staged(staged, context)
+            finally:
+                self._store.discard(staged)  # a no-op once committed
         return pb.UploadModelResponse(model=info, already_present=already)
 
     @_rpc("GetModel")
