@@ -77,6 +77,17 @@ def test_deployment_settings_are_the_servers_and_match_the_resources():
     assert config.model_dir in mounts, "uploads go to a writable volume"
 
 
+def test_the_store_quota_fits_the_models_volume():
+    pod = _by_kind("Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = _jacserve_env({e["name"]: e["value"] for e in container["env"] if "value" in e})
+    config = parse_config([], environ=env)
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == config.model_dir)
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    size = int(re.fullmatch(r"(\d+)Gi", volume["emptyDir"]["sizeLimit"]).group(1)) << 30
+    assert config.max_store_bytes < size, "room is left for uploads being staged"
+
+
 def test_pods_run_unprivileged_on_a_read_only_root():
     pod = _by_kind("Deployment")["spec"]["template"]["spec"]
     security = pod["containers"][0]["securityContext"]

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux confineme
 
 ATTACKER = textwrap.dedent(
     """
-    import ctypes, json, os, signal, socket, sys
+    import ctypes, json, os, resource, signal, socket, sys, threading
     from jacserve.server.worker.process import _confine
     from jacserve.server.worker.settings import WorkerSettings
     settings = WorkerSettings.from_json(sys.argv[1])
@@ -61,6 +61,11 @@ ATTACKER = textwrap.dedent(
         attempt(f"{who}_signal", lambda: os.kill(pid, 0))
         attempt(f"{who}_ptrace", lambda: syscall_ok(libc.ptrace(16, pid, 0, 0)))
         attempt(f"{who}_pidfd", lambda: os.pidfd_open(pid))
+        attempt(f"{who}_prlimit", lambda: resource.prlimit(pid, resource.RLIMIT_CPU))
+        attempt(f"{who}_scheduler", lambda: os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0)))
+        attempt(f"{who}_priority", lambda: os.setpriority(os.PRIO_PROCESS, pid, 19))
+    attempt("fork", lambda: os.fork() or os._exit(0))
+    attempt("sysv_shared_memory", lambda: syscall_ok(min(0, libc.shmget(0, 1 << 20, 0o1600))))
     attempt("signal_everyone", lambda: os.kill(-1, 0))
     attempt("signal_group", lambda: os.kill(0, 0))
     attempt("read_archive", lambda: open(archive, "rb").read(1))
@@ -71,6 +76,9 @@ ATTACKER = textwrap.dedent(
     attempt("write_outside_scratch", lambda: open("/tmp/jacserve-escaped", "w").write("x"))
     attempt("write_scratch", lambda: open(os.path.join(settings.scratch_dir, "ok"), "w").write("x"))
     attempt("signal_itself", lambda: os.kill(os.getpid(), 0))
+    attempt("own_limits", lambda: resource.prlimit(0, resource.RLIMIT_CPU))
+    thread = threading.Thread(target=lambda: None)
+    attempt("threads", lambda: (thread.start(), thread.join()) and None)
     print(json.dumps(found))
     """
 )
@@ -99,7 +107,7 @@ def test_a_compromised_worker_reaches_nothing_but_itself(isolated, tmp_path):
     )
     found = json.loads(out.stdout.strip().splitlines()[-1])
     reached = {k: v for k, v in found.items() if v == "allowed"}
-    assert set(reached) == {"write_scratch", "signal_itself"}, found
+    assert set(reached) == {"write_scratch", "signal_itself", "own_limits", "threads"}, found
     assert not pathlib.Path("/tmp/jacserve-escaped").exists()
 
 

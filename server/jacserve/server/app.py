@@ -26,6 +26,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from jacserve.server.allocator import return_large_blocks
 from jacserve.server.auth import TokenAuthInterceptor, load_tokens, server_credentials
 from jacserve.server.config import (
     DESCRIPTION,
@@ -39,6 +40,7 @@ from jacserve.server.metrics import ServiceMetrics
 from jacserve.server.registry.store import ArchiveStore
 from jacserve.server.resources import available_cpus, available_memory_bytes
 from jacserve.server.service import SERVICE_NAME, FrontendSettings, JacobianServicer
+from jacserve.server.uploads import total_upload_slots
 from jacserve.server.worker.pool import WorkerPool
 from jacserve.server.worker.sandbox.identity import make_non_dumpable
 from jacserve.server.worker.settings import WorkerSettings
@@ -127,6 +129,7 @@ def serve(config: ServerConfig, environ: dict[str, str] | None = None) -> Runnin
         RuntimeError: when the port cannot be bound or workers cannot start.
     """
     environ = dict(os.environ if environ is None else environ)
+    return_large_blocks()  # upload chunks go back to the kernel (NOTE: [Returning upload chunks])
     temporary = []
     model_dir = config.model_dir
     if model_dir is None:
@@ -134,7 +137,12 @@ def serve(config: ServerConfig, environ: dict[str, str] | None = None) -> Runnin
         temporary.append(model_dir)
     scratch_dir = tempfile.mkdtemp(prefix="jacserve-scratch-")
     temporary.append(scratch_dir)
-    store = ArchiveStore(model_dir, max_archive_bytes=config.max_archive_bytes)
+    store = ArchiveStore(
+        model_dir,
+        max_archive_bytes=config.max_archive_bytes,
+        max_store_bytes=config.max_store_bytes,
+        max_models=config.max_models,
+    )
     metrics = ServiceMetrics()
     settings = worker_settings(config, scratch_dir)
     if sys.platform == "linux":
@@ -157,6 +165,9 @@ def serve(config: ServerConfig, environ: dict[str, str] | None = None) -> Runnin
             max_message_bytes=config.max_message_bytes,
             allow_uploads=config.allow_uploads,
             request_timeout_seconds=config.request_timeout,
+            upload_idle_seconds=config.upload_idle_seconds,
+            max_uploads_per_peer=config.max_uploads_per_peer,
+            max_uploads=total_upload_slots(config.max_workers),
         ),
     )
     tokens = load_tokens(config.auth_token_file, environ)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 __all__ = ["ServerConfig", "add_server_flags", "config_from_flags", "parse_config"]
 
 MiB = 1 << 20
+GiB = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,10 @@ class ServerConfig:
     max_queue: int = 64
     max_message_bytes: int = 512 * MiB
     max_archive_bytes: int = 1024 * MiB
+    max_store_bytes: int = 20 * GiB
+    max_models: int = 1000
+    upload_idle_seconds: float = 30.0
+    max_uploads_per_peer: int = 4
     max_loaded_bytes: int = 4096 * MiB
     max_tensor_elements: int = 1 << 28
     max_memory_bytes: int = 0  # 0: no budget; requests may set their own
@@ -62,7 +67,15 @@ class ServerConfig:
     log_format: str = "json"
 
     def __post_init__(self) -> None:
-        for name in ("max_workers", "max_concurrent_rpcs", "max_message_bytes", "max_queue"):
+        for name in (
+            "max_workers",
+            "max_concurrent_rpcs",
+            "max_message_bytes",
+            "max_queue",
+            "max_store_bytes",
+            "max_models",
+            "max_uploads_per_peer",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
@@ -82,10 +95,9 @@ class ServerConfig:
                 raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}")
         if self.warm_workers < 0:
             raise ValueError(f"warm_workers must be >= 0; got {self.warm_workers}")
-        if self.load_timeout <= 0:
-            raise ValueError(f"load_timeout must be > 0; got {self.load_timeout}")
-        if self.request_timeout <= 0:
-            raise ValueError(f"request_timeout must be > 0; got {self.request_timeout}")
+        for name in ("request_timeout", "upload_idle_seconds", "load_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0; got {getattr(self, name)}")
         if self.worker_open_files < 64:
             raise ValueError(f"worker_open_files must be >= 64; got {self.worker_open_files}")
         if self.log_format not in ("json", "text"):
@@ -114,6 +126,10 @@ _HELP = {
     "max_queue": "requests that may wait for a free worker before RESOURCE_EXHAUSTED",
     "max_message_bytes": "largest gRPC message sent or received",
     "max_archive_bytes": "largest model archive, compressed or uncompressed",
+    "max_store_bytes": "most bytes all stored archives may take; more uploads get RESOURCE_EXHAUSTED",
+    "max_models": "most stored archives; more uploads get RESOURCE_EXHAUSTED",
+    "upload_idle_seconds": "an upload stream that sends nothing for this long is cut (DEADLINE_EXCEEDED)",
+    "max_uploads_per_peer": "concurrent uploads from one client IP address (a quarter of --max-workers in all)",
     "max_loaded_bytes": "memory budget of the loaded-model cache",
     "max_tensor_elements": "most elements one request tensor may have",
     "max_memory_bytes": "default memory budget of a Jacobian's passes and result (0: none)",

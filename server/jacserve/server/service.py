@@ -35,7 +35,8 @@ from jacserve.server.errors import (
 )
 from jacserve.server.metrics import ServiceMetrics
 from jacserve.server.registry.catalog import ModelCatalog
-from jacserve.server.registry.store import ArchiveStore, check_model_id
+from jacserve.server.registry.store import ArchiveStore, StagedArchive, check_model_id
+from jacserve.server.uploads import UploadSlots, receive_upload
 from jacserve.server.worker.operations import DERIVATIVE_REQUESTS, STREAMING_REQUESTS
 from jacserve.server.worker.pool import LoadFailure, WorkerPool
 from jacserve.v1 import jacobian_service_pb2 as pb
@@ -89,6 +90,9 @@ class FrontendSettings:
     max_message_bytes: int = 512 << 20
     allow_uploads: bool = True
     request_timeout_seconds: float = 300.0
+    upload_idle_seconds: float = 30.0
+    max_uploads_per_peer: int = 4
+    max_uploads: int = 8  # in all: jacserve.server.uploads.total_upload_slots(max_workers)
 
 
 @contextlib.contextmanager
@@ -179,6 +183,9 @@ class JacobianServicer:
         self._metrics = metrics
         self._settings = settings
         self._catalog = ModelCatalog(store.directory)
+        self._uploads = UploadSlots(
+            per_peer=settings.max_uploads_per_peer, total=settings.max_uploads
+        )
         metrics.track_models(lambda: len(self._catalog.all()), pool.size)
 
     # -- models ---------------------------------------------------------------------------
@@ -251,23 +258,13 @@ class JacobianServicer:
     def register(
         self, data: bytes, context: grpc.ServicerContext | None = None, *, expected_id: str = ""
     ) -> tuple[pb.ModelInfo, bool]:
-        """Check, store and describe an archive; a refused one leaves nothing behind."""
+        """Check, store and describe an inline archive; a refused one leaves nothing."""
         self._check_uploads()
-        model_id, _, already = self._store.add(data, expected_id=expected_id)
-        known = self._catalog.get(model_id)
-        if known is not None:
-            return known, True
-        if self._catalog.quarantined(model_id) is not None:
-            with contextlib.suppress(NotFound):
-                self._store.remove(model_id)
-            return self.info(model_id), False  # raises: quarantined
+        staged = self._store.receive([data], expected_id=expected_id)
         try:
-            return self._describe(model_id, context), already
-        except (ResourceExhausted, WorkerFailed, DeadlineExceeded):
-            if self._catalog.get(model_id) is None and self._catalog.quarantined(model_id) is None:
-                with contextlib.suppress(NotFound):
-                    self._store.remove(model_id)  # not checked: nothing stays behind
-            raise
+            return self.register_staged(staged, context)
+        finally:
+            self._store.discard(staged)  # a no-op once committed
 
     def preload(self) -> list[str]:
         """Describe every stored archive not yet described (at start-up), each in its own
@@ -286,23 +283,38 @@ class JacobianServicer:
                 failed.append(model_id)
         return failed
 
+    def register_staged(
+        self, staged: StagedArchive, context: grpc.ServicerContext | None = None
+    ) -> tuple[pb.ModelInfo, bool]:
+        """Keep and describe a received archive; a refused one leaves nothing behind."""
+        model_id = staged.model_id
+        known = self._catalog.get(model_id)
+        if known is not None:
+            return known, True
+        if self._catalog.quarantined(model_id) is not None:
+            return self.info(model_id), False  # raises: quarantined
+        self._store.commit(staged)  # the worker is handed the stored file
+        try:
+            return self._describe(model_id, context), staged.already_present
+        except (ResourceExhausted, WorkerFailed, DeadlineExceeded):
+            if self._catalog.get(model_id) is None and self._catalog.quarantined(model_id) is None:
+                with contextlib.suppress(NotFound):
+                    self._store.remove(model_id)  # not checked: nothing stays behind
+            raise
+
     @_rpc("UploadModel")
     def UploadModel(
         self, request_iterator: Iterator[pb.UploadModelRequest], context: Any, observed: _Observed
     ) -> pb.UploadModelResponse:
-        data = bytearray()
-        expected_id = ""
-        limit = self._store.max_archive_bytes
-        self._check_uploads()  # before reading the stream
-        for chunk in request_iterator:
-            expected_id = expected_id or chunk.expected_model_id
-            data += chunk.chunk
-            if len(data) > limit:
-                raise ResourceExhausted(
-                    f"archive is larger than the server's limit of {limit} bytes "
-                    "(--max-archive-bytes); upload a smaller model or raise the limit"
-                )
-        info, already = self.register(bytes(data), context, expected_id=expected_id)
+        self._check_uploads()  # before reading the stream, as are the upload slots
+        with self._uploads.admit(context.peer()):
+            staged = receive_upload(
+                self._store, request_iterator, idle_seconds=self._settings.upload_idle_seconds
+            )
+            try:
+                info, already = self.register_staged(staged, context)
+            finally:
+                self._store.discard(staged)  # a no-op once committed
         return pb.UploadModelResponse(model=info, already_present=already)
 
     @_rpc("GetModel")

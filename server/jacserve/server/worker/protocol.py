@@ -22,6 +22,7 @@ bytes, never objects.
 from __future__ import annotations
 
 import array
+import fcntl
 import json
 import mmap
 import os
@@ -35,6 +36,7 @@ _MIN_ARENA_BYTES = 1 << 20
 _FD_SPACE = socket.CMSG_SPACE(array.array("i", [0]).itemsize)
 _PAYLOAD_KEY = "_payload_bytes"
 _FILE_KEY = "_file"
+_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
 
 
 class ProtocolError(Exception):
@@ -92,8 +94,9 @@ class Channel:
         if payload is not None:
             header = {**header, _PAYLOAD_KEY: len(payload)}
             if self._arena is None or len(self._arena) < len(payload):
-                fd = os.memfd_create("jacserve-arena", os.MFD_CLOEXEC)
+                fd = os.memfd_create("jacserve-arena", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
                 os.ftruncate(fd, max(_MIN_ARENA_BYTES, 1 << (len(payload) - 1).bit_length()))
+                fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)  # the peer can rely on its size
                 self._map(fd)
                 fds.append(fd)
             assert self._arena is not None
@@ -145,6 +148,9 @@ class Channel:
                     raise ProtocolError("a file message without its descriptor")
                 header["file_fd"] = os.dup(fds[0])
             elif fds:
+                if fcntl.fcntl(fds[0], fcntl.F_GET_SEALS) & _SEALS != _SEALS:
+                    # a shrinkable mapping would fault (SIGBUS) when the peer cuts it
+                    raise ProtocolError("the peer's arena is not sealed against shrinking")
                 if os.fstat(fds[0]).st_size > max(max_payload_bytes, _MIN_ARENA_BYTES) * 2:
                     raise ProtocolError("the peer's arena is larger than any allowed payload")
                 self._map(fds[0])

@@ -13,15 +13,21 @@ safe — then answers on the control socket:
 - whenever a worker exits → ``{"exited": PID, "code": CODE}`` (``-N`` for signal N, as
   ``subprocess`` reports it).
 
+The zygote is a child subreaper: a process a compromised worker left behind (forked,
+in a session of its own, before the worker died) is reparented to it and killed within a
+second.
+
 A fork costs milliseconds, against a second or more for a new interpreter importing
 torch; the zygote dies with the frontend, and its workers die with it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
+import pathlib
 import select
 import signal
 import socket
@@ -33,6 +39,7 @@ import torch
 
 from jacserve.server.allocator import keep_freed_memory
 from jacserve.server.logs import configure_logging
+from jacserve.server.worker.process import serve_one_archive  # imported once, here
 from jacserve.server.worker.protocol import Channel
 from jacserve.server.worker.sandbox import python_paths
 from jacserve.server.worker.sandbox.identity import make_non_dumpable, world_readable
@@ -42,6 +49,8 @@ __all__ = ["main", "warm_up"]
 
 _LOG = logging.getLogger("jacserve.zygote")
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+_SWEEP_SECONDS = 1.0
 
 
 def warm_up() -> None:
@@ -82,8 +91,6 @@ def _child(
             os.close(fd)
         os.setsid()  # its own process group: no group-wide signal reaches the frontend
         _die_with_parent(ctypes.CDLL(None, use_errno=True))
-        from jacserve.server.worker.process import serve_one_archive
-
         channel = Channel(socket.socket(fileno=int(request["file_fd"])))
         own = replace(settings, scratch_dir=str(request["scratch_dir"]))
         serve_one_archive(channel, own, slot=int(request["slot"]), own_uid=bool(request["own_uid"]))
@@ -95,7 +102,7 @@ def _child(
         os._exit(code)
 
 
-def _reap(control: Channel) -> None:
+def _reap(control: Channel, workers: set[int]) -> None:
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -103,7 +110,34 @@ def _reap(control: Channel) -> None:
             return
         if pid == 0:
             return
-        control.send({"exited": pid, "code": _exit_code(status)})
+        if pid in workers:  # not an orphan of one (the sweep killed those)
+            workers.discard(pid)
+            control.send({"exited": pid, "code": _exit_code(status)})
+
+
+def _children() -> set[int]:
+    """This process's children, from ``/proc`` (orphans of workers are reparented here)."""
+    own = os.getpid()
+    try:
+        text = pathlib.Path(f"/proc/{own}/task/{own}/children").read_text()
+        return {int(pid) for pid in text.split()}
+    except OSError:
+        found = set()
+        for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == own:
+                    found.add(int(stat.parent.name))
+            except (OSError, ValueError, IndexError):
+                continue
+        return found
+
+
+def _kill_orphans(workers: set[int]) -> None:
+    """A worker's process that outlived it (a compromised worker forked and set up a
+    session of its own) is reparented to the zygote, the subreaper; it dies here."""
+    for pid in _children() - workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def serve_forks(control: Channel, settings: WorkerSettings, own_uid: bool) -> None:
@@ -111,12 +145,14 @@ def serve_forks(control: Channel, settings: WorkerSettings, own_uid: bool) -> No
     read_wake, write_wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(write_wake)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    workers: set[int] = set()
     while True:
-        ready, _, _ = select.select([control, read_wake], [], [])
+        ready, _, _ = select.select([control, read_wake], [], [], _SWEEP_SECONDS)
         if read_wake in ready:
             while os.read(read_wake, 512) == 512:
                 pass
-            _reap(control)
+        _reap(control, workers)
+        _kill_orphans(workers)
         if control not in ready:
             continue
         try:
@@ -128,6 +164,7 @@ def serve_forks(control: Channel, settings: WorkerSettings, own_uid: bool) -> No
         pid = os.fork()
         if pid == 0:
             _child(control, (read_wake, write_wake), {**request, "own_uid": own_uid}, settings)
+        workers.add(pid)
         os.close(int(request["file_fd"]))
         pidfd = os.pidfd_open(pid)
         try:
@@ -144,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     _die_with_parent(libc)
     make_non_dumpable(libc)
+    libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     control = Channel(socket.socket(fileno=int(fd_text)))
     if settings.allocator == "keep":
         keep_freed_memory()

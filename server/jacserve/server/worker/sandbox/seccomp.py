@@ -4,10 +4,14 @@ A classic-BPF seccomp program, built here for x86-64 and AArch64. Refused with `
 (``EACCES`` for sockets, ``ENOSYS`` for ``clone3`` so that libc falls back to ``clone``):
 
 - reaching other processes: ``ptrace``, ``process_vm_readv``/``writev``, ``kcmp``, the
-  ``pidfd`` calls, and signals (``kill``, ``tgkill``, ``rt_sigqueueinfo``…) to any
-  process but this one;
-- new programs and namespaces: ``execve``/``execveat`` (unless ``allow_exec``: the C++
-  compiler of ``torch.compile``), ``unshare``, ``setns``, ``clone`` with namespace flags;
+  ``pidfd`` calls; and signals (``kill``, ``tgkill``, ``rt_sigqueueinfo``…), resource
+  limits (``prlimit64``), scheduling (``sched_set*``, ``setpriority``, ``ioprio_set``)
+  and memory placement (``migrate_pages``, ``move_pages``) of any process but this one;
+- new programs, processes and namespaces: ``execve``/``execveat`` and process creation
+  (``fork``, ``vfork``, ``clone`` without ``CLONE_THREAD``) unless ``allow_exec`` (the C++
+  compiler of ``torch.compile``); ``unshare``, ``setns``, ``clone`` with namespace flags;
+- state that would outlive the worker: System V shared memory, semaphores and queues;
+- typing into a terminal: ``ioctl`` ``TIOCSTI``/``TIOCLINUX``;
 - the network and kernel attack surface: ``socket`` of any family (the worker's channel is
   already open), ``bpf``, ``perf_event_open``, ``userfaultfd``, ``io_uring``, ``keyctl``,
   mounts, modules, ``open_by_handle_at``;
@@ -35,7 +39,8 @@ _LD_ABS, _JEQ, _JSET, _JGE, _RET = 0x20, 0x15, 0x45, 0x35, 0x06
 _ALLOW = 0x7FFF0000
 _KILL_PROCESS = 0x80000000
 _NAMESPACE_FLAGS = 0x7E020000  # CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET
-_ARG0_LOW, _ARG0_HIGH = 16, 20
+_CLONE_THREAD = 0x00010000
+_ARGS = 16  # seccomp_data.args: 8 bytes each, low word first
 
 # name: (x86_64, aarch64)
 _SYSCALLS: dict[str, tuple[int, int]] = {
@@ -43,13 +48,45 @@ _SYSCALLS: dict[str, tuple[int, int]] = {
     "socket": (41, 198),
     "clone": (56, 220),
     "clone3": (435, 435),
-    "kill": (62, 129),
-    "tgkill": (234, 131),
-    "rt_sigqueueinfo": (129, 138),
-    "rt_tgsigqueueinfo": (297, 240),
     "execve": (59, 221),
     "execveat": (322, 281),
+    "ioctl": (16, 29),
 }
+# calls that act on the process named by an argument: (x86_64, aarch64, argument index)
+_ON_A_PROCESS: dict[str, tuple[int, int, int]] = {
+    "kill": (62, 129, 0),
+    "tgkill": (234, 131, 0),
+    "rt_sigqueueinfo": (129, 138, 0),
+    "rt_tgsigqueueinfo": (297, 240, 0),
+    "prlimit64": (302, 261, 0),
+    "sched_setparam": (142, 118, 0),
+    "sched_setscheduler": (144, 119, 0),
+    "sched_setaffinity": (203, 122, 0),
+    "sched_setattr": (314, 274, 0),
+    "migrate_pages": (256, 238, 0),
+    "move_pages": (279, 239, 0),
+    "get_robust_list": (274, 100, 0),
+    "setpriority": (141, 140, 1),
+    "ioprio_set": (251, 30, 1),
+}
+_SIGNALS = ("kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo")
+# process creation, refused when nothing may be executed (x86_64 only: aarch64 has clone)
+_FORKS = {"fork": 57, "vfork": 58}
+_SYSV_IPC: dict[str, tuple[int, int]] = {
+    "shmget": (29, 194),
+    "shmat": (30, 196),
+    "shmctl": (31, 195),
+    "shmdt": (67, 197),
+    "semget": (64, 190),
+    "semop": (65, 193),
+    "semctl": (66, 191),
+    "semtimedop": (220, 192),
+    "msgget": (68, 186),
+    "msgsnd": (69, 189),
+    "msgrcv": (70, 188),
+    "msgctl": (71, 187),
+}
+_TIOCSTI, _TIOCLINUX = 0x5412, 0x541C
 _DENIED: dict[str, tuple[int, int]] = {
     "ptrace": (101, 117),
     "process_vm_readv": (310, 270),
@@ -107,15 +144,18 @@ def _rule(nr: int, body: list[bytes]) -> list[bytes]:
     return [_op(_JEQ, 0, len(body), nr), *body, _op(_LD_ABS, 0, 0, 0)]
 
 
-def _only_self(own_pid: int) -> list[bytes]:
-    """Allow when the first argument is this process's pid, else EPERM."""
+def _only_self(own_pid: int, index: int, zero_is_self: bool) -> list[bytes]:
+    """Allow when argument ``index`` is this process's pid (or 0, where 0 means "this
+    process" rather than "my process group"), else EPERM."""
+    self_ids = [0, own_pid] if zero_is_self else [own_pid, own_pid]
     return [
-        _op(_LD_ABS, 0, 0, _ARG0_LOW),
-        _op(_JEQ, 0, 3, own_pid),
-        _op(_LD_ABS, 0, 0, _ARG0_HIGH),
-        _op(_JEQ, 0, 1, 0),
-        _op(_RET, 0, 0, _ALLOW),
+        _op(_LD_ABS, 0, 0, _ARGS + 8 * index + 4),  # high word: pids are below 2**31
+        _op(_JEQ, 0, 3, 0),
+        _op(_LD_ABS, 0, 0, _ARGS + 8 * index),
+        _op(_JEQ, 2, 0, self_ids[0]),
+        _op(_JEQ, 1, 0, self_ids[1]),
         _op(_RET, 0, 0, _errno(errno.EPERM)),
+        _op(_RET, 0, 0, _ALLOW),
     ]
 
 
@@ -135,24 +175,41 @@ def build_filter(*, machine: str, own_pid: int, allow_exec: bool) -> bytes:
     ]
     if machine == "x86_64":  # x32 system calls carry bit 30
         program += [_op(_JGE, 0, 1, 0x40000000), _op(_RET, 0, 0, _errno(errno.EPERM))]
-    denied = [pair[column] for pair in _DENIED.values()]
+    denied = [pair[column] for pair in (*_DENIED.values(), *_SYSV_IPC.values())]
     if not allow_exec:
         denied += [number["execve"], number["execveat"]]
+        if machine == "x86_64":
+            denied += list(_FORKS.values())
     for nr in denied:
         program += _rule(nr, [_op(_RET, 0, 0, _errno(errno.EPERM))])
     program += _rule(number["socket"], [_op(_RET, 0, 0, _errno(errno.EACCES))])
     program += _rule(number["clone3"], [_op(_RET, 0, 0, _errno(errno.ENOSYS))])
+    # clone: never new namespaces; without exec, threads only (no child can outlive us)
+    threads_only = [] if allow_exec else [_op(_JSET, 1, 0, _CLONE_THREAD)]
     program += _rule(
         number["clone"],
         [
-            _op(_LD_ABS, 0, 0, _ARG0_LOW),
-            _op(_JSET, 0, 1, _NAMESPACE_FLAGS),
+            _op(_LD_ABS, 0, 0, _ARGS),
+            _op(_JSET, 1, 0, _NAMESPACE_FLAGS),  # to the EPERM below either way
+            *threads_only,
+            *([] if threads_only else [_op(_RET, 0, 0, _ALLOW)]),
+            _op(_RET, 0, 0, _errno(errno.EPERM)),
+            *([_op(_RET, 0, 0, _ALLOW)] if threads_only else []),
+        ],
+    )
+    program += _rule(
+        number["ioctl"],
+        [
+            _op(_LD_ABS, 0, 0, _ARGS + 8),  # the request: no typing into a terminal
+            _op(_JEQ, 1, 0, _TIOCSTI),
+            _op(_JEQ, 0, 1, _TIOCLINUX),
             _op(_RET, 0, 0, _errno(errno.EPERM)),
             _op(_RET, 0, 0, _ALLOW),
         ],
     )
-    for name in ("kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"):
-        program += _rule(number[name], _only_self(own_pid))
+    for name, (nr_x86, nr_arm, index) in _ON_A_PROCESS.items():
+        signal_call = name in _SIGNALS  # kill(0, …) signals the whole process group
+        program += _rule((nr_x86, nr_arm)[column], _only_self(own_pid, index, not signal_call))
     program.append(_op(_RET, 0, 0, _ALLOW))
     return b"".join(program)
 
