@@ -86,7 +86,7 @@ class WorkerPool:
         self._load_seconds = load_seconds
         self._on_event = on_event
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
+        self._waiters: dict[str, tuple[threading.Condition, int]] = {}  # by model
         self._zygote = Zygote(settings)
         self._idle: list[RunningWorker] = []  # least recently used first
         self._live: dict[int, RunningWorker] = {}
@@ -162,7 +162,7 @@ class WorkerPool:
             start.error = failure
             if failure.crashed:
                 self._on_event("restart", "load failure")
-        with self._changed:
+        with self._lock:
             start.done = True
             self._starts.pop(start.model_id, None)
             if worker is not None and not self._closed.is_set():
@@ -170,7 +170,7 @@ class WorkerPool:
                 self._idle.append(worker)
             else:
                 self._free_slots.append(slot)
-            self._changed.notify_all()
+            self._wake(start.model_id, everyone=True)
         if worker is not None and self._closed.is_set():
             worker.stop()
         elif worker is not None:
@@ -204,12 +204,12 @@ class WorkerPool:
 
     def _retire(self, worker: RunningWorker, reason: str | None) -> int | None:
         """Stop a worker for good (outside the lock); ``reason`` counts it as a restart."""
-        with self._changed:
+        with self._lock:
             self._live.pop(worker.serial, None)
         code = worker.stop()
-        with self._changed:
+        with self._lock:
             self._free_slots.append(worker.slot)
-            self._changed.notify_all()
+            self._wake(None)
         if reason is not None and not self._closed.is_set():
             self._on_event("restart", reason)
         return code
@@ -236,13 +236,15 @@ class WorkerPool:
     ) -> RunningWorker:
         began = time.monotonic()
         joined: _Start | None = None
-        with self._changed:
+        with self._lock:
             if self._waiting >= self._max_queue:
                 raise errors.ResourceExhausted(
                     f"{self._busy} requests are computing and {self._waiting} are already "
                     "queued (--max-queue); retry with backoff or add replicas"
                 )
             self._waiting += 1
+            condition, count = self._waiters.get(model_id, (threading.Condition(self._lock), 0))
+            self._waiters[model_id] = (condition, count + 1)
             try:
                 while True:
                     if self._closed.is_set():
@@ -273,19 +275,36 @@ class WorkerPool:
                             f"({time.monotonic() - began:.2f}s); nothing was computed. A "
                             "model's first request also waits for its archive to load"
                         )
-                    self._changed.wait(min(remaining, _POLL_SECONDS * 4))
+                    condition.wait(min(remaining, _POLL_SECONDS * 4))
             finally:
                 self._waiting -= 1
+                count = self._waiters[model_id][1] - 1
+                if count:
+                    self._waiters[model_id] = (condition, count)
+                else:
+                    del self._waiters[model_id]
                 self._on_event("queue_wait", time.monotonic() - began)
 
     def _release(self, worker: RunningWorker) -> None:
-        with self._changed:
+        with self._lock:
             self._busy -= 1
             self._on_event("busy", self._busy)
             if worker.serial in self._live:
                 worker.last_used = time.monotonic()
                 self._idle.append(worker)
-            self._changed.notify_all()
+            self._wake(worker.model_id)
+
+    def _wake(self, model_id: str | None, *, everyone: bool = False) -> None:
+        """Wake a waiter of ``model_id`` (all of them with ``everyone``) and, while a
+        request may start, one waiter of another model; caller holds the lock. Waiters
+        also look again every 0.2 s, so a wake-up too few costs time, never a hang."""
+        if model_id in self._waiters:
+            condition = self._waiters[model_id][0]
+            condition.notify_all() if everyone else condition.notify()
+        if self._busy < self._size:
+            other = next((m for m in self._waiters if m != model_id), None)
+            if other is not None:
+                self._waiters[other][0].notify()
 
     def describe(
         self, model_id: str, *, deadline: float, cancelled: Callable[[], bool] = lambda: False
@@ -417,8 +436,9 @@ class WorkerPool:
     def close(self) -> None:
         """Stop every worker and the zygote."""
         self._closed.set()
-        with self._changed:
-            self._changed.notify_all()
+        with self._lock:
+            for condition, _ in self._waiters.values():
+                condition.notify_all()
             workers = list(self._live.values())
             self._live.clear()
             self._idle.clear()
