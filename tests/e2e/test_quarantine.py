@@ -47,8 +47,10 @@ def test_an_upload_that_crashes_its_loader_leaves_nothing_and_is_not_retried(tmp
     with running_server(str(tmp_path)) as running, Client(running.target, timeout=60) as client:
         with pytest.raises(InvalidArgument, match="crashed its worker"):
             client.upload(hostile.deeply_nested())
-        assert list(tmp_path.glob("*.archive")) == []
+        assert list(tmp_path.rglob("*.archive")) == []  # not kept, not even in quarantine
         assert client.list_models() == []
+        with pytest.raises(FailedPrecondition, match="quarantined"):  # never loaded again
+            client.upload(hostile.deeply_nested())
         assert client.jacobian(hostile.good_script(), X).jacobian.shape == (2, 3)
 
 

@@ -200,20 +200,24 @@ class JacobianServicer:
         return (lambda: not context.is_active()) if context is not None else lambda: False
 
     def _refused(self, model_id: str, failure: LoadFailure, *, checked: bool) -> Exception:
-        """Forget an archive that could not be loaded: removed if it never passed its
-        check, quarantined if it had (or if its loader crashed or hung)."""
+        """Forget an archive that could not be loaded. One that never passed its check is
+        removed; one whose loader crashed or hung is also marked bad (an archive that had
+        passed is kept in quarantine for its operator), so it is never loaded again."""
         if checked or failure.crashed:
             _LOG.error("quarantined model %s: %s", model_id, failure.error)
-            self._catalog.quarantine(model_id, str(failure.error))
+            self._catalog.quarantine(model_id, str(failure.error), keep_archive=checked)
             self._pool.forget(model_id)
-        else:
-            with contextlib.suppress(NotFound):
-                self._store.remove(model_id)
+        with contextlib.suppress(NotFound):
+            self._store.remove(model_id)
         return failure.error
 
-    def _describe(self, model_id: str, context: grpc.ServicerContext | None) -> pb.ModelInfo:
-        """Have a worker load the stored archive, check its operators and describe it."""
-        checked = self._catalog.get(model_id) is not None
+    def _describe(
+        self, model_id: str, context: grpc.ServicerContext | None, *, keep: bool = False
+    ) -> pb.ModelInfo:
+        """Have a worker load the stored archive, check its operators and describe it;
+        ``keep``: an archive refused now goes to quarantine rather than away (one the
+        operator put in the store)."""
+        checked = keep or self._catalog.get(model_id) is not None
         try:
             body = self._pool.describe(
                 model_id, deadline=self._deadline(context), cancelled=self._cancelled(context)
@@ -275,11 +279,9 @@ class JacobianServicer:
             if self._catalog.get(model_id) is not None:
                 continue
             try:
-                self._describe(model_id, None)
+                self._describe(model_id, None, keep=True)
             except Exception as exc:
                 _LOG.error("stored archive %s does not load: %s", model_id, exc)
-                if self._catalog.quarantined(model_id) is None:
-                    self._catalog.quarantine(model_id, str(exc))
                 failed.append(model_id)
         return failed
 

@@ -72,15 +72,17 @@ class ModelCatalog:
             self._infos.pop(model_id, None)
         (self._directory / f"{model_id}{_INFO}").unlink(missing_ok=True)
 
-    def quarantine(self, model_id: str, reason: str) -> None:
-        """Move the stored archive aside with ``reason``; it is never loaded again
-        automatically (an operator may inspect and delete ``quarantine/``)."""
+    def quarantine(self, model_id: str, reason: str, *, keep_archive: bool = True) -> None:
+        """Mark ``model_id`` bad with ``reason``: it is never loaded again automatically.
+        With ``keep_archive`` its stored archive is moved aside for an operator to
+        inspect (and delete with DeleteModel); without, only the mark remains."""
         self.forget(model_id)
         self._quarantine.mkdir(exist_ok=True)
         (self._quarantine / f"{model_id}{_REASON}").write_text(reason[:4000])
-        archive = self._directory / f"{model_id}{_ARCHIVE}"
-        with contextlib.suppress(FileNotFoundError):
-            archive.replace(self._quarantine / f"{model_id}{_ARCHIVE}")
+        if keep_archive:
+            archive = self._directory / f"{model_id}{_ARCHIVE}"
+            with contextlib.suppress(FileNotFoundError):
+                archive.replace(self._quarantine / f"{model_id}{_ARCHIVE}")
 
     def quarantined(self, model_id: str) -> str | None:
         """Why ``model_id`` is quarantined, or ``None``."""

@@ -39,6 +39,7 @@ import torch
 
 from jacserve.server.allocator import keep_freed_memory
 from jacserve.server.logs import configure_logging
+from jacserve.server.worker.output import WorkerOutputs
 from jacserve.server.worker.process import serve_one_archive  # imported once, here
 from jacserve.server.worker.protocol import Channel
 from jacserve.server.worker.sandbox import python_paths
@@ -79,11 +80,20 @@ def _exit_code(status: int) -> int:
 
 
 def _child(
-    control: Channel, wake: tuple[int, int], request: dict[str, Any], settings: WorkerSettings
+    control: Channel,
+    wake: tuple[int, int],
+    outputs: WorkerOutputs,
+    output: int,
+    request: dict[str, Any],
+    settings: WorkerSettings,
 ) -> None:
     """In the forked child: become a worker; never returns."""
     code = 1
     try:
+        outputs.close_inherited()  # other workers' output is not ours to read
+        os.dup2(output, 1)
+        os.dup2(output, 2)
+        os.close(output)
         control.sock.close()
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -146,11 +156,14 @@ def serve_forks(control: Channel, settings: WorkerSettings, own_uid: bool) -> No
     signal.set_wakeup_fd(write_wake)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     workers: set[int] = set()
+    outputs = WorkerOutputs()
     while True:
-        ready, _, _ = select.select([control, read_wake], [], [], _SWEEP_SECONDS)
+        ready, _, _ = select.select([control, read_wake, *outputs.fds()], [], [], _SWEEP_SECONDS)
         if read_wake in ready:
             while os.read(read_wake, 512) == 512:
                 pass
+        for fd in set(ready) & set(outputs.fds()):
+            outputs.drain(fd)
         _reap(control, workers)
         _kill_orphans(workers)
         if control not in ready:
@@ -161,9 +174,12 @@ def serve_forks(control: Channel, settings: WorkerSettings, own_uid: bool) -> No
             return
         if request.get("op") != "fork" or "file_fd" not in request:
             continue
+        output = outputs.open(pid=0)
         pid = os.fork()
         if pid == 0:
-            _child(control, (read_wake, write_wake), {**request, "own_uid": own_uid}, settings)
+            request["own_uid"] = own_uid
+            _child(control, (read_wake, write_wake), outputs, output, request, settings)
+        outputs.adopt(output, pid)
         workers.add(pid)
         os.close(int(request["file_fd"]))
         pidfd = os.pidfd_open(pid)
