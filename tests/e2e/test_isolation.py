@@ -65,6 +65,10 @@ ATTACKER = textwrap.dedent(
         attempt(f"{who}_scheduler", lambda: os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0)))
         attempt(f"{who}_priority", lambda: os.setpriority(os.PRIO_PROCESS, pid, 19))
     attempt("fork", lambda: os.fork() or os._exit(0))
+    attempt("renice_my_uid", lambda: os.setpriority(os.PRIO_USER, 0, 19))
+    attempt("renice_my_group", lambda: os.setpriority(os.PRIO_PGRP, 0, 19))
+    attempt("datagram_pair", lambda: socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM))
+    attempt("memfd_secret", lambda: syscall_ok(min(0, libc.syscall(447, 0))))
     attempt("sysv_shared_memory", lambda: syscall_ok(min(0, libc.shmget(0, 1 << 20, 0o1600))))
     attempt("signal_everyone", lambda: os.kill(-1, 0))
     attempt("signal_group", lambda: os.kill(0, 0))
@@ -77,6 +81,8 @@ ATTACKER = textwrap.dedent(
     attempt("write_scratch", lambda: open(os.path.join(settings.scratch_dir, "ok"), "w").write("x"))
     attempt("signal_itself", lambda: os.kill(os.getpid(), 0))
     attempt("own_limits", lambda: resource.prlimit(0, resource.RLIMIT_CPU))
+    attempt("renice_itself", lambda: os.setpriority(os.PRIO_PROCESS, 0, 1))
+    attempt("stream_pair", lambda: socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM))
     thread = threading.Thread(target=lambda: None)
     attempt("threads", lambda: (thread.start(), thread.join()) and None)
     print(json.dumps(found))
@@ -107,8 +113,23 @@ def test_a_compromised_worker_reaches_nothing_but_itself(isolated, tmp_path):
     )
     found = json.loads(out.stdout.strip().splitlines()[-1])
     reached = {k: v for k, v in found.items() if v == "allowed"}
-    assert set(reached) == {"write_scratch", "signal_itself", "own_limits", "threads"}, found
+    mine = {"write_scratch", "signal_itself", "own_limits", "threads", "renice_itself"}
+    assert set(reached) == mine | {"stream_pair"}, found
     assert not pathlib.Path("/tmp/jacserve-escaped").exists()
+
+
+def test_workers_get_no_secret_of_the_frontend_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-for-workers")
+    monkeypatch.setenv("JACSERVE_AUTH_TOKEN", "not-for-workers-either")
+    with (
+        running_server(str(tmp_path)) as running,
+        Client(running.target, token="not-for-workers-either", timeout=60) as client,
+    ):
+        model = client.upload(torch.jit.script(torch.nn.Linear(3, 2)))
+        (worker,) = running.pool.pids(model)
+        zygote = int(pathlib.Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        environment = pathlib.Path(f"/proc/{zygote}/environ").read_bytes()
+    assert b"not-for-workers" not in environment and b"PATH=" in environment
 
 
 def test_workers_serve_one_archive_each_and_never_read_the_store(isolated):

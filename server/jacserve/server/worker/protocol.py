@@ -137,7 +137,7 @@ class Channel:
                 raise ProtocolError("message truncated or carrying more than one descriptor")
             try:
                 header = json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):  # a header nested 60,000 deep
                 raise ProtocolError("message header is not JSON") from None
             if not isinstance(header, dict):
                 raise ProtocolError("message header is not a JSON object")

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -28,7 +29,13 @@ from jacserve.server.worker.settings import WorkerSettings
 __all__ = ["WorkerProcess", "Zygote", "ZygoteError"]
 
 _LOG = logging.getLogger("jacserve.server.workers")
-_SECRET_VARIABLES = ("JACSERVE_AUTH_TOKEN", "JACSERVE_AUTH_TOKEN_FILE", "JACSERVE_TLS_KEY")
+_PASSED_VARIABLES = re.compile(
+    r"(PATH|HOME|USER|LANG|LANGUAGE|TZ|VIRTUAL_ENV|LD_LIBRARY_PATH|CC|CXX|LC_\w+|PYTHON\w*"
+    r"|CUDA_\w+|NVIDIA_\w+|OMP_\w+|KMP_\w+|MKL_\w+|OPENBLAS_\w+|GOMP_\w+|TORCH\w*"
+    r"|PYTORCH_\w+|TRITON_\w+)"
+)
+"""Environment variables the zygote (and so every worker) gets; nothing else — tokens,
+cloud credentials, service addresses — reaches archive code."""
 _START_SECONDS = 120
 _FORK_SECONDS = 30
 
@@ -105,7 +112,7 @@ class Zygote:
             ZygoteError: it did not start (its error is in the log).
         """
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = {k: v for k, v in os.environ.items() if k not in _SECRET_VARIABLES}
+        env = {k: v for k, v in os.environ.items() if _PASSED_VARIABLES.fullmatch(k)}
         env.update(
             TMPDIR=self._settings.scratch_dir,
             OMP_NUM_THREADS=str(max(1, self._settings.torch_threads)),

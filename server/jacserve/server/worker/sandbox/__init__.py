@@ -4,8 +4,8 @@ A worker is assumed compromised the moment it loads an archive, so each layer li
 that costs, and each is used where the kernel offers it and reported otherwise:
 
 - **identity** (:mod:`.identity`): a uid of its own or no capabilities, non-dumpable;
-- **resource limits** (``setrlimit``): address space and open files (the CPU seconds per
-  request are :mod:`~jacserve.server.worker.cpu_budget`'s);
+- **resource limits** (``setrlimit``): address space, open files, file size, no core
+  dumps (the CPU seconds per request are :mod:`~jacserve.server.worker.cpu_budget`'s);
 - **system calls** (:mod:`.seccomp`): no sockets, no reaching other processes (ptrace,
   process_vm_*, signals), no exec (unless compiling), no namespaces;
 - **files, ports, signals** (:mod:`.landlock`): read-only Python and system paths and its
@@ -28,6 +28,7 @@ from jacserve.server.worker.sandbox import identity, landlock, seccomp
 __all__ = ["SandboxSettings", "apply_sandbox", "python_paths"]
 
 _PR_SET_NO_NEW_PRIVS = 38
+_MAX_FILE_BYTES = 4 << 30  # one scratch file (compiled programs are megabytes)
 _SYSTEM_READ_PATHS = ("/usr", "/lib", "/lib64", "/bin", "/sys")
 _TOOLCHAIN_PATHS = ("/usr/bin", "/usr/lib", "/usr/libexec", "/usr/local/bin", "/bin")
 
@@ -76,6 +77,7 @@ def apply_sandbox(settings: SandboxSettings) -> dict[str, str]:
         resource.setrlimit(resource.RLIMIT_AS, (settings.memory_bytes, settings.memory_bytes))
     resource.setrlimit(resource.RLIMIT_NOFILE, (settings.open_files, settings.open_files))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (_MAX_FILE_BYTES, _MAX_FILE_BYTES))
     applied["rlimits"] = (
         f"address space {settings.memory_bytes or 'unlimited'}, files {settings.open_files}"
     )

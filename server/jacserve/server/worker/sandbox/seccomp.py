@@ -13,7 +13,9 @@ A classic-BPF seccomp program, built here for x86-64 and AArch64. Refused with `
 - state that would outlive the worker: System V shared memory, semaphores and queues;
 - typing into a terminal: ``ioctl`` ``TIOCSTI``/``TIOCLINUX``;
 - the network and kernel attack surface: ``socket`` of any family (the worker's channel is
-  already open), ``bpf``, ``perf_event_open``, ``userfaultfd``, ``io_uring``, ``keyctl``,
+  already open), ``connect``, ``sendto`` an address, ``socketpair`` but of streams (no
+  datagram reaches a pathname Unix socket, which Landlock does not cover),
+  ``memfd_secret``, ``bpf``, ``perf_event_open``, ``userfaultfd``, ``io_uring``, ``keyctl``,
   mounts, modules, ``open_by_handle_at``;
 - every other ABI (32-bit ``int 0x80`` calls, x32): refused whole, so the filter cannot
   be walked around by switching instruction sets.
@@ -35,7 +37,8 @@ __all__ = ["build_filter", "install_filter"]
 
 _SECCOMP_SET_MODE_FILTER = 1
 _SECCOMP_FILTER_FLAG_TSYNC = 1
-_LD_ABS, _JEQ, _JSET, _JGE, _RET = 0x20, 0x15, 0x45, 0x35, 0x06
+_LD_ABS, _JEQ, _JSET, _JGE, _RET, _AND = 0x20, 0x15, 0x45, 0x35, 0x06, 0x54
+_SOCK_STREAM, _SOCK_TYPE_MASK = 1, 0xF
 _ALLOW = 0x7FFF0000
 _KILL_PROCESS = 0x80000000
 _NAMESPACE_FLAGS = 0x7E020000  # CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET
@@ -51,6 +54,8 @@ _SYSCALLS: dict[str, tuple[int, int]] = {
     "execve": (59, 221),
     "execveat": (322, 281),
     "ioctl": (16, 29),
+    "socketpair": (53, 199),
+    "sendto": (44, 206),
 }
 # calls that act on the process named by an argument: (x86_64, aarch64, argument index)
 _ON_A_PROCESS: dict[str, tuple[int, int, int]] = {
@@ -66,8 +71,11 @@ _ON_A_PROCESS: dict[str, tuple[int, int, int]] = {
     "migrate_pages": (256, 238, 0),
     "move_pages": (279, 239, 0),
     "get_robust_list": (274, 100, 0),
-    "setpriority": (141, 140, 1),
-    "ioprio_set": (251, 30, 1),
+}
+# calls whose first argument says what the second names: (x86_64, aarch64, "a process")
+_WHICH_PROCESS: dict[str, tuple[int, int, int]] = {
+    "setpriority": (141, 140, 0),  # PRIO_PROCESS (not PRIO_PGRP, PRIO_USER)
+    "ioprio_set": (251, 30, 1),  # IOPRIO_WHO_PROCESS
 }
 _SIGNALS = ("kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo")
 # process creation, refused when nothing may be executed (x86_64 only: aarch64 has clone)
@@ -127,6 +135,8 @@ _DENIED: dict[str, tuple[int, int]] = {
     "reboot": (169, 142),
     "open_by_handle_at": (304, 265),
     "name_to_handle_at": (303, 264),
+    "connect": (42, 203),  # Landlock does not cover pathname Unix sockets
+    "memfd_secret": (447, 447),
 }
 _ARCH = {"x86_64": (0, 0xC000003E), "aarch64": (1, 0xC00000B7)}
 
@@ -207,6 +217,39 @@ def build_filter(*, machine: str, own_pid: int, allow_exec: bool) -> bytes:
             _op(_RET, 0, 0, _ALLOW),
         ],
     )
+    # socketpair: stream pairs only (connected, so no datagram can be addressed elsewhere)
+    program += _rule(
+        number["socketpair"],
+        [
+            _op(_LD_ABS, 0, 0, _ARGS + 8),
+            _op(_AND, 0, 0, _SOCK_TYPE_MASK),
+            _op(_JEQ, 1, 0, _SOCK_STREAM),
+            _op(_RET, 0, 0, _errno(errno.EPERM)),
+            _op(_RET, 0, 0, _ALLOW),
+        ],
+    )
+    # sendto: never to an address (its fifth argument)
+    program += _rule(
+        number["sendto"],
+        [
+            _op(_LD_ABS, 0, 0, _ARGS + 8 * 4),
+            _op(_JEQ, 0, 3, 0),
+            _op(_LD_ABS, 0, 0, _ARGS + 8 * 4 + 4),
+            _op(_JEQ, 0, 1, 0),
+            _op(_RET, 0, 0, _ALLOW),
+            _op(_RET, 0, 0, _errno(errno.EPERM)),
+        ],
+    )
+    for nr_x86, nr_arm, which in _WHICH_PROCESS.values():
+        program += _rule(
+            (nr_x86, nr_arm)[column],
+            [
+                _op(_LD_ABS, 0, 0, _ARGS),
+                _op(_JEQ, 1, 0, which),
+                _op(_RET, 0, 0, _errno(errno.EPERM)),
+                *_only_self(own_pid, 1, True),
+            ],
+        )
     for name, (nr_x86, nr_arm, index) in _ON_A_PROCESS.items():
         signal_call = name in _SIGNALS  # kill(0, …) signals the whole process group
         program += _rule((nr_x86, nr_arm)[column], _only_self(own_pid, index, not signal_call))
