@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import pathlib
@@ -11,6 +10,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, Union
 
 import torch
+
+from jacserve.client._fingerprint import fingerprint
 
 __all__ = ["ModelSource", "archive_bytes"]
 
@@ -23,7 +24,8 @@ ModelSource = Union[  # noqa: UP007
     torch.nn.Module,
     Callable[..., Any],
 ]
-_SERIALIZED: OrderedDict[str, bytes] = OrderedDict()  # content key → archive, most recent last
+# fingerprint → (archive, the archive loaded back), most recent last
+_SERIALIZED: OrderedDict[str, tuple[bytes, Callable[..., Any]]] = OrderedDict()
 _SERIALIZED_MAX = 32
 
 
@@ -42,24 +44,6 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
-def _content_key(model: Any, example: Sequence[torch.Tensor]) -> str:
-    """A hash of what the archive would contain: code identity, weights, input signature."""
-    digest = hashlib.sha256()
-    kind = type(model) if isinstance(model, torch.nn.Module) else model
-    digest.update(f"{kind.__module__}.{getattr(kind, '__qualname__', repr(kind))}".encode())
-    forward = getattr(type(model), "forward", None)
-    code = getattr(model, "__code__", None) or getattr(forward, "__code__", None)
-    if code is not None:
-        digest.update(code.co_code + repr(code.co_consts).encode())
-    state = model.state_dict() if isinstance(model, torch.nn.Module) else {}
-    for name, tensor in state.items():
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
-    for tensor in example:
-        digest.update(f"in:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-    return digest.hexdigest()
-
-
 def _tensors(value: Any) -> tuple[torch.Tensor, ...]:
     """The output as a tuple of tensors; anything else is not servable."""
     items = value if isinstance(value, tuple | list) else (value,)
@@ -75,7 +59,21 @@ def _load(data: bytes) -> Callable[..., Any]:
         return torch.export.load(io.BytesIO(data)).module()
 
 
-def _serialize_module(model: Any, example: tuple[torch.Tensor, ...]) -> bytes:
+def _reproduces(loaded: Callable[..., Any], model: Any, example: tuple[torch.Tensor, ...]) -> bool:
+    """Whether an archive loaded back gives the model's output on ``example``."""
+    module = model if isinstance(model, torch.nn.Module) else _Function(model)
+    try:
+        got, expected = _tensors(loaded(*example)), _tensors(module(*example))
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b, equal_nan=True)
+    except Exception:
+        return False
+    return True
+
+
+def _serialize_module(
+    model: Any, example: tuple[torch.Tensor, ...]
+) -> tuple[bytes, Callable[..., Any]]:
     """torch.export first, then TorchScript scripting, then tracing; the first archive that
     loads back and reproduces the model's output on ``example`` wins, every failure named."""
     module = model if isinstance(model, torch.nn.Module) else _Function(model)
@@ -94,10 +92,11 @@ def _serialize_module(model: Any, example: tuple[torch.Tensor, ...]) -> bytes:
                 torch.export.save(program, buffer)
             else:
                 torch.jit.save(program, buffer)
-            got = _tensors(_load(buffer.getvalue())(*example))
+            loaded = _load(buffer.getvalue())
+            got = _tensors(loaded(*example))
             for a, b in zip(got, expected, strict=True):
                 torch.testing.assert_close(a, b, equal_nan=True)
-            return buffer.getvalue()
+            return buffer.getvalue(), loaded
         except Exception as exc:  # each way's failure goes into the message
             failures.append(f"{name}: {type(exc).__name__}: {_first_line(exc)}")
     raise ValueError(
@@ -119,9 +118,11 @@ def archive_bytes(model: Any, example_inputs: Sequence[torch.Tensor] | None = No
         example_inputs: inputs to export or trace a module or function with.
 
     Saving is deterministic, and a module or function is serialized once per content
-    (code, weights, input shapes), so the same model always gives the same model id. The
-    archive is loaded back and run on ``example_inputs`` before it is used: it must
-    reproduce the model's output.
+    (:func:`~jacserve.client._fingerprint.fingerprint`: the code of all its submodules'
+    classes, their attributes, parameters and buffers, the input signature), so the same
+    model always gives the same model id and a changed one a new archive. The archive is
+    loaded back and run on ``example_inputs`` before it is used, and again on every
+    reuse: it must reproduce the model's output, or the model is serialized afresh.
 
     Raises:
         TypeError: for other types, or a module or function without ``example_inputs``.
@@ -153,13 +154,16 @@ def archive_bytes(model: Any, example_inputs: Sequence[torch.Tensor] | None = No
                 "directly (their inputs serve as the example)"
             )
         example = tuple(torch.as_tensor(t) for t in example_inputs)
-        key = _content_key(model, example)
-        if key not in _SERIALIZED:
-            _SERIALIZED[key] = _serialize_module(model, example)
+        key = fingerprint(model, example)
+        if key is None:  # something in it cannot be described: never reuse
+            return _serialize_module(model, example)[0]
+        cached = _SERIALIZED.get(key)
+        if cached is None or not _reproduces(cached[1], model, example):
+            cached = _SERIALIZED[key] = _serialize_module(model, example)
             while len(_SERIALIZED) > _SERIALIZED_MAX:
                 _SERIALIZED.popitem(last=False)
         _SERIALIZED.move_to_end(key)
-        return _SERIALIZED[key]
+        return cached[0]
     raise TypeError(
         f"upload: expected a path, bytes, torch.jit.ScriptModule, torch.export."
         f"ExportedProgram, nn.Module or function; got {type(model).__name__}"
