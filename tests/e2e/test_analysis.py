@@ -159,3 +159,13 @@ def test_a_given_pattern_is_used_and_checked(client):
 def test_bad_analysis_requests_are_invalid_argument(client, call, message):
     with pytest.raises(InvalidArgument, match=message):
         call(client, torch.jit.script(Reaction()), torch.randn(8, dtype=F64))
+
+
+def test_top_singular_of_a_scalar_input_and_output(client):
+    class Scalar(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.sin(x) * 2
+
+    x = torch.tensor(0.5, dtype=torch.float64)
+    result = client.top_singular(torch.jit.script(Scalar()), x, k=1)
+    torch.testing.assert_close(result.values, (2 * torch.cos(x)).abs().reshape(1))

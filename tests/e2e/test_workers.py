@@ -191,3 +191,14 @@ def test_a_model_whose_requests_keep_overrunning_stops_costing_workers(limited):
         assert time.monotonic() - began < 0.5
         assert limited.pool.pids(slow) == []  # no worker was forked or loaded for it
         assert client.jacobian(hostile.good_script(), X).jacobian.shape == (2, 3)
+
+
+def test_a_callers_deadline_wins_over_the_servers_default(tmp_path):
+    with (
+        running_server(str(tmp_path), workers=1, request_timeout=0.5) as running,
+        Client(running.target, timeout=120) as client,
+    ):
+        slow = client.upload(archive_of(Slow(1_000_000), (X,), "torchscript"))
+        result = client.jvp(slow, X, X)  # runs for seconds, past --request-timeout
+        torch.testing.assert_close(result.jvp, 2 * X)
+        assert result.metrics.timing["total"] > 0.5

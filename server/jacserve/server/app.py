@@ -49,6 +49,9 @@ __all__ = ["RunningServer", "main", "serve"]
 
 _LOG = logging.getLogger("jacserve.server")
 _MIN_WORKER_MEMORY = 4 << 30
+MIN_CLIENT_PING_INTERVAL_MS = 30_000
+"""Clients may ping this often on a connection without data (the SDK pings every 60 s;
+gRPC's default, 5 minutes, would answer it with GOAWAY ``too_many_pings``)."""
 
 
 @dataclass
@@ -183,7 +186,7 @@ def serve(config: ServerConfig, environ: dict[str, str] | None = None) -> Runnin
             # the SDK pings idle connections every 60 s; accept that (the default would
             # answer pings more often than every 5 minutes with GOAWAY "too_many_pings")
             ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_recv_ping_interval_without_data_ms", 30_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
         ],
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )

@@ -191,9 +191,11 @@ class JacobianServicer:
     # -- models ---------------------------------------------------------------------------
 
     def _deadline(self, context: grpc.ServicerContext | None) -> float:
+        """The caller's deadline; ``--request-timeout`` only when the caller set none."""
         remaining = context.time_remaining() if context is not None else None
-        limit = self._settings.request_timeout_seconds
-        return time.monotonic() + min(limit, remaining if remaining is not None else math.inf)
+        if remaining is None or not math.isfinite(remaining):
+            remaining = self._settings.request_timeout_seconds
+        return time.monotonic() + remaining
 
     @staticmethod
     def _cancelled(context: grpc.ServicerContext | None) -> Callable[[], bool]:

@@ -38,7 +38,7 @@ def split_like(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> tuple[torch.
     lead = flat.shape[:-1]
     parts, offset = [], 0
     for t in like:
-        part = flat[..., offset : offset + t.numel()].reshape(*lead, *t.shape)
+        part = flat[..., offset : offset + t.numel()].reshape((*lead, *t.shape))
         parts.append(part.to(device=t.device, dtype=t.dtype))
         offset += t.numel()
     return tuple(parts)

@@ -191,7 +191,7 @@ def _jvp_in_reverse_mode(
             @ row[offset : offset + out.numel()].reshape(out.numel(), -1).T
             for row, t in zip(rows, tangents, strict=True)
         )
-        values.append(jv.reshape(*lead, *out.shape))
+        values.append(jv.reshape((*lead, *out.shape)))  # a tuple: both may be empty
         offset += out.numel()
     run.fall_back(
         f"{reason}, and no double-backward rule; computed J·v from the reverse-mode Jacobian",
