@@ -228,3 +228,12 @@ def test_nonfinite_results_are_reported_not_hidden(client: Client):
     assert torch.isinf(result.jacobian[0, 0])
     assert result.metrics.nonfinite_count == 2
     assert any("non-finite" in w for w in result.metrics.warnings)
+
+
+@pytest.mark.parametrize("mode", ["forward", "reverse", "auto"])
+def test_every_mode_with_a_memory_budget_completes(client, mode):
+    torch.manual_seed(0)
+    model = torch.jit.script(torch.nn.Linear(3, 2).double())
+    x = torch.randn(3, dtype=torch.float64)
+    result = client.jacobian(model, x, mode=mode, max_memory_bytes=10**8, timeout=60)
+    torch.testing.assert_close(result.jacobian, torch.func.jacrev(model)(x))

@@ -46,7 +46,9 @@ __all__ = [
     "missing_forward_rule",
 ]
 
-FORWARD_AD_LOCK = threading.Lock()
+FORWARD_AD_LOCK = threading.RLock()
+"""Serializes forward-mode AD between threads (its state is process-wide); re-entrant, so
+a memory probe under the lock can run a forward pass that takes it again."""
 
 
 class SharedExclusiveLock:
