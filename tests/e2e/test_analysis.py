@@ -169,3 +169,26 @@ def test_top_singular_of_a_scalar_input_and_output(client):
     x = torch.tensor(0.5, dtype=torch.float64)
     result = client.top_singular(torch.jit.script(Scalar()), x, k=1)
     torch.testing.assert_close(result.values, (2 * torch.cos(x)).abs().reshape(1))
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (1, 6), (6, 2)], ids=["wide", "scalar output", "tall"])
+def test_top_singular_is_exact_for_wide_tall_and_scalar_output_jacobians(client, shape):
+    m, n = shape
+    torch.manual_seed(m * n)
+    matrix = torch.randn(m, n, dtype=torch.float64)
+
+    class Linear(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("matrix", matrix)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.tanh(self.matrix @ x)
+
+    model = torch.jit.script(Linear())
+    x = torch.randn(n, dtype=torch.float64) * 0.3
+    k = min(m, n)
+    result = client.top_singular(model, x, k=k)
+    dense = torch.linalg.svdvals(torch.func.jacrev(model)(x))
+    torch.testing.assert_close(result.values, dense[:k], rtol=1e-10, atol=1e-12)
+    assert float(result.residuals.max()) < 1e-10

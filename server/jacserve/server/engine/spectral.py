@@ -6,7 +6,10 @@ Golub–Kahan–Lanczos builds orthonormal bases ``U`` (outputs) and ``V`` (inpu
 (``Jᵀ·u``), and the singular values of the small ``B`` approximate the largest ones of
 ``J`` first (Ritz values). Vectors are reorthogonalized against all earlier ones (full
 reorthogonalization: the plain recurrence loses orthogonality in floating point and
-repeats singular values). After s steps the top-k triplets of ``B`` are lifted back
+repeats singular values). The last step also takes its VJP, so that ``Jᵀ·U = V·B̃ᵀ``
+holds with the s × (s + 1) matrix ``B̃ = [B | β·e_s]``: its singular values are those of
+``Uᵀ·J``, exact as soon as ``U`` spans the range of J (a wide Jacobian after m steps, a
+scalar output after one). After s steps the top-k triplets of ``B̃`` are lifted back
 (``u = U·p``, ``v = V·q``) and checked with k more JVPs and VJPs: the residual
 ``max(‖J·v − σu‖, ‖Jᵀ·u − σv‖) / σ₁`` says how converged each triplet is. Memory is
 ``s·(M + N)`` numbers for the bases instead of ``M·N`` for J. The reverse-mode tape of
@@ -187,8 +190,8 @@ def _lanczos(
             break
         us.append(u / alpha)
         alphas.append(alpha)
-        if step == steps - 1:
-            break
+        # the last step too: Jᵀ·U = V·B̃ᵀ holds with B̃ = [B | β·e] (NOTE above), which is
+        # exact once U spans J's range (a wide Jacobian, a scalar output)
         w = backward(us[-1]) - alpha * vs[-1]
         w = _orthogonalize(w, vs)
         beta = float(w.norm())
@@ -202,12 +205,13 @@ def _lanczos(
             f"the Jacobian has rank {taken} < k = {k} here (the Krylov space closed after "
             f"{taken} steps); ask for k <= {taken}"
         )
-    b = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-    if len(betas) >= 1:
-        b = b + torch.diag(torch.tensor(betas[: taken - 1], dtype=torch.float64), 1)
-    left, values, right_t = torch.linalg.svd(b)
+    b = torch.zeros(taken, len(vs), dtype=torch.float64)  # taken × taken (+ 1)
+    b[range(taken), range(taken)] = torch.tensor(alphas, dtype=torch.float64)
+    for i, beta in enumerate(betas[: len(vs) - 1]):
+        b[i, i + 1] = beta
+    left, values, right_t = torch.linalg.svd(b, full_matrices=False)
     u_basis = torch.stack(us)  # [taken, M]
-    v_basis = torch.stack(vs[:taken])  # [taken, N]
+    v_basis = torch.stack(vs)  # [taken (+ 1), N]
     output_directions = (left[:, :k].T @ u_basis).contiguous()
     input_directions = (right_t[:k] @ v_basis).contiguous()
     residuals = []
