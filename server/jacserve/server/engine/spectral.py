@@ -179,7 +179,7 @@ def _lanczos(
     alphas: list[float] = []
     betas: list[float] = []
     scale = 0.0
-    for step in range(steps):
+    for _ in range(steps):
         u = forward(vs[-1])
         if us:
             u = u - betas[-1] * us[-1]
