@@ -3,6 +3,7 @@ triplets and sparse Jacobians (shared by both clients, like ``_calls``)."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,8 +57,9 @@ class SingularResult:
     """The top singular triplets of the Jacobian, ``J ≈ Σ σᵢ uᵢ vᵢᵀ``: ``values``
     ``[k]`` (largest first), ``input_directions`` ``[k, N]`` (vᵢ: the input
     perturbations that matter most), ``output_directions`` ``[k, M]`` (uᵢ: the
-    responses), ``residuals`` ``[k]`` (``max(‖J·v − σu‖, ‖Jᵀ·u − σv‖) / σ₁``) and the
-    Lanczos ``steps`` taken."""
+    responses), ``residuals`` ``[k]`` (``max(‖J·v − σu‖, ‖Jᵀ·u − σv‖) / σ₁``), the
+    Lanczos ``steps`` taken, and ``converged``: every residual within the server's
+    tolerance (when not, the values are approximate and a ``RuntimeWarning`` says so)."""
 
     output: TensorOrTuple
     values: torch.Tensor
@@ -66,6 +68,7 @@ class SingularResult:
     residuals: torch.Tensor
     steps: int
     metrics: DerivativeMetrics
+    converged: bool = True
 
 
 def prepare_sensitivity(
@@ -119,6 +122,13 @@ def prepare_top_singular(
     )
 
     def parse(response: pb.TopSingularResponse) -> SingularResult:
+        if not response.converged:
+            warnings.warn(
+                f"top_singular did not converge after {response.steps} Lanczos steps: the "
+                "values are approximate (see .residuals; ask for more steps)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
         return SingularResult(
             output=structure_outputs(decode_tensors(response.outputs), response.tuple_output),
             values=decode_tensor(response.values, name="values"),
@@ -127,6 +137,7 @@ def prepare_top_singular(
             residuals=decode_tensor(response.residuals, name="residuals"),
             steps=response.steps,
             metrics=DerivativeMetrics.from_wire(response.metrics),
+            converged=response.converged,
         )
 
     return Prepared("TopSingular", request, parse, example_point(inputs, batched=False))

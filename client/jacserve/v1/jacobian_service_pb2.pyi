@@ -563,7 +563,7 @@ class TopSingularRequest(_message.Message):
     def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ..., k: _Optional[int] = ..., steps: _Optional[int] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ...) -> None: ...
 
 class TopSingularResponse(_message.Message):
-    __slots__ = ("outputs", "tuple_output", "values", "input_directions", "output_directions", "residuals", "steps", "metrics")
+    __slots__ = ("outputs", "tuple_output", "values", "input_directions", "output_directions", "residuals", "steps", "metrics", "converged")
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     TUPLE_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
@@ -572,6 +572,7 @@ class TopSingularResponse(_message.Message):
     RESIDUALS_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    CONVERGED_FIELD_NUMBER: _ClassVar[int]
     outputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     tuple_output: bool
     values: Tensor
@@ -580,7 +581,8 @@ class TopSingularResponse(_message.Message):
     residuals: Tensor
     steps: int
     metrics: DerivativeMetrics
-    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., input_directions: _Optional[_Union[Tensor, _Mapping]] = ..., output_directions: _Optional[_Union[Tensor, _Mapping]] = ..., residuals: _Optional[_Union[Tensor, _Mapping]] = ..., steps: _Optional[int] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ...) -> None: ...
+    converged: bool
+    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., input_directions: _Optional[_Union[Tensor, _Mapping]] = ..., output_directions: _Optional[_Union[Tensor, _Mapping]] = ..., residuals: _Optional[_Union[Tensor, _Mapping]] = ..., steps: _Optional[int] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ..., converged: _Optional[bool] = ...) -> None: ...
 
 class SparsityPattern(_message.Message):
     __slots__ = ("rows", "cols", "row_indices", "col_indices")

@@ -18,6 +18,7 @@ one evaluation serves every VJP; forward mode holds the process-wide lock while 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,7 @@ class SingularTriplets:
     output_directions: torch.Tensor
     residuals: torch.Tensor
     steps: int
+    converged: bool = True
 
 
 def _orthogonalize(vector: torch.Tensor, basis: list[torch.Tensor]) -> torch.Tensor:
@@ -114,9 +116,11 @@ def top_singular(
         m = numel(outputs)
         if not 1 <= k <= min(n, m):
             raise InvalidArgument(f"k must be in 1..min(n, m) = {min(n, m)}; got {k}")
+        automatic = not steps
         steps = min(n, m, steps or max(2 * k + 20, 40))
         if steps < k:
             raise InvalidArgument(f"steps must be >= k = {k}; got {steps}")
+        tolerance = 1e-8 if all(o.dtype == torch.float64 for o in outputs) else 1e-4
         forward = _forward_product(g, diff, outputs, pullback, run)
 
         def backward(u: torch.Tensor) -> torch.Tensor:
@@ -126,9 +130,24 @@ def top_singular(
             user_code(f"differentiating method {method!r}", DERIVATIVE_HINT),
             stopwatch(run.device) as t_derivative,
         ):
-            triplets, taken = _lanczos(forward, backward, n, k, steps, seed)
+            triplets, passes = _converged(
+                forward,
+                backward,
+                n,
+                k,
+                steps,
+                seed,
+                tolerance,
+                most_steps=min(n, m, 8 * steps) if automatic else steps,
+            )
         run.derivative_seconds = t_derivative.seconds
-    passes = 2 * taken + 2 * k
+        if not triplets.converged:
+            run.warnings.append(
+                f"top_singular did not converge: the largest residual is "
+                f"{float(triplets.residuals.max()):.2e} > {tolerance:g} after {triplets.steps} "
+                "Lanczos steps; the values are approximate (ask for more steps)"
+            )
+    taken = triplets.steps
     plan = ModePlan(
         "forward",
         passes,
@@ -161,6 +180,29 @@ def _forward_product(
             vectorized=False,
         )
         return lambda v: flat64(transpose(split_like(v, diff))[0])
+
+
+def _converged(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    backward: Callable[[torch.Tensor], torch.Tensor],
+    n: int,
+    k: int,
+    steps: int,
+    seed: int,
+    tolerance: float,
+    *,
+    most_steps: int,
+) -> tuple[SingularTriplets, int]:
+    """Lanczos with ``steps``, doubled (up to ``most_steps``) while a residual exceeds
+    ``tolerance``; returns the triplets (``converged`` set) and the passes spent."""
+    passes = 0
+    while True:
+        triplets, taken = _lanczos(forward, backward, n, k, steps, seed)
+        passes += 2 * taken + 2 * k
+        converged = float(triplets.residuals.max()) <= tolerance
+        if converged or steps >= most_steps or taken < steps:
+            return dataclasses.replace(triplets, converged=converged), passes
+        steps = min(most_steps, 2 * steps)
 
 
 def _lanczos(

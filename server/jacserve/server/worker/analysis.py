@@ -102,6 +102,7 @@ class AnalysisHandlers:
             output_directions=_tensor(triplets.output_directions),
             residuals=_tensor(triplets.residuals),
             steps=triplets.steps,
+            converged=triplets.converged,
             metrics=self._wire_metrics(result, phases, model),
         )
 
