@@ -7,6 +7,7 @@ same server as the tests.
 from __future__ import annotations
 
 import contextlib
+import pathlib
 import warnings
 from collections.abc import Iterator
 
@@ -31,6 +32,15 @@ def running_server(model_dir: str | None = None, **settings: object) -> Iterator
         yield running
     finally:
         running.stop(grace=0)
+
+
+@pytest.fixture()
+def marker(tmp_path: pathlib.Path) -> Iterator[pathlib.Path]:
+    """A path that a hostile archive's exploit would create if it ever ran; the test fails
+    if it exists afterwards."""
+    path = tmp_path / "exploit-ran"
+    yield path
+    assert not path.exists(), "an exploit in an archive ran"
 
 
 @pytest.fixture(scope="session")

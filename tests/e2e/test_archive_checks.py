@@ -37,13 +37,6 @@ def client(checked: RunningServer) -> Iterator[Client]:
         yield c
 
 
-@pytest.fixture()
-def marker(tmp_path: pathlib.Path) -> Iterator[pathlib.Path]:
-    path = tmp_path / "exploit-ran"
-    yield path
-    assert not path.exists(), "an exploit in an archive ran"
-
-
 def _script_with(name: str) -> bytes:
     """The good TorchScript archive with one more entry under its folder."""
     good = hostile.good_script()

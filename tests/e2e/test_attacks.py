@@ -38,13 +38,6 @@ def client(attacked: RunningServer) -> Iterator[Client]:
         yield c
 
 
-@pytest.fixture()
-def marker(tmp_path: pathlib.Path) -> Iterator[pathlib.Path]:
-    path = tmp_path / "exploit-ran"
-    yield path
-    assert not path.exists(), "an exploit in an archive ran"
-
-
 def _still_serving(client: Client) -> None:
     result = client.jacobian(hostile.good_script(), X)
     assert result.jacobian.shape == (2, 3)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import inspect
 import logging
 import math
@@ -186,7 +187,7 @@ class JacobianServicer:
         self._uploads = UploadSlots(
             per_peer=settings.max_uploads_per_peer, total=settings.max_uploads
         )
-        metrics.track_models(lambda: len(self._catalog.all()), pool.size)
+        metrics.track_models(lambda: len(self._catalog), pool.size)
 
     # -- models ---------------------------------------------------------------------------
 
@@ -209,8 +210,9 @@ class JacobianServicer:
             _LOG.error("quarantined model %s: %s", model_id, failure.error)
             self._catalog.quarantine(model_id, str(failure.error), keep_archive=checked)
             self._pool.forget(model_id)
-        with contextlib.suppress(NotFound):
-            self._store.remove(model_id)
+        if not checked:  # (a checked one was moved to quarantine)
+            with contextlib.suppress(NotFound):
+                self._store.remove(model_id)
         return failure.error
 
     def _describe(
@@ -266,6 +268,9 @@ class JacobianServicer:
     ) -> tuple[pb.ModelInfo, bool]:
         """Check, store and describe an inline archive; a refused one leaves nothing."""
         self._check_uploads()
+        known = self._catalog.get(hashlib.sha256(data).hexdigest())
+        if known is not None and not expected_id:
+            return known, True  # an inline archive sent again: nothing to stage or check
         staged = self._store.receive([data], expected_id=expected_id)
         try:
             return self.register_staged(staged, context)

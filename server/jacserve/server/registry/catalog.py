@@ -52,6 +52,10 @@ class ModelCatalog:
         with self._lock:
             return self._infos.get(model_id)
 
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._infos)
+
     def all(self) -> list[pb.ModelInfo]:
         """Every known description, sorted by model id."""
         with self._lock:

@@ -28,7 +28,6 @@ import shutil
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import BinaryIO
 
 from jacserve.server.errors import InvalidArgument, NotFound, ResourceExhausted
 from jacserve.server.registry.archive import ArchiveFormat, detect_format
@@ -74,11 +73,6 @@ class StagedArchive:
     path: pathlib.Path
     size_bytes: int
     already_present: bool
-
-
-def _detect_format(file: BinaryIO, max_uncompressed_bytes: int) -> ArchiveFormat:
-    file.seek(0)
-    return detect_format(file, max_uncompressed_bytes=max_uncompressed_bytes)
 
 
 class ArchiveStore:
@@ -150,7 +144,8 @@ class ArchiveStore:
                         f"{expected_id[:80]}; the upload was corrupted or truncated, send it again"
                     )
                 file.flush()
-                fmt = _detect_format(file, self.max_archive_bytes)
+                file.seek(0)
+                fmt = detect_format(file, max_uncompressed_bytes=self.max_archive_bytes)
             with self._lock:
                 already = self.path(model_id).exists()
                 if not already:
