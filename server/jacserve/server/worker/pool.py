@@ -290,8 +290,7 @@ class WorkerPool:
             self._busy -= 1
             self._on_event("busy", self._busy)
             if worker.serial in self._live:
-                worker.last_used = time.monotonic()
-                self._idle.append(worker)
+                self._idle.append(worker)  # most recently used last: LRU order
             self._wake(worker.model_id)
 
     def _wake(self, model_id: str | None, *, everyone: bool = False) -> None:

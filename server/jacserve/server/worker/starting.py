@@ -69,7 +69,6 @@ class RunningWorker:
     channel: Channel
     scratch: str
     info: bytes  # its archive's serialized ModelInfo
-    last_used: float = field(default_factory=time.monotonic)
     _stopping: threading.Lock = field(default_factory=threading.Lock)
     _code: int | None = None
 
