@@ -37,7 +37,7 @@ from jacserve.server import engine
 from jacserve.server.app import serve
 from jacserve.server.config import ServerConfig
 from jacserve.server.engine._measure import LiveTensorMeter
-from jacserve.server.engine.compiled import CompiledPrograms, ProgramCompiler
+from jacserve.server.engine.compiled import CompiledPrograms, median_seconds
 from jacserve.v1 import jacobian_service_pb2 as pb
 from jacserve.v1 import jacobian_service_pb2_grpc as pb_grpc
 
@@ -178,22 +178,26 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f}" if seconds < 0.01 else f"{seconds * 1e3:.1f}"
 
 
-def _compiled_variant(
-    module: torch.nn.Module, x: torch.Tensor, compiler: ProgramCompiler
-) -> tuple[Callable[[], object], str]:
-    """The engine with a compiled program for auto's mode, built as the server builds it."""
+def _compiled_variant(module: torch.nn.Module, x: torch.Tensor) -> tuple[Callable[[], object], str]:
+    """The engine with a compiled program for auto's mode, built and kept as a compile
+    worker builds and keeps it (verified, then only if faster than eager)."""
     exported = torch.export.export(module, (x,)).module()
     cache = engine.DerivativeCache()
-    programs = CompiledPrograms(compiler, lambda inputs: exported, compile_after=1)
+    programs = CompiledPrograms(lambda inputs: exported, compile_after=1)
 
     def run() -> engine.EngineResult:
         return engine.jacobian(exported, [x], cache=cache, compiled=programs)
 
-    state = ""
+    def eager() -> engine.EngineResult:
+        with programs.eager_only():
+            return run()
+
     for _ in range(6):  # measure both modes, settle auto, build; until nothing is pending
         state = run().metrics.compilation
-        compiler.drain(timeout=600)
-        if state not in ("counting", "queued", "not requested yet"):
+        for built in programs.build_requested():
+            if built.outcome == "built":
+                programs.settle_measured(built.key, median_seconds(run), median_seconds(eager))
+        if not state.startswith(("counting", "requested", "not requested yet")):
             break
     return run, run().metrics.compilation
 
@@ -204,7 +208,7 @@ def _grid_cell(
     m: int,
     device: torch.device,
     quick: bool,
-    compiler: ProgramCompiler | None,
+    compiled: bool,
 ) -> tuple[dict[str, float], str, str]:
     """Times of every variant on one cell, the mode auto chose, and the compiled state."""
     module = cls(n, m).to(device)
@@ -218,8 +222,8 @@ def _grid_cell(
         "jacrev": lambda: jacrev(module)(x),
     }
     compiled_state = ""
-    if compiler is not None:
-        variants["compiled"], compiled_state = _compiled_variant(module, x, compiler)
+    if compiled:
+        variants["compiled"], compiled_state = _compiled_variant(module, x)
     jaxed = jax_jacobians(module)
     if jaxed is not None:
         xj = jax.device_put(jnp.asarray(x.cpu().numpy()))
@@ -235,7 +239,7 @@ def mode_grid(
     device: torch.device,
     sizes: list[int],
     quick: bool,
-    compiler: ProgramCompiler | None,
+    compiled: bool,
 ) -> None:
     """Auto against forced modes, torch.func and JAX on a grid of n and m."""
     for family, cls in FAMILIES.items():
@@ -246,7 +250,7 @@ def mode_grid(
         report.grid[family] = {}
         for n in sizes:
             for m in sizes:
-                t, chose, compiled_state = _grid_cell(cls, n, m, device, quick, compiler)
+                t, chose, compiled_state = _grid_cell(cls, n, m, device, quick, compiled)
                 best_forced = min(t["forward"], t["reverse"])
                 best_func = min(t["jacfwd"], t["jacrev"])
                 auto_ratio = t["auto"] / best_forced
@@ -262,7 +266,7 @@ def mode_grid(
                     f"{auto_ratio:.2f}",
                     f"{t['auto'] / best_func:.2f}",
                 ]
-                if compiler is not None:
+                if compiled:
                     row += [
                         ms(t["compiled"])
                         if compiled_state == "ready"
@@ -285,7 +289,7 @@ def mode_grid(
             "auto / best forced",
             "auto / best torch.func",
         ]
-        if compiler is not None:
+        if compiled:
             header += ["compiled ms", "engine / best torch.func"]
         if jax is not None:
             header += ["JAX jit best ms", "engine / JAX"]
@@ -306,14 +310,14 @@ def mode_grid(
 
 
 def _obvious_cell(
-    n: int, m: int, device: torch.device, quick: bool, compiler: ProgramCompiler | None
+    n: int, m: int, device: torch.device, quick: bool, compiled: bool
 ) -> dict[str, float]:
     module = Mlp(n, m).to(device)
     x = torch.randn(n, device=device)
     cache = engine.DerivativeCache()
     served: Callable[[], object] = lambda: engine.jacobian(module, [x], cache=cache)  # noqa: E731
-    if compiler is not None:
-        served = _compiled_variant(module, x, compiler)[0]
+    if compiled:
+        served = _compiled_variant(module, x)[0]
 
     def per_row_loop() -> torch.Tensor:
         xr = x.detach().requires_grad_()
@@ -332,14 +336,12 @@ def _obvious_cell(
     )
 
 
-def obvious_approaches(
-    report: Report, device: torch.device, quick: bool, compiler: ProgramCompiler | None
-) -> None:
+def obvious_approaches(report: Report, device: torch.device, quick: bool, compiled: bool) -> None:
     """Against a per-row backward loop and torch.autograd.functional.jacobian, at m = 1000."""
     m = 100 if quick else 1000
     rows, worst_loop, worst_functional = [], float("inf"), float("inf")
     for n in [10, 100] if quick else [10, 100, 1000]:
-        t = _obvious_cell(n, m, device, quick, compiler)
+        t = _obvious_cell(n, m, device, quick, compiled)
         worst_loop = min(worst_loop, t["loop"] / t["jacserve"])
         worst_functional = min(worst_functional, t["functional"] / t["jacserve"])
         rows.append(
@@ -352,7 +354,7 @@ def obvious_approaches(
                 f"{t['functional'] / t['jacserve']:.0f}×",
             ]
         )
-    served = "compiled program when verified and faster, else eager" if compiler else "eager"
+    served = "compiled program when verified and faster, else eager" if compiled else "eager"
     report.lines.append(
         f"### Against the obvious approaches (MLP, m = {m}, in-process; jacserve: {served})\n"
     )
@@ -683,9 +685,9 @@ def main() -> None:
         )
         try:
             with Client(running.target, timeout=600) as client:
-                compiler = None if args.no_compiled or args.quick else ProgramCompiler()
-                mode_grid(report, device, sizes, args.quick, compiler)
-                obvious_approaches(report, device, args.quick, compiler)
+                compiled = not (args.no_compiled or args.quick)
+                mode_grid(report, device, sizes, args.quick, compiled)
+                obvious_approaches(report, device, args.quick, compiled)
                 service_cost(report, client, running.target, device, args.quick)
                 batching(report, client, device, args.quick)
                 memory_budget(report, device, args.quick)

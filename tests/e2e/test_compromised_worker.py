@@ -2,12 +2,14 @@
 then running attacker code (``tests/e2e/compromised/attacks.py``, injected into the
 zygote through ``sitecustomize``). Each attack costs the attacker's own request only: the
 frontend keeps serving, other users' models keep answering, nothing of theirs is reached.
-The server compiles (``--compile on``, the default), so workers may fork and exec.
+The server compiles (``--compile on``, the default): serving workers may not fork or
+exec, compile workers may (the C++ toolchain runs there).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import sys
@@ -100,13 +102,28 @@ def test_a_malformed_reply_costs_only_the_attackers_request(client, victim, atta
     _victim_is_served(client, victim)  # the frontend did not fault, leak or hang
 
 
-def test_a_process_left_behind_by_a_dead_worker_is_killed(client, victim):
+def test_a_serving_worker_cannot_fork(client, victim):
     attacker = client.upload(torch.jit.script(torch.nn.ReLU()))
     with pytest.raises(InvalidArgument) as info:
         client.jvp(attacker, X, X, method="attack:leave_orphan")
     message = str(info.value)
     found = json.loads(message[message.index("{") : message.rindex("}") + 1])
-    assert found["fork"] == "allowed"  # --compile on: the toolchain must be able to run
+    assert found["fork"].startswith("denied")
+    _victim_is_served(client, victim)
+
+
+def test_a_process_left_behind_by_a_compile_worker_is_killed(client, victim, caplog):
+    attacker = client.upload(torch.jit.script(torch.nn.Softplus()))
+    with caplog.at_level(logging.WARNING, logger="jacserve.server.compile"):
+        with pytest.raises(JacserveError):  # a forged reply: the request itself fails
+            client.jvp(attacker, X, X, method="attack:ask_to_compile:leave_orphan")
+        deadline = time.monotonic() + 60
+        while not any("orphan" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "no compile worker ran the recipe"
+            time.sleep(0.1)
+    message = next(r.getMessage() for r in caplog.records if "orphan" in r.getMessage())
+    found = json.loads(message[message.index("{") : message.rindex("}") + 1])
+    assert found["fork"] == "allowed"  # a compile worker must be able to run the toolchain
     deadline = time.monotonic() + 10
     while _running(found["orphan"]):
         assert time.monotonic() < deadline, "the orphan outlived its worker"

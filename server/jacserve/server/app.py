@@ -157,6 +157,7 @@ def serve(config: ServerConfig, environ: dict[str, str] | None = None) -> Runnin
         archive_path=lambda model_id: str(store.path(model_id)),
         max_warm=config.warm_workers,
         load_seconds=config.load_timeout,
+        compile_seconds=config.compile_timeout,
         on_event=metrics.worker_event,
     )
     servicer = JacobianServicer(

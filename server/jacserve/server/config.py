@@ -45,8 +45,9 @@ class ServerConfig:
     max_memory_bytes: int = 0  # 0: no budget; requests may set their own
     device: str = "cpu"
     memory_meter: str = "rss"
-    compile: str = "on"  # "on": build compiled Jacobian programs in the background
+    compile: str = "on"  # "on": build compiled Jacobian programs in compile workers
     compile_after: int = 2
+    compile_timeout: float = 600.0
     torch_threads: int = 0  # 0: cores / workers
     allocator: str = "keep"  # "keep": glibc keeps freed memory (see NOTE: [Keeping freed memory])
     model_dir: str | None = None  # None: a temporary folder removed at shutdown
@@ -95,7 +96,7 @@ class ServerConfig:
                 raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}")
         if self.warm_workers < 0:
             raise ValueError(f"warm_workers must be >= 0; got {self.warm_workers}")
-        for name in ("request_timeout", "upload_idle_seconds", "load_timeout"):
+        for name in ("request_timeout", "upload_idle_seconds", "load_timeout", "compile_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0; got {getattr(self, name)}")
         if self.worker_open_files < 64:
@@ -134,8 +135,9 @@ _HELP = {
     "max_tensor_elements": "most elements one request tensor may have",
     "max_memory_bytes": "default memory budget of a Jacobian's passes and result (0: none)",
     "device": "where models run: cpu, cuda or cuda:N",
-    "compile": "on (build compiled Jacobian programs off the request path) or off",
+    "compile": "on (build compiled Jacobian programs in compile workers, off the request path) or off",
     "compile_after": "eager Jacobians of one model and input signature before compiling it",
+    "compile_timeout": "seconds a compile worker may take for one archive's programs before it is stopped",
     "torch_threads": "intra-op threads per worker (0: cores / workers, at least 1)",
     "allocator": "keep (reuse freed memory: fewer page faults) or default (glibc's own)",
     "memory_meter": "CPU peak-memory meter: rss (page high-water, nearly free) or tensors (exact, per-op cost)",

@@ -86,6 +86,19 @@ class ServiceMetrics:
             "Models described in the frontend's catalog.",
             registry=self.registry,
         )
+        self._compilations = Counter(
+            "jacserve_compilations",
+            "Compiled Jacobian programs built in compile workers, by outcome: ready (used), "
+            "slower (than eager, not used), failed (did not build or verify), timeout.",
+            ("outcome",),
+            registry=self.registry,
+        )
+        self._compile_seconds = Histogram(
+            "jacserve_compile_seconds",
+            "Time to build and verify one compiled program in a compile worker.",
+            buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+            registry=self.registry,
+        )
         self._catalog_lookups = Counter(
             "jacserve_model_cache_lookups",
             "Model lookups by result: hit (described already) or miss (loaded in a worker).",
@@ -107,13 +120,18 @@ class ServiceMetrics:
         self._in_flight.inc(change)
 
     def worker_event(self, kind: str, value: object) -> None:
-        """Record a worker-pool event: ``queue_wait`` seconds, ``restart`` reason, ``busy`` count."""
+        """Record a worker-pool event: ``queue_wait`` seconds, ``restart`` reason, ``busy``
+        count, ``compilation`` (outcome, seconds)."""
         if kind == "queue_wait":
             self._queue_wait.observe(float(value))  # type: ignore[arg-type]
         elif kind == "restart":
             self._restarts.labels(str(value)).inc()
         elif kind == "busy":
             self._busy.set(float(value))  # type: ignore[arg-type]
+        elif kind == "compilation":
+            outcome, seconds = value  # type: ignore[misc]
+            self._compilations.labels(str(outcome)).inc()
+            self._compile_seconds.observe(float(seconds))
 
     def model_lookup(self, hit: bool) -> None:
         """Count a catalog lookup."""

@@ -20,7 +20,7 @@ from jacserve.server.worker.operations import DERIVATIVE_REQUESTS, STREAMING_REQ
 
 
 def _method(header: dict[str, Any], payload: bytes | None) -> str:
-    op = str(header.get("op"))
+    op = str(header.get("request_op" if header.get("op") == "compile" else "op"))
     if payload is None:
         return ""
     if op in STREAMING_REQUESTS:
@@ -113,7 +113,15 @@ def leave_orphan(channel: Any) -> None:
     os._exit(1)
 
 
+def ask_to_compile(channel: Any, *then: str) -> None:
+    """Forge a serving worker's request for a compiled program of this very request, so
+    that the frontend sends it, as a recipe, to a compile worker (which may fork); the
+    compile worker runs the attack named ``then``."""
+    channel.send({"ok": False, "error": "InvalidArgument", "message": "forged", "compile": ["f"]})
+
+
 ATTACKS = {
+    "ask_to_compile": ask_to_compile,
     "reach": reach,
     "shrink_arena": shrink_arena,
     "send_file": send_file,
@@ -126,7 +134,7 @@ def install() -> None:
     """Make every worker obey ``attack:`` requests (after it confined and loaded)."""
     serve = process._serve
 
-    def compromised(channel: Any, handlers: Any, settings: Any, budget: Any) -> None:
+    def compromised(channel: Any, handlers: Any, settings: Any, budget: Any, **role: Any) -> None:
         receive = channel.receive
 
         def obey(**limits: Any) -> Any:
@@ -136,9 +144,11 @@ def install() -> None:
                 if not method.startswith("attack:"):
                     return header, payload
                 name, *arguments = method.removeprefix("attack:").split(":")
+                if header.get("op") == "compile" and name == "ask_to_compile":
+                    name, *arguments = arguments  # the compile worker runs the attack proper
                 ATTACKS[name](channel, *arguments)
 
         channel.receive = obey
-        serve(channel, handlers, settings, budget)
+        serve(channel, handlers, settings, budget, **role)
 
     process._serve = compromised

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from jacserve.server.engine import DerivativeCache
-from jacserve.server.engine.compiled import CompiledPrograms, ProgramCompiler
+from jacserve.server.engine.compiled import CompiledPrograms
 from jacserve.server.errors import InvalidArgument
 from jacserve.server.registry.archive import ArchiveFormat, strip_sample_inputs
 from jacserve.server.registry.operators import OperatorAllowlist, value_reads
@@ -104,8 +104,8 @@ class LoadedModel:
         tensors = [*module.parameters(), *module.buffers()]
         self.nbytes = sum(t.numel() * t.element_size() for t in tensors) + cache_bytes
 
-    def enable_compilation(self, compiler: ProgramCompiler, *, compile_after: int) -> None:
-        """Let the engine build compiled Jacobian programs of this model in ``compiler``.
+    def enable_compilation(self, *, compile_after: int) -> None:
+        """Let the engine request compiled Jacobian programs of this model.
 
         A model that reads tensor values into Python numbers (``value_reads``) stays
         eager: a program compiled at one input may not take the path another input takes,
@@ -118,7 +118,7 @@ class LoadedModel:
                 "so it may take another path at other inputs; it runs eagerly"
             )
         self.compiled_programs = CompiledPrograms(
-            compiler, self._traceable, compile_after=compile_after, disabled=disabled
+            self._traceable, compile_after=compile_after, disabled=disabled
         )
 
     def _traceable(self, inputs: Sequence[torch.Tensor]) -> torch.nn.Module:

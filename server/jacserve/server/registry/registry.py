@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from jacserve.server.engine.compiled import ProgramCompiler
+from jacserve.server.engine.compiled import CompiledPrograms
 from jacserve.server.errors import FailedPrecondition, ResourceExhausted
 from jacserve.server.registry.archive import ArchiveFormat, detect_format
 from jacserve.server.registry.loading import LoadedModel, MethodInfo, ParameterInfo, load_model
@@ -61,9 +61,8 @@ class ArchiveRegistry:
         max_loaded_bytes: cap on its loaded size (archive + parameters + buffers), per
             device.
         device: where it is loaded first.
-        compiler: where compiled Jacobian programs are built; ``None`` keeps every
-            request eager.
-        compile_after: eager Jacobians of one signature before its program is built.
+        compile_after: eager Jacobians of one signature before its compiled program is
+            requested (0: every request stays eager).
         allowlist: the operators it may call (default: the built-in list).
 
     Raises:
@@ -78,8 +77,7 @@ class ArchiveRegistry:
         max_archive_bytes: int = 1 << 30,
         max_loaded_bytes: int = 4 << 30,
         device: str = "cpu",
-        compiler: ProgramCompiler | None = None,
-        compile_after: int = 2,
+        compile_after: int = 0,
         allowlist: OperatorAllowlist | None = None,
     ) -> None:
         self.model_id = model_id_of(data)
@@ -87,7 +85,6 @@ class ArchiveRegistry:
         self._format = detect_format(data, max_uncompressed_bytes=max_archive_bytes)
         self._max_loaded_bytes = max_loaded_bytes
         self._device = str(torch.device(device))
-        self._compiler = compiler
         self._compile_after = compile_after
         self._allowlist = allowlist or OperatorAllowlist.default()
         self._lock = threading.Lock()
@@ -110,8 +107,8 @@ class ArchiveRegistry:
                 f"model needs about {size} bytes once loaded, above the server's budget of "
                 f"{self._max_loaded_bytes} (--max-loaded-bytes)"
             )
-        if self._compiler is not None:
-            model.enable_compilation(self._compiler, compile_after=self._compile_after)
+        if self._compile_after:
+            model.enable_compilation(compile_after=self._compile_after)
         with self._lock:
             return self._loaded.setdefault(device, model)
 
@@ -129,6 +126,12 @@ class ArchiveRegistry:
         """
         self._check(model_id)
         return self._info
+
+    def compiled_programs(self) -> list[CompiledPrograms]:
+        """The compiled programs of the archive on each device it is loaded on."""
+        with self._lock:
+            models = list(self._loaded.values())
+        return [m.compiled_programs for m in models if m.compiled_programs is not None]
 
     def get(self, model_id: str, device: str | None = None) -> LoadedModel:
         """The model loaded on ``device`` (default: the first one), loading it if needed.

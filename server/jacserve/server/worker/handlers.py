@@ -17,6 +17,7 @@ import torch
 
 from jacserve.codec import decode_tensors, dtype_to_wire, encode_tensors
 from jacserve.server import engine
+from jacserve.server.engine.compiled import CompiledPrograms
 from jacserve.server.errors import InvalidArgument, ResourceExhausted
 from jacserve.server.registry import ArchiveRegistry, LoadedModel, MethodInfo, ModelInfo
 from jacserve.server.worker import verify
@@ -106,6 +107,10 @@ class DerivativeHandlers(AnalysisHandlers):
     def describe(self) -> pb.ModelInfo:
         """The description of the worker's archive."""
         return model_info_to_wire(self._registry.info(self._registry.model_id))
+
+    def compiled_programs(self) -> list[CompiledPrograms]:
+        """The archive's compiled programs, one set per device it is loaded on."""
+        return self._registry.compiled_programs()
 
     def handle(self, method: str, request: Any, deadline: float) -> Any:
         """Run the derivative RPC ``method`` on ``request``; returns its response message."""

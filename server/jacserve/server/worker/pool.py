@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jacserve.server import errors
+from jacserve.server.worker.compiling import CompileQueue
 from jacserve.server.worker.overruns import Overruns
 from jacserve.server.worker.protocol import ProtocolError
 from jacserve.server.worker.settings import WorkerSettings
@@ -63,8 +64,9 @@ class WorkerPool:
         archive_path: where the stored archive of a model id is.
         max_warm: most live workers (idle ones are kept per archive, LRU-evicted).
         load_seconds: longest an archive may take to load and check.
-        on_event: called with ``("queue_wait", seconds)``, ``("restart", reason)`` and
-            ``("busy", count)`` for the metrics.
+        compile_seconds: longest a compile worker may take (see :mod:`.compiling`).
+        on_event: called with ``("queue_wait", seconds)``, ``("restart", reason)``,
+            ``("busy", count)`` and ``("compilation", (outcome, seconds))`` for the metrics.
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class WorkerPool:
         archive_path: Callable[[str], str],
         max_warm: int = 0,
         load_seconds: float = 120.0,
+        compile_seconds: float = 600.0,
         on_event: Callable[[str, Any], None] = lambda kind, value: None,
     ) -> None:
         self._settings = settings
@@ -96,7 +99,12 @@ class WorkerPool:
         self._overruns = Overruns()
         self._waiting = 0
         self._busy = 0
+        self._compiling = 0  # compile workers alive (they hold worker slots)
+        self._replaced: set[int] = set()  # serials to retire when their request ends
         self._closed = threading.Event()
+        self._compile_queue = CompileQueue(
+            self, settings.scratch_dir, timeout=compile_seconds, on_event=on_event
+        )
 
     @property
     def settings(self) -> WorkerSettings:
@@ -135,7 +143,7 @@ class WorkerPool:
         """Start a worker for ``model_id`` in the background if there is room; caller
         holds the lock."""
         victim = None
-        if len(self._live) + len(self._starts) >= self._max_warm:
+        if len(self._live) + len(self._starts) + self._compiling >= self._max_warm:
             if not self._idle:
                 return None
             victim = self._idle.pop(0)
@@ -176,7 +184,7 @@ class WorkerPool:
         elif worker is not None:
             _LOG.info("worker for model %s ready (pid %d)", start.model_id, worker.process.pid)
 
-    def _fork(self, model_id: str, slot: int) -> RunningWorker:
+    def _fork(self, model_id: str, slot: int, compile_dir: str | None = None) -> RunningWorker:
         for attempt in range(2):
             try:
                 return start_worker(
@@ -187,6 +195,7 @@ class WorkerPool:
                     slot=slot,
                     scratch_root=self._settings.scratch_dir,
                     load_seconds=self._load_seconds,
+                    compile_dir=compile_dir,
                 )
             except ZygoteError as exc:
                 if attempt or self._closed.is_set():
@@ -214,8 +223,65 @@ class WorkerPool:
             self._on_event("restart", reason)
         return code
 
+    # -- compile workers (see :mod:`.compiling`) -------------------------------------------
+
+    def fork_compile_worker(self, model_id: str, directory: str) -> RunningWorker | None:
+        """A loaded compile worker in a free slot (evicting an idle worker if needed), or
+        ``None`` while every slot is busy.
+
+        Raises:
+            LoadFailure: the archive did not load.
+        """
+        with self._lock:
+            if self._closed.is_set():
+                return None
+            victim = None
+            if len(self._live) + len(self._starts) + self._compiling >= self._max_warm:
+                if not self._idle:
+                    return None
+                victim = self._idle.pop(0)
+                del self._live[victim.serial]
+            slot = victim.slot if victim is not None else self._free_slots.pop(0)
+            self._compiling += 1
+        if victim is not None:
+            victim.stop()
+        try:
+            return self._fork(model_id, slot, compile_dir=directory)
+        except LoadFailure:
+            with self._lock:
+                self._compiling -= 1
+                self._free_slots.append(slot)
+            raise
+
+    def promote(self, worker: RunningWorker, replaces: int | None) -> None:
+        """Let a compile worker serve; the worker it replaces retires once idle."""
+        with self._lock:
+            self._compiling -= 1
+            if self._closed.is_set():
+                retire = [worker]
+            else:
+                self._live[worker.serial] = worker
+                self._idle.append(worker)
+                retire = [w for w in self._idle if w.serial == replaces]
+                if not retire and replaces in self._live:
+                    self._replaced.add(replaces)
+                self._idle = [w for w in self._idle if w.serial != replaces]
+                self._wake(worker.model_id)
+        for old in retire:
+            self._retire(old, reason=None)
+        _LOG.info("compile worker for model %s now serves it", worker.model_id)
+
+    def discard(self, worker: RunningWorker) -> None:
+        """Stop a compile worker that will not serve."""
+        worker.stop()
+        with self._lock:
+            self._compiling -= 1
+            self._free_slots.append(worker.slot)
+            self._wake(None)
+
     def forget(self, model_id: str) -> None:
-        """Stop the idle workers of a deleted model."""
+        """Stop the idle workers of a deleted model and drop its compiled programs."""
+        self._compile_queue.forget(model_id)
         with self._lock:
             idle = [w for w in self._idle if w.model_id == model_id]
             self._idle = [w for w in self._idle if w.model_id != model_id]
@@ -289,9 +355,13 @@ class WorkerPool:
         with self._lock:
             self._busy -= 1
             self._on_event("busy", self._busy)
-            if worker.serial in self._live:
+            replaced = worker.serial in self._replaced
+            self._replaced.discard(worker.serial)
+            if worker.serial in self._live and not replaced:
                 self._idle.append(worker)  # most recently used last: LRU order
             self._wake(worker.model_id)
+        if replaced:
+            self._retire(worker, reason=None)  # a compiled worker serves its archive now
 
     def _wake(self, model_id: str | None, *, everyone: bool = False) -> None:
         """Wake a waiter of ``model_id`` (all of them with ``everyone``) and, while a
@@ -387,6 +457,11 @@ class WorkerPool:
                     worker.channel.send({"op": "next"})  # the arena is free for the next part
             done = True
             self._overruns.finished(model_id)
+            if reply.get("compile"):
+                keys = [str(k) for k in reply["compile"]][:8]
+                self._compile_queue.requested(
+                    model_id, keys, str(header.get("op")), payload, worker.serial
+                )
         except (OSError, EOFError, ProtocolError) as exc:
             done = True
             raise self._died(worker, exc) from None
@@ -435,6 +510,7 @@ class WorkerPool:
     def close(self) -> None:
         """Stop every worker and the zygote."""
         self._closed.set()
+        self._compile_queue.close()
         with self._lock:
             for condition, _ in self._waiters.values():
                 condition.notify_all()

@@ -5,7 +5,11 @@ Forked by the zygote (:mod:`~jacserve.server.worker.zygote`), a worker confines 
 open file descriptor (``{"op": "load"}``), loads and checks it — inside the sandbox —
 answers with its description, and then serves requests for that archive only, one at a
 time, until the socket closes. Replies are ``{"ok": true, ...}`` with the serialized
-response in shared memory, or ``{"ok": false, "error": CLASS, "message": TEXT}``.
+response in shared memory, or ``{"ok": false, "error": CLASS, "message": TEXT}``. A reply
+may carry ``"compile": [KEY, ...]``: the request asked for compiled programs, which a
+*compile worker* (role ``compile``: it may run the C++ toolchain) builds from
+``{"op": "compile"}`` recipes before ``{"op": "promote"}`` makes it a serving worker
+(:mod:`~jacserve.server.worker.compile_job`).
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ from jacserve.codec import TensorCodecError
 from jacserve.server import errors
 from jacserve.server.engine import _measure
 from jacserve.server.engine._function import is_allocation_failure
-from jacserve.server.engine.compiled import ProgramCompiler
 from jacserve.server.registry import ArchiveRegistry, OperatorAllowlist
+from jacserve.server.worker.compile_job import compile_recipe, drop_exec, report_requests
 from jacserve.server.worker.cpu_budget import CpuBudget
 from jacserve.server.worker.handlers import DerivativeHandlers, HandlerSettings
 from jacserve.server.worker.operations import DERIVATIVE_REQUESTS, STREAMING_REQUESTS
@@ -42,9 +46,7 @@ MAX_ERROR_CHARS = 4000
 """Longest error message a worker sends (the frontend cuts there too)."""
 
 
-def _build(
-    settings: WorkerSettings, compiler: ProgramCompiler | None, archive: bytes
-) -> DerivativeHandlers:
+def _build(settings: WorkerSettings, compile_after: int, archive: bytes) -> DerivativeHandlers:
     extra = settings.allow_ops
     allowlist = (
         OperatorAllowlist.from_file(settings.op_allowlist, extra)
@@ -56,8 +58,7 @@ def _build(
         max_archive_bytes=settings.max_archive_bytes,
         max_loaded_bytes=settings.max_loaded_bytes,
         device=settings.device,
-        compiler=compiler,
-        compile_after=settings.compile_after,
+        compile_after=compile_after,
         allowlist=allowlist,
     )
     return DerivativeHandlers(
@@ -115,10 +116,7 @@ def _read_archive(fd: int, limit: int) -> bytes:
 
 
 def _load(
-    channel: Channel,
-    settings: WorkerSettings,
-    compiler: ProgramCompiler | None,
-    budget: CpuBudget,
+    channel: Channel, settings: WorkerSettings, compile_after: int, budget: CpuBudget
 ) -> DerivativeHandlers:
     """Receive the archive, load and check it, and answer with its description.
 
@@ -131,7 +129,7 @@ def _load(
     with budget.request():
         try:
             archive = _read_archive(int(header["file_fd"]), settings.max_archive_bytes)
-            handlers = _build(settings, compiler, archive)
+            handlers = _build(settings, compile_after, archive)
             info = handlers.describe()
         except Exception as exc:
             channel.send(_error(exc))
@@ -141,14 +139,24 @@ def _load(
 
 
 def _serve(
-    channel: Channel, handlers: DerivativeHandlers, settings: WorkerSettings, budget: CpuBudget
+    channel: Channel,
+    handlers: DerivativeHandlers,
+    settings: WorkerSettings,
+    budget: CpuBudget,
+    *,
+    compiling: bool,
 ) -> None:
-    """Answer requests until the channel closes."""
+    """Answer requests until the channel closes (a compile worker takes its recipes and
+    ``promote`` first)."""
     while True:
         try:
             header, payload = channel.receive(max_payload_bytes=settings.max_message_bytes)
         except EOFError:
             return
+        if compiling and header.get("op") in ("compile", "promote"):
+            channel.send(*_compile_step(handlers, header, payload))
+            compiling = header.get("op") == "compile"
+            continue
         with budget.request():
             try:
                 answer = _answer(handlers, header, payload)
@@ -157,9 +165,27 @@ def _serve(
                 else:
                     reply = {"ok": True, **_labels(getattr(answer, "metrics", None))}
                     body = answer.SerializeToString()
+                if wanted := report_requests(handlers):
+                    reply["compile"] = wanted
             except Exception as exc:
                 reply, body = _error(exc), None
         channel.send(reply, body)
+
+
+def _compile_step(
+    handlers: DerivativeHandlers, header: dict[str, Any], payload: bytes | None
+) -> tuple[dict[str, Any], None]:
+    """A compile worker's ``compile`` (one recipe) or ``promote`` (start serving)."""
+    try:
+        if header.get("op") == "promote":
+            _LOG.debug("promoted to serve; %s", drop_exec())
+            return {"ok": True}, None
+        return {
+            "ok": True,
+            **compile_recipe(handlers, str(header.get("request_op")), payload or b""),
+        }, None
+    except Exception as exc:
+        return _error(exc), None
 
 
 def _send_parts(channel: Channel, parts: Iterator[Any]) -> Any:
@@ -197,7 +223,9 @@ def _prefer_as_oom_victim() -> None:
         score.write("900")
 
 
-def _confine(settings: WorkerSettings, *, slot: int, own_uid: bool) -> None:
+def _confine(
+    settings: WorkerSettings, *, slot: int, own_uid: bool, compiling: bool = False
+) -> None:
     gpus = tuple(glob.glob("/dev/nvidia*"))  # requests may pick a GPU (options.device)
     if sys.platform == "linux" and settings.memory_meter == "rss":
         with contextlib.suppress(OSError):
@@ -210,7 +238,7 @@ def _confine(settings: WorkerSettings, *, slot: int, own_uid: bool) -> None:
             scratch_dir=settings.scratch_dir,
             slot=slot,
             own_uid=own_uid,
-            allow_exec=settings.compile == "on",
+            allow_exec=compiling,
             device_files=gpus,
         )
     )
@@ -218,7 +246,7 @@ def _confine(settings: WorkerSettings, *, slot: int, own_uid: bool) -> None:
 
 
 def serve_one_archive(
-    channel: Channel, settings: WorkerSettings, *, slot: int, own_uid: bool
+    channel: Channel, settings: WorkerSettings, *, slot: int, own_uid: bool, role: str = "serve"
 ) -> None:
     """A forked worker's life: confine, say ready, load the archive, serve it.
 
@@ -227,7 +255,10 @@ def serve_one_archive(
         settings: its settings (``scratch_dir`` is its own folder).
         slot: its slot among live workers (its uid, when it gets one).
         own_uid: switch to a uid of its own (root, world-readable Python).
+        role: ``serve``, or ``compile`` (build programs from recipes first; the only
+            role that may run the C++ toolchain, until it is promoted).
     """
+    compiling = role == "compile"
     os.chdir(settings.scratch_dir)
     os.environ.update(
         TMPDIR=settings.scratch_dir,
@@ -237,12 +268,12 @@ def serve_one_archive(
     torch.set_num_threads(max(1, settings.torch_threads))
     _prefer_as_oom_victim()
     if settings.sandbox:
-        _confine(settings, slot=slot, own_uid=own_uid)
-    compiler = ProgramCompiler() if settings.compile == "on" else None
-    budget = CpuBudget(settings.cpu_seconds, compiler.cpu_seconds if compiler else float)
+        _confine(settings, slot=slot, own_uid=own_uid, compiling=compiling)
+    budget = CpuBudget(settings.cpu_seconds, background_seconds=float)
     channel.send({"ready": True, "pid": os.getpid()})
+    compile_after = 1 if compiling else settings.compile_after if settings.compile == "on" else 0
     try:
-        handlers = _load(channel, settings, compiler, budget)
+        handlers = _load(channel, settings, compile_after, budget)
     except EOFError:
         return
-    _serve(channel, handlers, settings, budget)
+    _serve(channel, handlers, settings, budget, compiling=compiling)

@@ -161,8 +161,11 @@ class Zygote:
             with self._exited:
                 self._exited.notify_all()
 
-    def fork(self, *, scratch_dir: str, slot: int) -> tuple[WorkerProcess, Channel]:
-        """A new worker with its own scratch folder and slot, and the channel to it.
+    def fork(
+        self, *, scratch_dir: str, slot: int, role: str = "serve"
+    ) -> tuple[WorkerProcess, Channel]:
+        """A new worker with its own scratch folder and slot, and the channel to it;
+        ``role`` is ``serve`` or ``compile`` (see :func:`~.process.serve_one_archive`).
 
         Raises:
             ZygoteError: the zygote is gone or did not answer.
@@ -173,7 +176,7 @@ class Zygote:
         try:
             with self._fork_lock:
                 self._control.send(
-                    {"op": "fork", "scratch_dir": scratch_dir, "slot": slot},
+                    {"op": "fork", "scratch_dir": scratch_dir, "slot": slot, "role": role},
                     file_fd=child.fileno(),
                 )
                 try:

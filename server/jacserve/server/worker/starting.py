@@ -69,12 +69,13 @@ class RunningWorker:
     channel: Channel
     scratch: str
     info: bytes  # its archive's serialized ModelInfo
+    keep_scratch: bool = False  # a compile worker's folder holds the archive's caches
     _stopping: threading.Lock = field(default_factory=threading.Lock)
     _code: int | None = None
 
     def stop(self) -> int | None:
-        """Kill the worker and remove its scratch folder (once, whoever asks first);
-        returns its exit code if known."""
+        """Kill the worker and remove its scratch folder unless it is kept (once, whoever
+        asks first); returns its exit code if known."""
         with self._stopping:
             if self.channel.sock.fileno() < 0:
                 return self._code
@@ -85,7 +86,8 @@ class RunningWorker:
             except TimeoutError:
                 self._code = None
             self.process.close()
-            shutil.rmtree(self.scratch, ignore_errors=True)
+            if not self.keep_scratch:
+                shutil.rmtree(self.scratch, ignore_errors=True)
             return self._code
 
 
@@ -171,19 +173,28 @@ def start_worker(
     slot: int,
     scratch_root: str,
     load_seconds: float,
+    compile_dir: str | None = None,
 ) -> RunningWorker:
     """Fork a worker, give it the archive at ``archive_path`` and wait for its answer.
+
+    With ``compile_dir`` it is a compile worker whose scratch folder is that directory,
+    kept when it stops (inductor's caches for this archive live there).
 
     Raises:
         LoadFailure: the archive was refused or its loader crashed or hung.
         ZygoteError: no worker could be forked.
     """
-    scratch = os.path.join(scratch_root, f"worker-{serial}")
-    shutil.rmtree(scratch, ignore_errors=True)
-    os.makedirs(scratch, mode=0o700)
-    process, channel = zygote.fork(scratch_dir=scratch, slot=slot)
+    if compile_dir is None:
+        scratch = os.path.join(scratch_root, f"worker-{serial}")
+        shutil.rmtree(scratch, ignore_errors=True)
+    else:
+        scratch = compile_dir
+    os.makedirs(scratch, mode=0o700, exist_ok=compile_dir is not None)
+    role = "serve" if compile_dir is None else "compile"
+    process, channel = zygote.fork(scratch_dir=scratch, slot=slot, role=role)
     until = time.monotonic() + load_seconds
     worker = RunningWorker(serial, slot, model_id, process, channel, scratch, b"")
+    worker.keep_scratch = compile_dir is not None
     try:
         try:
             header, _ = _reply(channel, process, until)

@@ -5,7 +5,7 @@ Started by the frontend as ``python -P -m jacserve.server.worker.zygote FD SETTI
 its lazy imports (:func:`warm_up`) without starting any thread — so that forking stays
 safe — then answers on the control socket:
 
-- ``{"op": "fork", "scratch_dir": DIR, "slot": K}`` with the worker's socket as a file
+- ``{"op": "fork", "scratch_dir": DIR, "slot": K, "role": ROLE}`` with the worker's socket as a file
   descriptor → ``{"forked": PID}`` with a pidfd of the new worker (so the frontend can
   signal it without racing pid reuse). The child becomes
   :func:`~jacserve.server.worker.process.serve_one_archive`: it confines itself before
@@ -103,7 +103,13 @@ def _child(
         _die_with_parent(ctypes.CDLL(None, use_errno=True))
         channel = Channel(socket.socket(fileno=int(request["file_fd"])))
         own = replace(settings, scratch_dir=str(request["scratch_dir"]))
-        serve_one_archive(channel, own, slot=int(request["slot"]), own_uid=bool(request["own_uid"]))
+        serve_one_archive(
+            channel,
+            own,
+            slot=int(request["slot"]),
+            own_uid=bool(request["own_uid"]),
+            role="compile" if request.get("role") == "compile" else "serve",
+        )
         code = 0
     except BaseException:
         _LOG.exception("worker failed")
