@@ -55,13 +55,19 @@ class Structured:
     def __call__(self, *leaves: torch.Tensor) -> tuple[torch.Tensor, ...]:
         args = self.args_tree.unflatten(leaves) if self.args_tree is not None else leaves
         result = self._fn(*args)
+        what = f"the output of method {self.method!r}"
         try:
-            outputs, self.output_tree = flatten(
-                result, what=f"the output of method {self.method!r}", like=self.like
-            )
+            outputs, tree = flatten(result, what=what)
+            if self.like is not None:
+                outputs, tree = flatten(result, what=what, like=self.like)
         except StructureError as exc:
-            hint = " (the cotangents must nest like the output)" if self.like else ""
-            raise InvalidArgument(f"{exc}{hint}") from None
+            if self.like is None or "expected" not in str(exc):
+                raise InvalidArgument(str(exc)) from None
+            raise InvalidArgument(
+                f"cotangents: expected the structure of {what}, {tree.describe()}, "
+                f"dicts matched by key; got {self.like.describe()} ({exc})"
+            ) from None
+        self.output_tree = tree
         if not outputs:
             raise InvalidArgument(f"method {self.method!r} returned no tensor")
         return tuple(outputs)
