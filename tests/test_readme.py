@@ -13,4 +13,4 @@ def test_readme_client_example_runs(server, capsys):
     assert '"127.0.0.1:50051"' in code
     exec(compile(code.replace("127.0.0.1:50051", server.target), "README.md", "exec"), {})
     printed = capsys.readouterr().out
-    assert "auto: estimated" in printed and "dict_keys(['0.weight', '0.bias'])" in printed
+    assert "auto: reverse" in printed and "dict_keys(['0.weight', '0.bias'])" in printed

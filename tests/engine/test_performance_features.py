@@ -162,53 +162,6 @@ def test_a_budget_below_one_pass_is_resource_exhausted_with_the_figure():
     assert "max_memory_bytes" in str(info.value)
 
 
-def _estimates(result: engine.EngineResult) -> dict[str, float]:
-    return {
-        "forward": result.metrics.estimated_forward_seconds,
-        "reverse": result.metrics.estimated_reverse_seconds,
-    }
-
-
-def test_auto_mode_picks_the_smaller_estimate_then_learns_from_the_run():
-    model = MLP(2, 16, 300, F64)
-    cache = engine.DerivativeCache()
-    first = engine.jacobian(model, [torch.randn(2, dtype=F64)], cache=cache)
-    second = engine.jacobian(model, [torch.randn(2, dtype=F64)], cache=cache)
-    before, after = _estimates(first), _estimates(second)
-    assert min(before.values()) > 0 and first.metrics.mode == min(before, key=before.get)
-    # The mode that ran is now estimated by its own run time; the other keeps its probe.
-    ran, other = (
-        first.metrics.mode,
-        {"forward": "reverse", "reverse": "forward"}[first.metrics.mode],
-    )
-    assert after[ran] == first.metrics.derivative_seconds
-    assert after[other] == before[other]
-    assert second.metrics.mode == min(after, key=after.get)
-    without_cache = engine.jacobian(model, [torch.randn(2, dtype=F64)])
-    assert _estimates(without_cache) == {"forward": 0, "reverse": 0}  # the dimension rule
-    assert without_cache.metrics.mode == "forward"
-
-
-@pytest.mark.parametrize(
-    ("forward_per_pass", "reverse_per_pass", "expected"),
-    [(1e-3, 1e-6, "reverse"), (1e-6, 1e-3, "forward")],
-)
-def test_auto_mode_follows_the_measured_costs_not_the_dimensions(
-    forward_per_pass, reverse_per_pass, expected
-):
-    from jacserve.server.engine._profile import ModeCost
-    from jacserve.server.engine.jacobian import cost_key
-
-    x = torch.randn(20, dtype=F64)
-    cache = engine.DerivativeCache()
-    costs = (ModeCost(0.0, forward_per_pass), ModeCost(0.0, reverse_per_pass))
-    cache.put(cost_key("forward", [x], (0,), batched=False), costs)
-    result = engine.jacobian(MLP(20, 8, 30, F64), [x], cache=cache)  # n=20 < m=30
-    assert result.metrics.mode == expected
-    assert result.metrics.estimated_forward_seconds == pytest.approx(20 * forward_per_pass)
-    assert result.metrics.estimated_reverse_seconds == pytest.approx(30 * reverse_per_pass)
-
-
 def test_auto_mode_never_picks_a_mode_without_a_forward_rule():
     model = PairDistance()  # cdist: no forward-mode rule
     cache = engine.DerivativeCache()

@@ -6,14 +6,38 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
-from jacserve.client._calls import MODES, Prepared, as_sequence, example_point, structure_outputs
-from jacserve.client._results import DerivativeMetrics, JacobianResult, TensorOrTuple
+from jacserve.client._calls import MODES, Prepared
+from jacserve.client._results import DerivativeMetrics, JacobianResult
+from jacserve.client._structure import CallInputs, call_inputs, example_point, output_tree
 from jacserve.codec import decode_tensor, decode_tensors, encode_tensors
 from jacserve.v1 import jacobian_service_pb2 as pb
+
+R = TypeVar("R")
+
+
+def _with_inputs(request: R, call: CallInputs) -> R:
+    """``request`` with the inputs, ``wrt`` and ``input_tree`` of ``call``."""
+    request.inputs.extend(encode_tensors(call.leaves, name="inputs"))  # type: ignore[attr-defined]
+    request.wrt.extend(call.wire_wrt)  # type: ignore[attr-defined]
+    if call.wire_tree is not None:
+        request.input_tree.CopyFrom(call.wire_tree)  # type: ignore[attr-defined]
+    return request
+
+
+def _outputs(response: Any) -> tuple[Any, tuple[str, ...]]:
+    """The structured output and its leaves' names (the M axis of flattened results)."""
+    tensors = decode_tensors(response.outputs)
+    tree = output_tree(response, len(tensors))
+    return tree.unflatten(list(tensors)), tuple(tree.leaf_names())
+
+
+def _name(names: list[str], index: int) -> str:
+    return names[index] if 0 <= index < len(names) else ""
+
 
 __all__ = [
     "RankedInput",
@@ -27,12 +51,15 @@ __all__ = [
 
 @dataclass(frozen=True)
 class RankedInput:
-    """An input element that matters: ``input`` (argument position), ``element`` (flat
-    index in it) and ``score`` (the norm of its elasticities over all outputs)."""
+    """An input element that matters: ``input`` (argument position; with nested inputs
+    the leaf's position among all input tensors), ``element`` (flat index in it),
+    ``score`` (the norm of its elasticities over all outputs) and ``name`` (the leaf's
+    path, ``"0"`` or ``"0.x"``: see NOTE: [Leaf names] in :mod:`jacserve.pytree`)."""
 
     input: int
     element: int
     score: float
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -40,9 +67,11 @@ class SensitivityResult:
     """A summary of the Jacobian: ``elasticities`` ``[M, N]`` (``(x_j / y_i)·∂y_i/∂x_j``,
     float64, NaN where ``y_i = 0``), norms per input element (``[N]``: raw Jacobian
     columns and elasticity columns) and per output element (``[M]``), and the
-    ``top_inputs`` by elasticity, largest first."""
+    ``top_inputs`` by elasticity, largest first. The M axis runs over the output's leaves
+    (``output_names``), the N axis over the differentiated input leaves
+    (``input_names``), each flattened and concatenated in that order."""
 
-    output: TensorOrTuple
+    output: Any
     elasticities: torch.Tensor
     input_norms: torch.Tensor
     input_elasticity_norms: torch.Tensor
@@ -50,6 +79,8 @@ class SensitivityResult:
     output_elasticity_norms: torch.Tensor
     top_inputs: tuple[RankedInput, ...]
     metrics: DerivativeMetrics
+    input_names: tuple[str, ...] = ()
+    output_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,9 +90,10 @@ class SingularResult:
     perturbations that matter most), ``output_directions`` ``[k, M]`` (uᵢ: the
     responses), ``residuals`` ``[k]`` (``max(‖J·v − σu‖, ‖Jᵀ·u − σv‖) / σ₁``), the
     Lanczos ``steps`` taken, and ``converged``: every residual within the server's
-    tolerance (when not, the values are approximate and a ``RuntimeWarning`` says so)."""
+    tolerance (when not, the values are approximate and a ``RuntimeWarning`` says so).
+    N and M run over ``input_names`` and ``output_names`` as in :class:`SensitivityResult`."""
 
-    output: TensorOrTuple
+    output: Any
     values: torch.Tensor
     input_directions: torch.Tensor
     output_directions: torch.Tensor
@@ -69,6 +101,8 @@ class SingularResult:
     steps: int
     metrics: DerivativeMetrics
     converged: bool = True
+    input_names: tuple[str, ...] = ()
+    output_names: tuple[str, ...] = ()
 
 
 def prepare_sensitivity(
@@ -82,24 +116,31 @@ def prepare_sensitivity(
     """
     if mode not in MODES:
         raise ValueError(f"mode: expected 'auto', 'forward' or 'reverse'; got {mode!r}")
-    request = pb.SensitivityRequest(
-        inputs=encode_tensors(as_sequence(inputs)[1], name="inputs"),
-        wrt=list(wrt or ()),
-        mode=MODES[mode],
-        top_k=top_k,
-        options=pb.ComputeOptions(device=device),
+    call = call_inputs(inputs, wrt)
+    request = _with_inputs(
+        pb.SensitivityRequest(
+            mode=MODES[mode], top_k=top_k, options=pb.ComputeOptions(device=device)
+        ),
+        call,
     )
 
     def parse(response: pb.SensitivityResponse) -> SensitivityResult:
+        output, output_names = _outputs(response)
+        leaf_names = call.tree.leaf_names()
         return SensitivityResult(
-            output=structure_outputs(decode_tensors(response.outputs), response.tuple_output),
+            output=output,
             elasticities=decode_tensor(response.elasticities, name="elasticities"),
             input_norms=decode_tensor(response.input_norms, name="input_norms"),
             input_elasticity_norms=decode_tensor(response.input_elasticity_norms, name="norms"),
             output_norms=decode_tensor(response.output_norms, name="output_norms"),
             output_elasticity_norms=decode_tensor(response.output_elasticity_norms, name="norms"),
-            top_inputs=tuple(RankedInput(r.input, r.element, r.score) for r in response.top_inputs),
+            top_inputs=tuple(
+                RankedInput(r.input, r.element, r.score, _name(leaf_names, r.input))
+                for r in response.top_inputs
+            ),
             metrics=DerivativeMetrics.from_wire(response.metrics),
+            input_names=call.input_names,
+            output_names=output_names,
         )
 
     return Prepared("Sensitivity", request, parse, example_point(inputs, batched=False))
@@ -113,12 +154,9 @@ def prepare_top_singular(
     >>> prepare_top_singular(torch.ones(4), 2).rpc
     'TopSingular'
     """
-    request = pb.TopSingularRequest(
-        inputs=encode_tensors(as_sequence(inputs)[1], name="inputs"),
-        wrt=list(wrt or ()),
-        k=k,
-        steps=steps,
-        options=pb.ComputeOptions(device=device),
+    call = call_inputs(inputs, wrt)
+    request = _with_inputs(
+        pb.TopSingularRequest(k=k, steps=steps, options=pb.ComputeOptions(device=device)), call
     )
 
     def parse(response: pb.TopSingularResponse) -> SingularResult:
@@ -129,8 +167,9 @@ def prepare_top_singular(
                 RuntimeWarning,
                 stacklevel=4,
             )
+        output, output_names = _outputs(response)
         return SingularResult(
-            output=structure_outputs(decode_tensors(response.outputs), response.tuple_output),
+            output=output,
             values=decode_tensor(response.values, name="values"),
             input_directions=decode_tensor(response.input_directions, name="input_directions"),
             output_directions=decode_tensor(response.output_directions, name="output_directions"),
@@ -138,6 +177,8 @@ def prepare_top_singular(
             steps=response.steps,
             metrics=DerivativeMetrics.from_wire(response.metrics),
             converged=response.converged,
+            input_names=call.input_names,
+            output_names=output_names,
         )
 
     return Prepared("TopSingular", request, parse, example_point(inputs, batched=False))
@@ -181,12 +222,11 @@ def prepare_sparse_jacobian(
     """
     if mode not in MODES:
         raise ValueError(f"mode: expected 'auto', 'forward' or 'reverse'; got {mode!r}")
-    request = pb.SparseJacobianRequest(
-        inputs=encode_tensors(as_sequence(inputs)[1], name="inputs"),
-        wrt=list(wrt or ()),
-        mode=MODES[mode],
-        probes=probes,
-        options=pb.ComputeOptions(device=device),
+    request = _with_inputs(
+        pb.SparseJacobianRequest(
+            mode=MODES[mode], probes=probes, options=pb.ComputeOptions(device=device)
+        ),
+        call_inputs(inputs, wrt),
     )
     pattern = sparsity_pattern(sparsity)
     if pattern is not None:
@@ -205,7 +245,7 @@ def prepare_sparse_jacobian(
             check_invariants=True,  # indices from the network: checked before use
         )  # fmt: skip
         return JacobianResult(
-            output=structure_outputs(decode_tensors(response.outputs), response.tuple_output),
+            output=_outputs(response)[0],
             jacobian=matrix,
             metrics=DerivativeMetrics.from_wire(response.metrics),
         )

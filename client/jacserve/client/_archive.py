@@ -12,6 +12,7 @@ from typing import Any, Union
 import torch
 
 from jacserve.client._fingerprint import fingerprint
+from jacserve.pytree import StructureError, Tree, flatten
 
 __all__ = ["ModelSource", "archive_bytes"]
 
@@ -36,7 +37,7 @@ class _Function(torch.nn.Module):
         super().__init__()
         self.fn = fn
 
-    def forward(self, *args: torch.Tensor) -> Any:
+    def forward(self, *args: Any) -> Any:
         return self.fn(*args)
 
 
@@ -44,12 +45,25 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
-def _tensors(value: Any) -> tuple[torch.Tensor, ...]:
-    """The output as a tuple of tensors; anything else is not servable."""
-    items = value if isinstance(value, tuple | list) else (value,)
-    if not items or not all(isinstance(t, torch.Tensor) for t in items):
+def _tensors(value: Any) -> tuple[tuple[torch.Tensor, ...], Tree]:
+    """The output's tensors and structure (tuples, lists, string-keyed dicts of tensors);
+    anything else is not servable."""
+    try:
+        leaves, tree = flatten(value, what="the model's output")
+    except StructureError as exc:
+        raise TypeError(str(exc)) from None
+    if not leaves:
         raise TypeError(f"the model must return tensors; it returned {type(value).__name__}")
-    return tuple(items)
+    return tuple(leaves), tree
+
+
+def _same(got: Any, expected: Any) -> None:
+    """Raise unless two outputs have the same structure and (nearly) the same values."""
+    (a_leaves, a_tree), (b_leaves, b_tree) = _tensors(got), _tensors(expected)
+    if a_tree != b_tree:
+        raise ValueError(f"output structure {a_tree.describe()} differs from {b_tree.describe()}")
+    for a, b in zip(a_leaves, b_leaves, strict=True):
+        torch.testing.assert_close(a, b, equal_nan=True)
 
 
 def _load(data: bytes) -> Callable[..., Any]:
@@ -59,43 +73,39 @@ def _load(data: bytes) -> Callable[..., Any]:
         return torch.export.load(io.BytesIO(data)).module()
 
 
-def _reproduces(loaded: Callable[..., Any], model: Any, example: tuple[torch.Tensor, ...]) -> bool:
+def _reproduces(loaded: Callable[..., Any], model: Any, example: tuple[Any, ...]) -> bool:
     """Whether an archive loaded back gives the model's output on ``example``."""
     module = model if isinstance(model, torch.nn.Module) else _Function(model)
     try:
-        got, expected = _tensors(loaded(*example)), _tensors(module(*example))
-        for a, b in zip(got, expected, strict=True):
-            torch.testing.assert_close(a, b, equal_nan=True)
+        _same(loaded(*example), module(*example))
     except Exception:
         return False
     return True
 
 
-def _serialize_module(
-    model: Any, example: tuple[torch.Tensor, ...]
-) -> tuple[bytes, Callable[..., Any]]:
+def _serialize_module(model: Any, example: tuple[Any, ...]) -> tuple[bytes, Callable[..., Any]]:
     """torch.export first, then TorchScript scripting, then tracing; the first archive that
     loads back and reproduces the model's output on ``example`` wins, every failure named."""
     module = model if isinstance(model, torch.nn.Module) else _Function(model)
     attempts: list[tuple[str, Callable[[], Any]]] = [
         ("torch.export.export", lambda: torch.export.export(module, example)),
         ("torch.jit.script", lambda: torch.jit.script(module)),
-        ("torch.jit.trace", lambda: torch.jit.trace(module, example)),
+        # strict=False: dict and list outputs trace as they are
+        ("torch.jit.trace", lambda: torch.jit.trace(module, example, strict=False)),
     ]
     failures = []
     for name, make in attempts:
         buffer = io.BytesIO()
         try:
-            expected = _tensors(module(*example))
+            expected = module(*example)
+            _tensors(expected)  # servable output, else every way fails alike
             program = make()
             if isinstance(program, torch.export.ExportedProgram):
                 torch.export.save(program, buffer)
             else:
                 torch.jit.save(program, buffer)
             loaded = _load(buffer.getvalue())
-            got = _tensors(loaded(*example))
-            for a, b in zip(got, expected, strict=True):
-                torch.testing.assert_close(a, b, equal_nan=True)
+            _same(loaded(*example), expected)
             return buffer.getvalue(), loaded
         except Exception as exc:  # each way's failure goes into the message
             failures.append(f"{name}: {type(exc).__name__}: {_first_line(exc)}")
@@ -108,14 +118,16 @@ def _serialize_module(
     )
 
 
-def archive_bytes(model: Any, example_inputs: Sequence[torch.Tensor] | None = None) -> bytes:
+def archive_bytes(model: Any, example_inputs: Sequence[Any] | None = None) -> bytes:
     """Serialize a model into archive bytes.
 
     Args:
         model: a path, archive bytes, a ``ScriptModule``, an ``ExportedProgram``, or a
             plain ``nn.Module`` or Python function of tensors (then ``example_inputs`` is
-            needed: it is exported with torch.export, else scripted, else traced).
-        example_inputs: inputs to export or trace a module or function with.
+            needed: it is exported with torch.export, else scripted, else traced). Its
+            arguments and output may nest tensors in tuples, lists and string-keyed dicts.
+        example_inputs: inputs to export or trace a module or function with, one per
+            positional argument.
 
     Saving is deterministic, and a module or function is serialized once per content
     (:func:`~jacserve.client._fingerprint.fingerprint`: the code of all its submodules'
@@ -153,7 +165,12 @@ def archive_bytes(model: Any, example_inputs: Sequence[torch.Tensor] | None = No
                 "traced; pass example_inputs=(x,), or call jacobian/jvp/... with the model "
                 "directly (their inputs serve as the example)"
             )
-        example = tuple(torch.as_tensor(t) for t in example_inputs)
+        try:
+            leaves, tree = flatten(tuple(example_inputs), what="example_inputs",
+                                   convert=torch.as_tensor)  # fmt: skip
+        except StructureError as exc:
+            raise TypeError(f"upload: {exc}") from None
+        example = tuple(tree.unflatten(leaves))
         key = fingerprint(model, example)
         if key is None:  # something in it cannot be described: never reuse
             return _serialize_module(model, example)[0]

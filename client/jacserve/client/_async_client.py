@@ -22,7 +22,6 @@ from jacserve.client._archive import ModelSource, archive_bytes
 from jacserve.client._calls import (
     Prepared,
     SliceCallback,
-    as_sequence,
     jacobian_key,
     prepare_gradients,
     prepare_hessian,
@@ -254,7 +253,7 @@ class AsyncClient(ClientBase):
         key = jacobian_key(model, method, inputs, wrt, batched)
         if lanes > 1 and not batched and on_slice is None and not verify and key not in self._whole:
             unary = prepare_jacobian(inputs, **options)
-            inputs_tuple = as_sequence(inputs)[0]
+            inputs_tuple = unary.inputs
 
             async def split(ref: pb.FunctionRef) -> JacobianResult | None:
                 return await self._sharded(unary, ref, lanes, timeout, inputs_tuple,
@@ -287,7 +286,7 @@ class AsyncClient(ClientBase):
 
     async def _sharded(
         self, prepared: Prepared[JacobianResult], ref: pb.FunctionRef, lanes: int,
-        timeout: Any, inputs_tuple: bool, *, always: bool,
+        timeout: Any, inputs_tuple: Any, *, always: bool,
     ) -> JacobianResult | None:  # fmt: skip
         """As ``Client._sharded``: the lanes run in a thread, each window's call on this
         event loop."""

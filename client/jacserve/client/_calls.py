@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,7 +31,15 @@ from jacserve.client._results import (
     TensorOrTuple,
     VjpResult,
 )
+from jacserve.client._structure import (
+    CallInputs,
+    call_inputs,
+    cotangent_leaves,
+    example_point,
+    output_tree,
+)
 from jacserve.codec import decode_tensor, decode_tensors, dtype_from_wire, encode_tensors
+from jacserve.pytree import flatten
 from jacserve.v1 import jacobian_service_pb2 as pb
 
 __all__ = [
@@ -70,17 +77,13 @@ class Prepared(Generic[R]):
     parse: Callable[[Any], R]
     example: tuple[Any, ...] = ()
     streaming: bool = False  # parse then takes an iterator of response messages
+    inputs: CallInputs | None = None  # how results over the inputs are laid out
 
     @property
     def function(self) -> pb.FunctionRef:
         """The model reference to fill in before sending."""
         inner = getattr(self.request, "request", None)
         return inner.function if inner is not None else self.request.function
-
-
-def example_point(inputs: Any, batched: bool) -> tuple[Any, ...]:
-    tensors = [torch.as_tensor(t) for t in as_sequence(inputs)[1]]
-    return tuple(t[0] if batched and t.dim() > 0 else t for t in tensors)
 
 
 def as_sequence(value: Any) -> tuple[bool, list[Any]]:
@@ -92,6 +95,18 @@ def as_sequence(value: Any) -> tuple[bool, list[Any]]:
 
 def structure_outputs(tensors: Sequence[torch.Tensor], as_tuple: bool) -> TensorOrTuple:
     return tuple(tensors) if as_tuple else tensors[0]
+
+
+def structured_outputs(response: Any, tensors: Sequence[torch.Tensor]) -> Any:
+    """A response's outputs (or values shaped like them) in the method's output structure."""
+    return output_tree(response, len(tensors)).unflatten(list(tensors))
+
+
+def _with_inputs(request: Any, call: CallInputs, field: str = "inputs") -> None:
+    getattr(request, field).extend(encode_tensors(call.leaves, name=field))
+    request.wrt.extend(call.wire_wrt)
+    if call.wire_tree is not None:
+        request.input_tree.CopyFrom(call.wire_tree)
 
 
 def verify_directions(verify: int | bool) -> int:
@@ -110,22 +125,22 @@ def prepare_jvp(
     device: str = "", verify: int | bool = 0,
 ) -> Prepared[JvpResult]:  # fmt: skip
     """A ``Jvp`` call (arguments as :meth:`jacserve.client.Client.jvp`)."""
+    call = call_inputs(primals, wrt)
     request = pb.JvpRequest(
-        primals=encode_tensors(as_sequence(primals)[1], name="primals"),
-        tangents=encode_tensors(as_sequence(tangents)[1], name="tangents"),
-        wrt=list(wrt or ()),
+        tangents=encode_tensors(call.flatten_like(tangents, "tangents"), name="tangents"),
         batched=batched,
         options=pb.ComputeOptions(device=device, verify_directions=verify_directions(verify)),
     )
+    _with_inputs(request, call, "primals")
 
     def parse(response: pb.JvpResponse) -> JvpResult:
         return JvpResult(
-            output=structure_outputs(decode_tensors(response.outputs), response.tuple_output),
-            jvp=structure_outputs(decode_tensors(response.jvp), response.tuple_output),
+            output=structured_outputs(response, decode_tensors(response.outputs)),
+            jvp=structured_outputs(response, decode_tensors(response.jvp)),
             metrics=DerivativeMetrics.from_wire(response.metrics),
         )
 
-    return Prepared("Jvp", request, parse, example_point(primals, batched=False))
+    return Prepared("Jvp", request, parse, example_point(primals, batched=False), inputs=call)
 
 
 def prepare_vjp(
@@ -133,23 +148,25 @@ def prepare_vjp(
     device: str = "", verify: int | bool = 0,
 ) -> Prepared[VjpResult]:  # fmt: skip
     """A ``Vjp`` call (arguments as :meth:`jacserve.client.Client.vjp`)."""
-    primals_tuple, primal_list = as_sequence(primals)
+    call = call_inputs(primals, wrt)
+    leaves, tree = cotangent_leaves(cotangents)
     request = pb.VjpRequest(
-        primals=encode_tensors(primal_list, name="primals"),
-        cotangents=encode_tensors(as_sequence(cotangents)[1], name="cotangents"),
-        wrt=list(wrt or ()),
+        cotangents=encode_tensors(leaves, name="cotangents"),
         batched=batched,
         options=pb.ComputeOptions(device=device, verify_directions=verify_directions(verify)),
     )
+    _with_inputs(request, call, "primals")
+    if tree is not None:
+        request.cotangent_tree.CopyFrom(tree)
 
     def parse(response: pb.VjpResponse) -> VjpResult:
         return VjpResult(
-            output=structure_outputs(decode_tensors(response.outputs), response.tuple_output),
-            vjp=structure_outputs(decode_tensors(response.vjp), primals_tuple),
+            output=structured_outputs(response, decode_tensors(response.outputs)),
+            vjp=call.arrange(decode_tensors(response.vjp), "vjp"),
             metrics=DerivativeMetrics.from_wire(response.metrics),
         )
 
-    return Prepared("Vjp", request, parse, example_point(primals, batched=False))
+    return Prepared("Vjp", request, parse, example_point(primals, batched=False), inputs=call)
 
 
 def prepare_jacobian(
@@ -163,10 +180,8 @@ def prepare_jacobian(
     """
     if mode not in MODES:
         raise ValueError(f"jacobian: expected mode 'auto', 'forward' or 'reverse'; got {mode!r}")
-    inputs_tuple, input_list = as_sequence(inputs)
+    call = call_inputs(inputs, wrt)
     request = pb.JacobianRequest(
-        inputs=encode_tensors(input_list, name="inputs"),
-        wrt=list(wrt or ()),
         mode=MODES[mode],
         batched=batched,
         options=pb.ComputeOptions(
@@ -176,11 +191,12 @@ def prepare_jacobian(
             verify_directions=verify_directions(verify),
         ),
     )
+    _with_inputs(request, call)
 
     def parse(response: pb.JacobianResponse) -> JacobianResult:
-        return _parse_jacobian(response, inputs_tuple)
+        return _parse_jacobian(response, call)
 
-    return Prepared("Jacobian", request, parse, example_point(inputs, batched))
+    return Prepared("Jacobian", request, parse, example_point(inputs, batched), inputs=call)
 
 
 SliceCallback = Callable[[int, int, torch.Tensor], None]
@@ -197,17 +213,17 @@ class JacobianAssembler:
 
     def __init__(
         self,
-        inputs_tuple: bool,
+        inputs: CallInputs,
         progress: bool | None = None,
         on_slice: SliceCallback | None = None,
     ) -> None:
-        self._inputs_tuple = inputs_tuple
+        self._inputs = inputs
         self._complete: JacobianResult | None = None
         self._progress = progress
         self._on_slice = on_slice
         self._blocks: list[torch.Tensor] = []
         self._outputs: list[torch.Tensor] = []
-        self._tuple_output = False
+        self._header: Any = None
         self._bar: Any = None
         self._metrics: DerivativeMetrics | None = None
 
@@ -215,14 +231,14 @@ class JacobianAssembler:
         """Take one message of the stream."""
         part = message.WhichOneof("part")
         if part == "complete":  # small results come whole
-            self._complete = _parse_jacobian(message.complete, self._inputs_tuple)
+            self._complete = _parse_jacobian(message.complete, self._inputs)
             if self._on_slice is not None:
                 for block, values in enumerate(_flat_blocks(self._complete.jacobian)):
                     self._on_slice(block, 0, values)
         elif part == "header":
             header = message.header
             self._outputs = list(decode_tensors(header.outputs))
-            self._tuple_output = header.tuple_output
+            self._header = header
             if self._on_slice is None:
                 self._blocks = [
                     torch.empty(list(b.dims), dtype=dtype_from_wire(b.dtype))
@@ -251,12 +267,10 @@ class JacobianAssembler:
             self._bar.close()
         if self._metrics is None:
             raise ConnectionError("the Jacobian stream ended before its last message")
-        jacobian = (
-            None if self._on_slice is not None
-            else layout_blocks(self._blocks, len(self._outputs), self._tuple_output, self._inputs_tuple)
-        )  # fmt: skip
+        tree = output_tree(self._header, len(self._outputs))
+        jacobian = None if self._on_slice is not None else self._inputs.jacobian(self._blocks, tree)
         return JacobianResult(
-            output=structure_outputs(self._outputs, self._tuple_output),
+            output=tree.unflatten(self._outputs),
             jacobian=jacobian,
             metrics=self._metrics,
         )
@@ -264,18 +278,17 @@ class JacobianAssembler:
 
 def jacobian_key(model: Any, method: str, inputs: Any, wrt: Any, batched: bool) -> tuple:
     """What determines a Jacobian's size: model, method, input shapes and dtypes, wrt."""
-    tensors = [torch.as_tensor(t) for t in as_sequence(inputs)[1]]
+    tensors = call_inputs(inputs).leaves
     identity = model if isinstance(model, str) else id(model)
     signature = tuple((tuple(t.shape), t.dtype) for t in tensors)
-    return (identity, method, signature, tuple(wrt or ()), batched)
+    return (identity, method, signature, call_inputs(inputs).tree, tuple(wrt or ()), batched)
 
 
 def result_bytes(result: JacobianResult) -> int | None:
     """Bytes of a Jacobian result's tensors (``None`` when it was not assembled)."""
     if result.jacobian is None:
         return None
-    outputs = result.output if isinstance(result.output, tuple) else (result.output,)
-    tensors = [*_flat_blocks(result.jacobian), *outputs]
+    tensors = [*_flat_blocks(result.jacobian), *_flat_blocks(result.output)]
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -288,32 +301,20 @@ def _progress_bar(progress: bool | None, total: int) -> Any:
     return tqdm(total=total, unit="slice", desc="jacobian")
 
 
-def _parse_jacobian(response: pb.JacobianResponse, inputs_tuple: bool) -> JacobianResult:
+def _parse_jacobian(response: pb.JacobianResponse, call: CallInputs) -> JacobianResult:
     outputs = decode_tensors(response.outputs)
     blocks = [decode_tensor(t, name=f"jacobian[{k}]") for k, t in enumerate(response.jacobian)]
+    tree = output_tree(response, len(outputs))
     return JacobianResult(
-        output=structure_outputs(outputs, response.tuple_output),
-        jacobian=layout_blocks(blocks, len(outputs), response.tuple_output, inputs_tuple),
+        output=tree.unflatten(list(outputs)),
+        jacobian=call.jacobian(blocks, tree),
         metrics=DerivativeMetrics.from_wire(response.metrics),
     )
 
 
 def _flat_blocks(jacobian: Any) -> list[torch.Tensor]:
-    """The blocks of a laid-out Jacobian, row-major, each flattened."""
-    if isinstance(jacobian, torch.Tensor):
-        return [jacobian.reshape(-1)]
-    return [block for part in jacobian for block in _flat_blocks(part)]
-
-
-def layout_blocks(
-    blocks: Sequence[torch.Tensor], outputs: int, tuple_output: bool, inputs_tuple: bool
-) -> Any:
-    """Blocks (row-major: output i, input j) in torch.autograd.functional.jacobian's layout."""
-    n_in = len(blocks) // max(outputs, 1)
-    rows = [tuple(blocks[i * n_in : (i + 1) * n_in]) for i in range(outputs)]
-    if tuple_output:
-        return tuple(row if inputs_tuple else row[0] for row in rows)
-    return rows[0] if inputs_tuple else rows[0][0]
+    """The blocks of a laid-out Jacobian (any nesting), row-major, each flattened."""
+    return [block.reshape(-1) for block in flatten(jacobian, what="jacobian")[0]]
 
 
 def prepare_stream_jacobian(
@@ -326,14 +327,15 @@ def prepare_stream_jacobian(
         inputs, mode=mode, wrt=wrt, batched=batched, max_memory_bytes=max_memory_bytes,
         chunk_size=chunk_size, device=device, verify=verify,
     )  # fmt: skip
-    inputs_tuple = as_sequence(inputs)[0]
+    call = call_inputs(inputs, wrt)
     request = pb.StreamJacobianRequest(request=unary.request, max_block_bytes=max_block_bytes)
     return Prepared(
         "StreamJacobian",
         request,
-        lambda _: JacobianAssembler(inputs_tuple, progress, on_slice),
+        lambda _: JacobianAssembler(call, progress, on_slice),
         unary.example,
         streaming=True,
+        inputs=call,
     )
 
 
@@ -343,18 +345,22 @@ def prepare_gradients(
 ) -> Prepared[GradientsResult]:  # fmt: skip
     """A ``ParameterGradients`` call (arguments as
     :meth:`jacserve.client.Client.parameter_gradients`)."""
+    call = call_inputs(inputs)
+    leaves, tree = ([], None) if cotangent is None else cotangent_leaves(cotangent)
     request = pb.ParameterGradientsRequest(
-        inputs=encode_tensors(as_sequence(inputs)[1], name="inputs"),
-        cotangents=encode_tensors(
-            [] if cotangent is None else as_sequence(cotangent)[1], name="cotangents"
-        ),
+        inputs=encode_tensors(call.leaves, name="inputs"),
+        cotangents=encode_tensors(leaves, name="cotangents"),
         parameters=list(parameters or ()),
         options=pb.ComputeOptions(device=device, verify_directions=verify_directions(verify)),
     )
+    if call.wire_tree is not None:
+        request.input_tree.CopyFrom(call.wire_tree)
+    if tree is not None:
+        request.cotangent_tree.CopyFrom(tree)
 
     def parse(response: pb.ParameterGradientsResponse) -> GradientsResult:
         return GradientsResult(
-            output=structure_outputs(decode_tensors(response.outputs), response.tuple_output),
+            output=structured_outputs(response, decode_tensors(response.outputs)),
             gradients={
                 g.name: decode_tensor(g.tensor, name=f"gradients[{g.name!r}]")
                 for g in response.gradients
@@ -387,20 +393,19 @@ def prepare_hvp(
     gauss_newton: bool = False, device: str = "",
 ) -> Prepared[HvpResult]:  # fmt: skip
     """An ``Hvp`` call (arguments as :meth:`jacserve.client.Client.hvp`)."""
-    inputs_tuple, input_list = as_sequence(inputs)
+    call = call_inputs(inputs, wrt)
     request = pb.HvpRequest(
-        inputs=encode_tensors(input_list, name="inputs"),
-        vectors=encode_tensors(as_sequence(vectors)[1], name="vectors"),
-        wrt=list(wrt or ()),
+        vectors=encode_tensors(call.flatten_like(vectors, "vectors"), name="vectors"),
         batched=batched,
         gauss_newton=gauss_newton,
         options=pb.ComputeOptions(device=device),
     )
+    _with_inputs(request, call)
 
     def parse(response: pb.HvpResponse) -> HvpResult:
         return HvpResult(
-            output=structure_outputs(decode_tensors(response.outputs), response.tuple_output),
-            hvp=structure_outputs(decode_tensors(response.hvp), inputs_tuple),
+            output=structured_outputs(response, decode_tensors(response.outputs)),
+            hvp=call.arrange(decode_tensors(response.hvp), "hvp"),
             metrics=DerivativeMetrics.from_wire(response.metrics),
         )
 
@@ -411,19 +416,17 @@ def prepare_hessian(
     inputs: Any, *, wrt: Sequence[int] | None = None, chunk_size: int = 0, device: str = "",
 ) -> Prepared[HessianResult]:  # fmt: skip
     """A ``Hessian`` call (arguments as :meth:`jacserve.client.Client.hessian`)."""
-    inputs_tuple, input_list = as_sequence(inputs)
-    request = pb.HessianRequest(
-        inputs=encode_tensors(input_list, name="inputs"),
-        wrt=list(wrt or ()),
-        options=pb.ComputeOptions(chunk_size=chunk_size, device=device),
-    )
+    call = call_inputs(inputs, wrt)
+    request = pb.HessianRequest(options=pb.ComputeOptions(chunk_size=chunk_size, device=device))
+    _with_inputs(request, call)
 
     def parse(response: pb.HessianResponse) -> HessianResult:
         blocks = [decode_tensor(t, name=f"hessian[{k}]") for k, t in enumerate(response.hessian)]
-        width = max(1, math.isqrt(len(blocks)))  # blocks: (differentiated inputs)²
+        outputs = decode_tensors(response.outputs)
+        tree = output_tree(response, len(outputs))
         return HessianResult(
-            output=structure_outputs(decode_tensors(response.outputs), response.tuple_output),
-            hessian=layout_blocks(blocks, width, inputs_tuple, inputs_tuple),
+            output=tree.unflatten(list(outputs)),
+            hessian=call.hessian(blocks, tree),
             metrics=DerivativeMetrics.from_wire(response.metrics),
         )
 

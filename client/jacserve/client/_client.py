@@ -21,7 +21,6 @@ from jacserve.client._archive import ModelSource, archive_bytes
 from jacserve.client._calls import (
     Prepared,
     SliceCallback,
-    as_sequence,
     jacobian_key,
     prepare_gradients,
     prepare_hessian,
@@ -464,7 +463,7 @@ class Client(ClientBase):
         splittable = not batched and on_slice is None and not verify
         if lanes > 1 and splittable and key not in self._whole:
             prepared = prepare_jacobian(inputs, **options)
-            inputs_tuple = as_sequence(inputs)[0]
+            inputs_tuple = prepared.inputs
             split = self._with_model(
                 model,
                 method,
@@ -504,7 +503,7 @@ class Client(ClientBase):
         ref: pb.FunctionRef,
         lanes: int,
         timeout: Any,
-        inputs_tuple: bool,
+        inputs_tuple: Any,
         *,
         always: bool,
     ) -> JacobianResult | None:

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from jacserve.pytree import flatten
+
 __all__ = ["fingerprint"]
 
 _PLAIN = (int, float, complex, bool, str, bytes, type(None), torch.dtype, torch.device)
@@ -118,9 +120,7 @@ def _module(digest: Any, module: torch.nn.Module) -> None:
                 _tensor(digest, f"{prefix}.{name}", tensor)
 
 
-def fingerprint(
-    model: torch.nn.Module | Callable[..., Any], example: Sequence[torch.Tensor]
-) -> str | None:
+def fingerprint(model: torch.nn.Module | Callable[..., Any], example: Sequence[Any]) -> str | None:
     """The digest of ``model`` with inputs like ``example``; ``None`` when some part of
     it cannot be described (then it must be serialized afresh)."""
     digest = hashlib.sha256()
@@ -137,6 +137,8 @@ def fingerprint(
                 return None  # a callable object: its state is not ours to read
     except _Undescribable:
         return None
-    for tensor in example:
+    leaves, tree = flatten(tuple(example), what="example_inputs")
+    digest.update(f"tree:{tree.describe()}".encode())  # nested inputs: their structure too
+    for tensor in leaves:
         digest.update(f"in:{tensor.dtype}:{tuple(tensor.shape)}".encode())
     return digest.hexdigest()

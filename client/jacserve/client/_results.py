@@ -179,7 +179,10 @@ class JacobianResult:
 
     A tensor when both the inputs and the output are single tensors; a tuple when one of
     them is a tuple; a tuple of tuples ``[output][input]`` when both are. Each block has
-    shape ``output.shape + input.shape``. ``shards`` reports the windows of passes when
+    shape ``output.shape + input.shape``. Nested outputs and inputs (dicts, lists) nest
+    the same way, as ``torch.func.jacrev`` does: the output's structure with each leaf
+    replaced by the blocks over the inputs (``jacobian["logits"][0]``); ``output`` keeps
+    the method's structure. ``shards`` reports the windows of passes when
     the Jacobian was split across servers (``Client`` with several targets), else ``()``.
     """
 

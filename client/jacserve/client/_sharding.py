@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import grpc
 import torch
 
-from jacserve.client._calls import layout_blocks, structure_outputs
 from jacserve.client._results import DerivativeMetrics, JacobianResult
+from jacserve.client._structure import CallInputs, output_tree
 from jacserve.client.errors import JacserveError
 from jacserve.codec import decode_tensor, decode_tensors
 from jacserve.v1 import jacobian_service_pb2 as pb
@@ -145,7 +145,7 @@ class ShardedJacobian:
         self,
         plan_request: pb.JacobianRequest,
         plan: pb.JacobianResponse,
-        inputs_tuple: bool,
+        inputs: CallInputs,
         deadline: float | None,
     ) -> JacobianResult:
         """Compute every window in the mode of ``plan`` (the answer to ``plan_request``),
@@ -153,6 +153,7 @@ class ShardedJacobian:
         that no other replica can help with, or the last one when every lane failed."""
         metrics = DerivativeMetrics.from_wire(plan.metrics)
         outputs = decode_tensors(plan.outputs)
+        tree = output_tree(plan, len(outputs))
         n, m, total = metrics.input_size, metrics.output_size, metrics.passes
         forward = metrics.mode == "forward"
         width = m if forward else n
@@ -183,8 +184,8 @@ class ShardedJacobian:
             timing={**metrics.timing, "derivative": server, "total": wall},
         )
         return JacobianResult(
-            output=structure_outputs(outputs, plan.tuple_output),
-            jacobian=layout_blocks(blocks, len(outputs), plan.tuple_output, inputs_tuple),
+            output=tree.unflatten(list(outputs)),
+            jacobian=inputs.jacobian(blocks, tree),
             metrics=combined,
             shards=tuple(sorted(reports, key=lambda r: r.start)),
         )

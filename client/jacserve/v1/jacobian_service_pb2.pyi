@@ -18,6 +18,14 @@ class Dtype(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DTYPE_INT64: _ClassVar[Dtype]
     DTYPE_BOOL: _ClassVar[Dtype]
 
+class TreeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TREE_KIND_UNSPECIFIED: _ClassVar[TreeKind]
+    TREE_KIND_TENSOR: _ClassVar[TreeKind]
+    TREE_KIND_TUPLE: _ClassVar[TreeKind]
+    TREE_KIND_LIST: _ClassVar[TreeKind]
+    TREE_KIND_DICT: _ClassVar[TreeKind]
+
 class ModelFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     MODEL_FORMAT_UNSPECIFIED: _ClassVar[ModelFormat]
@@ -38,6 +46,11 @@ DTYPE_FLOAT64: Dtype
 DTYPE_INT32: Dtype
 DTYPE_INT64: Dtype
 DTYPE_BOOL: Dtype
+TREE_KIND_UNSPECIFIED: TreeKind
+TREE_KIND_TENSOR: TreeKind
+TREE_KIND_TUPLE: TreeKind
+TREE_KIND_LIST: TreeKind
+TREE_KIND_DICT: TreeKind
 MODEL_FORMAT_UNSPECIFIED: ModelFormat
 MODEL_FORMAT_TORCHSCRIPT: ModelFormat
 MODEL_FORMAT_TORCH_EXPORT: ModelFormat
@@ -55,6 +68,16 @@ class Tensor(_message.Message):
     shape: _containers.RepeatedScalarFieldContainer[int]
     data: bytes
     def __init__(self, dtype: _Optional[_Union[Dtype, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class Tree(_message.Message):
+    __slots__ = ("kind", "children", "keys")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CHILDREN_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    kind: TreeKind
+    children: _containers.RepeatedCompositeFieldContainer[Tree]
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, kind: _Optional[_Union[TreeKind, str]] = ..., children: _Optional[_Iterable[_Union[Tree, _Mapping]]] = ..., keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class NamedTensor(_message.Message):
     __slots__ = ("name", "tensor")
@@ -259,63 +282,73 @@ class DeleteModelResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class JvpRequest(_message.Message):
-    __slots__ = ("function", "primals", "tangents", "wrt", "batched", "options")
+    __slots__ = ("function", "primals", "tangents", "wrt", "batched", "options", "input_tree")
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     PRIMALS_FIELD_NUMBER: _ClassVar[int]
     TANGENTS_FIELD_NUMBER: _ClassVar[int]
     WRT_FIELD_NUMBER: _ClassVar[int]
     BATCHED_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TREE_FIELD_NUMBER: _ClassVar[int]
     function: FunctionRef
     primals: _containers.RepeatedCompositeFieldContainer[Tensor]
     tangents: _containers.RepeatedCompositeFieldContainer[Tensor]
     wrt: _containers.RepeatedScalarFieldContainer[int]
     batched: bool
     options: ComputeOptions
-    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., primals: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tangents: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ..., batched: _Optional[bool] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ...) -> None: ...
+    input_tree: Tree
+    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., primals: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tangents: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ..., batched: _Optional[bool] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ..., input_tree: _Optional[_Union[Tree, _Mapping]] = ...) -> None: ...
 
 class JvpResponse(_message.Message):
-    __slots__ = ("outputs", "tuple_output", "jvp", "metrics")
+    __slots__ = ("outputs", "tuple_output", "jvp", "metrics", "output_tree")
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     TUPLE_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     JVP_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TREE_FIELD_NUMBER: _ClassVar[int]
     outputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     tuple_output: bool
     jvp: _containers.RepeatedCompositeFieldContainer[Tensor]
     metrics: DerivativeMetrics
-    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., jvp: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ...) -> None: ...
+    output_tree: Tree
+    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., jvp: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ..., output_tree: _Optional[_Union[Tree, _Mapping]] = ...) -> None: ...
 
 class VjpRequest(_message.Message):
-    __slots__ = ("function", "primals", "cotangents", "wrt", "batched", "options")
+    __slots__ = ("function", "primals", "cotangents", "wrt", "batched", "options", "input_tree", "cotangent_tree")
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     PRIMALS_FIELD_NUMBER: _ClassVar[int]
     COTANGENTS_FIELD_NUMBER: _ClassVar[int]
     WRT_FIELD_NUMBER: _ClassVar[int]
     BATCHED_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TREE_FIELD_NUMBER: _ClassVar[int]
+    COTANGENT_TREE_FIELD_NUMBER: _ClassVar[int]
     function: FunctionRef
     primals: _containers.RepeatedCompositeFieldContainer[Tensor]
     cotangents: _containers.RepeatedCompositeFieldContainer[Tensor]
     wrt: _containers.RepeatedScalarFieldContainer[int]
     batched: bool
     options: ComputeOptions
-    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., primals: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., cotangents: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ..., batched: _Optional[bool] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ...) -> None: ...
+    input_tree: Tree
+    cotangent_tree: Tree
+    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., primals: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., cotangents: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ..., batched: _Optional[bool] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ..., input_tree: _Optional[_Union[Tree, _Mapping]] = ..., cotangent_tree: _Optional[_Union[Tree, _Mapping]] = ...) -> None: ...
 
 class VjpResponse(_message.Message):
-    __slots__ = ("outputs", "tuple_output", "vjp", "metrics")
+    __slots__ = ("outputs", "tuple_output", "vjp", "metrics", "output_tree")
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     TUPLE_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     VJP_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TREE_FIELD_NUMBER: _ClassVar[int]
     outputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     tuple_output: bool
     vjp: _containers.RepeatedCompositeFieldContainer[Tensor]
     metrics: DerivativeMetrics
-    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., vjp: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ...) -> None: ...
+    output_tree: Tree
+    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., vjp: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ..., output_tree: _Optional[_Union[Tree, _Mapping]] = ...) -> None: ...
 
 class JacobianRequest(_message.Message):
-    __slots__ = ("function", "inputs", "wrt", "mode", "batched", "options", "passes")
+    __slots__ = ("function", "inputs", "wrt", "mode", "batched", "options", "passes", "input_tree")
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     WRT_FIELD_NUMBER: _ClassVar[int]
@@ -323,6 +356,7 @@ class JacobianRequest(_message.Message):
     BATCHED_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     PASSES_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TREE_FIELD_NUMBER: _ClassVar[int]
     function: FunctionRef
     inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     wrt: _containers.RepeatedScalarFieldContainer[int]
@@ -330,7 +364,8 @@ class JacobianRequest(_message.Message):
     batched: bool
     options: ComputeOptions
     passes: PassRange
-    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ..., mode: _Optional[_Union[DerivativeMode, str]] = ..., batched: _Optional[bool] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ..., passes: _Optional[_Union[PassRange, _Mapping]] = ...) -> None: ...
+    input_tree: Tree
+    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ..., mode: _Optional[_Union[DerivativeMode, str]] = ..., batched: _Optional[bool] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ..., passes: _Optional[_Union[PassRange, _Mapping]] = ..., input_tree: _Optional[_Union[Tree, _Mapping]] = ...) -> None: ...
 
 class PassRange(_message.Message):
     __slots__ = ("start", "stop")
@@ -341,16 +376,18 @@ class PassRange(_message.Message):
     def __init__(self, start: _Optional[int] = ..., stop: _Optional[int] = ...) -> None: ...
 
 class JacobianResponse(_message.Message):
-    __slots__ = ("outputs", "tuple_output", "jacobian", "metrics")
+    __slots__ = ("outputs", "tuple_output", "jacobian", "metrics", "output_tree")
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     TUPLE_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     JACOBIAN_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TREE_FIELD_NUMBER: _ClassVar[int]
     outputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     tuple_output: bool
     jacobian: _containers.RepeatedCompositeFieldContainer[Tensor]
     metrics: DerivativeMetrics
-    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., jacobian: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ...) -> None: ...
+    output_tree: Tree
+    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., jacobian: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ..., output_tree: _Optional[_Union[Tree, _Mapping]] = ...) -> None: ...
 
 class StreamJacobianRequest(_message.Message):
     __slots__ = ("request", "max_block_bytes")
@@ -361,16 +398,18 @@ class StreamJacobianRequest(_message.Message):
     def __init__(self, request: _Optional[_Union[JacobianRequest, _Mapping]] = ..., max_block_bytes: _Optional[int] = ...) -> None: ...
 
 class JacobianStreamHeader(_message.Message):
-    __slots__ = ("outputs", "tuple_output", "block_shapes", "slices")
+    __slots__ = ("outputs", "tuple_output", "block_shapes", "slices", "output_tree")
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     TUPLE_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     BLOCK_SHAPES_FIELD_NUMBER: _ClassVar[int]
     SLICES_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TREE_FIELD_NUMBER: _ClassVar[int]
     outputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     tuple_output: bool
     block_shapes: _containers.RepeatedCompositeFieldContainer[BlockShape]
     slices: int
-    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., block_shapes: _Optional[_Iterable[_Union[BlockShape, _Mapping]]] = ..., slices: _Optional[int] = ...) -> None: ...
+    output_tree: Tree
+    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., block_shapes: _Optional[_Iterable[_Union[BlockShape, _Mapping]]] = ..., slices: _Optional[int] = ..., output_tree: _Optional[_Union[Tree, _Mapping]] = ...) -> None: ...
 
 class BlockShape(_message.Message):
     __slots__ = ("dims", "dtype")
@@ -419,33 +458,39 @@ class GetServerInfoResponse(_message.Message):
     def __init__(self, max_message_bytes: _Optional[int] = ..., max_archive_bytes: _Optional[int] = ..., uploads_allowed: _Optional[bool] = ..., workers: _Optional[int] = ...) -> None: ...
 
 class ParameterGradientsRequest(_message.Message):
-    __slots__ = ("function", "inputs", "cotangents", "parameters", "options")
+    __slots__ = ("function", "inputs", "cotangents", "parameters", "options", "input_tree", "cotangent_tree")
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     COTANGENTS_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TREE_FIELD_NUMBER: _ClassVar[int]
+    COTANGENT_TREE_FIELD_NUMBER: _ClassVar[int]
     function: FunctionRef
     inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     cotangents: _containers.RepeatedCompositeFieldContainer[Tensor]
     parameters: _containers.RepeatedScalarFieldContainer[str]
     options: ComputeOptions
-    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., cotangents: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., parameters: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ...) -> None: ...
+    input_tree: Tree
+    cotangent_tree: Tree
+    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., cotangents: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., parameters: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ..., input_tree: _Optional[_Union[Tree, _Mapping]] = ..., cotangent_tree: _Optional[_Union[Tree, _Mapping]] = ...) -> None: ...
 
 class ParameterGradientsResponse(_message.Message):
-    __slots__ = ("outputs", "tuple_output", "gradients", "metrics")
+    __slots__ = ("outputs", "tuple_output", "gradients", "metrics", "output_tree")
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     TUPLE_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     GRADIENTS_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TREE_FIELD_NUMBER: _ClassVar[int]
     outputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     tuple_output: bool
     gradients: _containers.RepeatedCompositeFieldContainer[NamedTensor]
     metrics: DerivativeMetrics
-    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., gradients: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ...) -> None: ...
+    output_tree: Tree
+    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., gradients: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ..., output_tree: _Optional[_Union[Tree, _Mapping]] = ...) -> None: ...
 
 class HvpRequest(_message.Message):
-    __slots__ = ("function", "inputs", "vectors", "wrt", "batched", "gauss_newton", "options")
+    __slots__ = ("function", "inputs", "vectors", "wrt", "batched", "gauss_newton", "options", "input_tree")
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
@@ -453,6 +498,7 @@ class HvpRequest(_message.Message):
     BATCHED_FIELD_NUMBER: _ClassVar[int]
     GAUSS_NEWTON_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TREE_FIELD_NUMBER: _ClassVar[int]
     function: FunctionRef
     inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     vectors: _containers.RepeatedCompositeFieldContainer[Tensor]
@@ -460,59 +506,68 @@ class HvpRequest(_message.Message):
     batched: bool
     gauss_newton: bool
     options: ComputeOptions
-    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., vectors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ..., batched: _Optional[bool] = ..., gauss_newton: _Optional[bool] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ...) -> None: ...
+    input_tree: Tree
+    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., vectors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ..., batched: _Optional[bool] = ..., gauss_newton: _Optional[bool] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ..., input_tree: _Optional[_Union[Tree, _Mapping]] = ...) -> None: ...
 
 class HvpResponse(_message.Message):
-    __slots__ = ("outputs", "tuple_output", "hvp", "metrics")
+    __slots__ = ("outputs", "tuple_output", "hvp", "metrics", "output_tree")
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     TUPLE_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     HVP_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TREE_FIELD_NUMBER: _ClassVar[int]
     outputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     tuple_output: bool
     hvp: _containers.RepeatedCompositeFieldContainer[Tensor]
     metrics: DerivativeMetrics
-    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., hvp: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ...) -> None: ...
+    output_tree: Tree
+    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., hvp: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ..., output_tree: _Optional[_Union[Tree, _Mapping]] = ...) -> None: ...
 
 class HessianRequest(_message.Message):
-    __slots__ = ("function", "inputs", "wrt", "options")
+    __slots__ = ("function", "inputs", "wrt", "options", "input_tree")
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     WRT_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TREE_FIELD_NUMBER: _ClassVar[int]
     function: FunctionRef
     inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     wrt: _containers.RepeatedScalarFieldContainer[int]
     options: ComputeOptions
-    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ...) -> None: ...
+    input_tree: Tree
+    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ..., input_tree: _Optional[_Union[Tree, _Mapping]] = ...) -> None: ...
 
 class HessianResponse(_message.Message):
-    __slots__ = ("outputs", "tuple_output", "hessian", "metrics")
+    __slots__ = ("outputs", "tuple_output", "hessian", "metrics", "output_tree")
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     TUPLE_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     HESSIAN_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TREE_FIELD_NUMBER: _ClassVar[int]
     outputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     tuple_output: bool
     hessian: _containers.RepeatedCompositeFieldContainer[Tensor]
     metrics: DerivativeMetrics
-    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., hessian: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ...) -> None: ...
+    output_tree: Tree
+    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., hessian: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ..., output_tree: _Optional[_Union[Tree, _Mapping]] = ...) -> None: ...
 
 class SensitivityRequest(_message.Message):
-    __slots__ = ("function", "inputs", "wrt", "mode", "options", "top_k")
+    __slots__ = ("function", "inputs", "wrt", "mode", "options", "top_k", "input_tree")
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     WRT_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TREE_FIELD_NUMBER: _ClassVar[int]
     function: FunctionRef
     inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     wrt: _containers.RepeatedScalarFieldContainer[int]
     mode: DerivativeMode
     options: ComputeOptions
     top_k: int
-    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ..., mode: _Optional[_Union[DerivativeMode, str]] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ..., top_k: _Optional[int] = ...) -> None: ...
+    input_tree: Tree
+    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ..., mode: _Optional[_Union[DerivativeMode, str]] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ..., top_k: _Optional[int] = ..., input_tree: _Optional[_Union[Tree, _Mapping]] = ...) -> None: ...
 
 class RankedInput(_message.Message):
     __slots__ = ("input", "element", "score")
@@ -525,7 +580,7 @@ class RankedInput(_message.Message):
     def __init__(self, input: _Optional[int] = ..., element: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
 
 class SensitivityResponse(_message.Message):
-    __slots__ = ("outputs", "tuple_output", "elasticities", "input_norms", "input_elasticity_norms", "output_norms", "output_elasticity_norms", "top_inputs", "metrics")
+    __slots__ = ("outputs", "tuple_output", "elasticities", "input_norms", "input_elasticity_norms", "output_norms", "output_elasticity_norms", "top_inputs", "metrics", "output_tree")
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     TUPLE_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     ELASTICITIES_FIELD_NUMBER: _ClassVar[int]
@@ -535,6 +590,7 @@ class SensitivityResponse(_message.Message):
     OUTPUT_ELASTICITY_NORMS_FIELD_NUMBER: _ClassVar[int]
     TOP_INPUTS_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TREE_FIELD_NUMBER: _ClassVar[int]
     outputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     tuple_output: bool
     elasticities: Tensor
@@ -544,26 +600,29 @@ class SensitivityResponse(_message.Message):
     output_elasticity_norms: Tensor
     top_inputs: _containers.RepeatedCompositeFieldContainer[RankedInput]
     metrics: DerivativeMetrics
-    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., elasticities: _Optional[_Union[Tensor, _Mapping]] = ..., input_norms: _Optional[_Union[Tensor, _Mapping]] = ..., input_elasticity_norms: _Optional[_Union[Tensor, _Mapping]] = ..., output_norms: _Optional[_Union[Tensor, _Mapping]] = ..., output_elasticity_norms: _Optional[_Union[Tensor, _Mapping]] = ..., top_inputs: _Optional[_Iterable[_Union[RankedInput, _Mapping]]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ...) -> None: ...
+    output_tree: Tree
+    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., elasticities: _Optional[_Union[Tensor, _Mapping]] = ..., input_norms: _Optional[_Union[Tensor, _Mapping]] = ..., input_elasticity_norms: _Optional[_Union[Tensor, _Mapping]] = ..., output_norms: _Optional[_Union[Tensor, _Mapping]] = ..., output_elasticity_norms: _Optional[_Union[Tensor, _Mapping]] = ..., top_inputs: _Optional[_Iterable[_Union[RankedInput, _Mapping]]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ..., output_tree: _Optional[_Union[Tree, _Mapping]] = ...) -> None: ...
 
 class TopSingularRequest(_message.Message):
-    __slots__ = ("function", "inputs", "wrt", "k", "steps", "options")
+    __slots__ = ("function", "inputs", "wrt", "k", "steps", "options", "input_tree")
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     WRT_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TREE_FIELD_NUMBER: _ClassVar[int]
     function: FunctionRef
     inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     wrt: _containers.RepeatedScalarFieldContainer[int]
     k: int
     steps: int
     options: ComputeOptions
-    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ..., k: _Optional[int] = ..., steps: _Optional[int] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ...) -> None: ...
+    input_tree: Tree
+    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ..., k: _Optional[int] = ..., steps: _Optional[int] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ..., input_tree: _Optional[_Union[Tree, _Mapping]] = ...) -> None: ...
 
 class TopSingularResponse(_message.Message):
-    __slots__ = ("outputs", "tuple_output", "values", "input_directions", "output_directions", "residuals", "steps", "metrics", "converged")
+    __slots__ = ("outputs", "tuple_output", "values", "input_directions", "output_directions", "residuals", "steps", "metrics", "converged", "output_tree")
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     TUPLE_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
@@ -573,6 +632,7 @@ class TopSingularResponse(_message.Message):
     STEPS_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     CONVERGED_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TREE_FIELD_NUMBER: _ClassVar[int]
     outputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     tuple_output: bool
     values: Tensor
@@ -582,7 +642,8 @@ class TopSingularResponse(_message.Message):
     steps: int
     metrics: DerivativeMetrics
     converged: bool
-    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., input_directions: _Optional[_Union[Tensor, _Mapping]] = ..., output_directions: _Optional[_Union[Tensor, _Mapping]] = ..., residuals: _Optional[_Union[Tensor, _Mapping]] = ..., steps: _Optional[int] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ..., converged: _Optional[bool] = ...) -> None: ...
+    output_tree: Tree
+    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., input_directions: _Optional[_Union[Tensor, _Mapping]] = ..., output_directions: _Optional[_Union[Tensor, _Mapping]] = ..., residuals: _Optional[_Union[Tensor, _Mapping]] = ..., steps: _Optional[int] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ..., converged: _Optional[bool] = ..., output_tree: _Optional[_Union[Tree, _Mapping]] = ...) -> None: ...
 
 class SparsityPattern(_message.Message):
     __slots__ = ("rows", "cols", "row_indices", "col_indices")
@@ -597,7 +658,7 @@ class SparsityPattern(_message.Message):
     def __init__(self, rows: _Optional[int] = ..., cols: _Optional[int] = ..., row_indices: _Optional[_Iterable[int]] = ..., col_indices: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SparseJacobianRequest(_message.Message):
-    __slots__ = ("function", "inputs", "wrt", "mode", "pattern", "probes", "options")
+    __slots__ = ("function", "inputs", "wrt", "mode", "pattern", "probes", "options", "input_tree")
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     WRT_FIELD_NUMBER: _ClassVar[int]
@@ -605,6 +666,7 @@ class SparseJacobianRequest(_message.Message):
     PATTERN_FIELD_NUMBER: _ClassVar[int]
     PROBES_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TREE_FIELD_NUMBER: _ClassVar[int]
     function: FunctionRef
     inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     wrt: _containers.RepeatedScalarFieldContainer[int]
@@ -612,10 +674,11 @@ class SparseJacobianRequest(_message.Message):
     pattern: SparsityPattern
     probes: int
     options: ComputeOptions
-    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ..., mode: _Optional[_Union[DerivativeMode, str]] = ..., pattern: _Optional[_Union[SparsityPattern, _Mapping]] = ..., probes: _Optional[int] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ...) -> None: ...
+    input_tree: Tree
+    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ..., mode: _Optional[_Union[DerivativeMode, str]] = ..., pattern: _Optional[_Union[SparsityPattern, _Mapping]] = ..., probes: _Optional[int] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ..., input_tree: _Optional[_Union[Tree, _Mapping]] = ...) -> None: ...
 
 class SparseJacobianResponse(_message.Message):
-    __slots__ = ("outputs", "tuple_output", "rows", "cols", "row_indices", "col_indices", "values", "colors", "detected", "metrics")
+    __slots__ = ("outputs", "tuple_output", "rows", "cols", "row_indices", "col_indices", "values", "colors", "detected", "metrics", "output_tree")
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     TUPLE_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
@@ -626,6 +689,7 @@ class SparseJacobianResponse(_message.Message):
     COLORS_FIELD_NUMBER: _ClassVar[int]
     DETECTED_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TREE_FIELD_NUMBER: _ClassVar[int]
     outputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     tuple_output: bool
     rows: int
@@ -636,4 +700,5 @@ class SparseJacobianResponse(_message.Message):
     colors: int
     detected: bool
     metrics: DerivativeMetrics
-    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., row_indices: _Optional[_Union[Tensor, _Mapping]] = ..., col_indices: _Optional[_Union[Tensor, _Mapping]] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., colors: _Optional[int] = ..., detected: _Optional[bool] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ...) -> None: ...
+    output_tree: Tree
+    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., row_indices: _Optional[_Union[Tensor, _Mapping]] = ..., col_indices: _Optional[_Union[Tensor, _Mapping]] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., colors: _Optional[int] = ..., detected: _Optional[bool] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ..., output_tree: _Optional[_Union[Tree, _Mapping]] = ...) -> None: ...

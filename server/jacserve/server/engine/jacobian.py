@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
@@ -23,6 +22,7 @@ from torch.func import jvp as func_jvp
 from torch.func import vjp as func_vjp
 from torch.func import vmap
 
+from jacserve.server.engine._costbook import CostBook, book_for, probe_after_run
 from jacserve.server.engine._function import (
     DERIVATIVE_HINT,
     BoundMethod,
@@ -34,7 +34,7 @@ from jacserve.server.engine._function import (
 )
 from jacserve.server.engine._measure import LiveTensorMeter, stopwatch
 from jacserve.server.engine._passes import Basis, BasisWindow, run_passes
-from jacserve.server.engine._profile import MemoryProfile, ModeCost, probe_cost, probe_memory
+from jacserve.server.engine._profile import MemoryProfile, probe_memory
 from jacserve.server.engine._run import (
     FORWARD_AD_LOCK,
     EngineResult,
@@ -94,12 +94,22 @@ def _signature(
 def cost_key(
     method: str, inputs: Sequence[torch.Tensor], wrt: Sequence[int], *, batched: bool
 ) -> tuple[Hashable, ...]:
-    """The cache key of auto mode's measured (forward, reverse) costs for a call.
+    """The cache key of auto mode's :class:`CostBook` for a call (see NOTE: [Re-probing]).
 
     >>> cost_key("forward", [torch.zeros(2)], [0], batched=False)[0]
-    'cost'
+    'costbook'
     """
-    return ("cost", *_signature(method, inputs, wrt, batched))
+    return ("costbook", *_signature(method, inputs, wrt, batched))
+
+
+def _planned(n: int, m: int, mode: RequestedMode, book: CostBook | None) -> ModePlan:
+    """The plan from what ``book`` knows (see NOTE: [Planning auto mode] in ``planner``)."""
+    if book is None:
+        return plan_mode(n, m, mode)
+    with book.lock:
+        estimates = (book.estimate("forward", n), book.estimate("reverse", m))
+        margin = book.margin()
+    return plan_mode(n, m, mode, estimates=estimates, margin=margin)
 
 
 def _point_batch(inputs: Sequence[torch.Tensor]) -> int:
@@ -163,64 +173,6 @@ def _evaluate(g: BoundMethod, diff: Outputs) -> tuple[Outputs, Callable[..., Out
         raise
     except Exception:
         return g.observe(*diff), None
-
-
-def _measured_costs(
-    forward: _Mode,
-    reverse: _Mode,
-    device: torch.device,
-    cache: DerivativeCache,
-    signature: tuple[Hashable, ...],
-) -> tuple[ModeCost, ModeCost] | None:
-    """(forward, reverse) costs, probing both modes now if this signature is new."""
-    if _probed_costs(forward, reverse, device, cache, ("cost", *signature)) is None:
-        return None
-    return _known_costs(cache, signature)
-
-
-def _known_costs(
-    cache: DerivativeCache, signature: tuple[Hashable, ...]
-) -> tuple[ModeCost, ModeCost] | None:
-    """(forward, reverse) costs already known: observed run times where there are any,
-    else the probes' fits; ``None`` before the first probe."""
-    probed = cache.get(("cost", *signature))
-    if probed is None:
-        return None
-    observed = [cache.get(("observed", mode, *signature)) for mode in ("forward", "reverse")]
-    return tuple(  # type: ignore[return-value]
-        cost if seconds is None else ModeCost(seconds, 0.0)
-        for cost, seconds in zip(probed, observed, strict=True)
-    )
-
-
-def _record_run_time(
-    cache: DerivativeCache, mode: Mode, signature: tuple[Hashable, ...], seconds: float
-) -> None:
-    """Fold a full run's time into the mode's observed cost (exponential average)."""
-    key = ("observed", mode, *signature)
-    previous = cache.get(key)
-    cache.put(key, seconds if previous is None else 0.5 * previous + 0.5 * seconds)
-
-
-def _probed_costs(
-    forward: _Mode, reverse: _Mode, device: torch.device, cache: DerivativeCache, key: Hashable
-) -> tuple[ModeCost, ModeCost] | None:
-    """(forward, reverse) costs fitted by probes, from the cache or measured now."""
-    costs = cache.get(key)
-    if costs is None:
-        try:
-            forward_cost = probe_cost(forward.run, forward.basis.count, device)
-        except Exception as exc:
-            if not missing_forward_rule(exc):
-                return None
-            forward_cost = ModeCost(math.inf, 0.0)
-        try:
-            reverse_cost = probe_cost(reverse.run, reverse.basis.count, device)
-        except Exception:
-            return None
-        costs = (forward_cost, reverse_cost)
-        cache.put(key, costs)
-    return costs
 
 
 def _result_bytes(outputs: Outputs, diff: Outputs, mode: Mode, batch: int | None) -> int:
@@ -536,22 +488,23 @@ def _eager_run(
         "forward": _Mode("forward", g, diff, outputs, batch),
         "reverse": _Mode("reverse", g, diff, outputs, batch, pullback),
     }
+    book = book_for(cache, ("costbook", *signature)) if cache is not None and n and m else None
     with user_code(f"differentiating method {method!r}", DERIVATIVE_HINT):
         with stopwatch(run.device) as t_plan:
-            costs = None
-            if mode == "auto" and cache is not None and n and m:
-                costs = _measured_costs(
-                    modes["forward"], modes["reverse"], run.device, cache, signature
-                )
-            plan = plan_mode(n, m, mode, costs=costs)
+            plan = _planned(n, m, mode, book)
         run.plan_seconds = t_plan.seconds
         if options.passes == (0, 0):  # planning only
             return plan, n, m, outputs, []
+        checked = cache is None or cache.get(("vectorizes", plan.mode, *signature)) is None
         with stopwatch(run.device) as t_derivative:
-            plan, blocks = _compute(run, plan, modes, outputs, diff, batch, signature, options)
+            ran, blocks = _compute(run, plan, modes, outputs, diff, batch, signature, options)
         run.derivative_seconds = max(
             0.0, t_derivative.seconds - (run.plan_seconds - t_plan.seconds)
         )
+        if book is not None and options.passes is None and run.chunks == 1:
+            plan = _learn(run, book, plan, ran, modes, mode, checked)
+        else:
+            plan = ran
     if options.passes is not None:  # a window's time says nothing of the whole Jacobian's
         return (
             dataclasses.replace(plan, passes=options.passes[1] - options.passes[0]),
@@ -560,9 +513,51 @@ def _eager_run(
             outputs,
             blocks,
         )
-    if cache is not None and run.chunks == 1 and n and m:
-        _record_run_time(cache, plan.mode, signature, run.derivative_seconds)
     return plan, n, m, outputs, blocks
+
+
+def _learn(
+    run: Run,
+    book: CostBook,
+    plan: ModePlan,
+    ran: ModePlan,
+    modes: dict[str, _Mode],
+    requested: RequestedMode,
+    checked: bool,
+) -> ModePlan:
+    """Record the run in ``book``; in auto mode probe the other mode within the budget.
+
+    See NOTE: [Planning auto mode] in ``planner`` and NOTE: [Re-probing] in ``_costbook``.
+    """
+    if ran.mode != plan.mode:  # forward mode had no rule and fell back
+        with book.lock:
+            book.unavailable.add("forward")
+    n, m = modes["forward"].basis.count, modes["reverse"].basis.count
+    first_use = book.first_use
+    reprobe = book.record_run(ran.mode, run.derivative_seconds, checked=checked, passes=ran.passes)
+    if requested != "auto":
+        return ran
+    other: Mode = "reverse" if ran.mode == "forward" else "forward"
+    with book.lock:
+        known = book.estimate(ran.mode, ran.passes)
+    spent = probe_after_run(
+        book,
+        other,
+        n if other == "forward" else m,
+        known,
+        spent_seconds=run.derivative_seconds,
+        evaluation_seconds=run.forward_seconds,
+        first_use=first_use,
+        run=modes[other].run,
+        device=run.device,
+    )
+    run.plan_seconds += spent
+    notes = [f"planning: {book.probe_passes} probe passes for this signature so far"]
+    if first_use:
+        notes.append("first use")
+    if reprobe:
+        notes.append(f"this run contradicted the {ran.mode} estimate, so the probes are redone")
+    return dataclasses.replace(ran, reason=f"{ran.reason}; {'; '.join(notes)}")
 
 
 def _program_key(
@@ -591,10 +586,10 @@ def _compiled_run(
         return None
     m, tuple_output = known
     n = numel(diff)
-    costs = _known_costs(cache, signature) if mode == "auto" else None
-    if mode == "auto" and costs is None:
+    book: CostBook | None = cache.get(("costbook", *signature))
+    if mode == "auto" and (book is None or book.first_use):
         return None
-    plan = plan_mode(n, m, mode, costs=costs)
+    plan = _planned(n, m, mode, book)
     modes: tuple[Mode, ...] = ("forward", "reverse") if mode == "auto" else (plan.mode,)
     fastest = compiled.fastest_ready([_program_key(method, inputs, wrt, k) for k in modes])
     if fastest is None:

@@ -21,6 +21,7 @@ import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -35,6 +36,7 @@ __all__ = [
 ]
 
 MAX_DIRECTIONS = 16
+Wrap = Callable[[Callable[..., Any]], Callable[..., Any]] | None
 _TINY = 1e-300
 
 
@@ -89,6 +91,7 @@ def central_differences(
     checks: Sequence[tuple[tuple[torch.Tensor, ...], torch.Tensor]],
     *,
     project: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    wrap: Wrap = None,
 ) -> Verification:
     """Compare what a derivative says along directions ``v`` with central differences of
     the model along ``v``.
@@ -104,6 +107,9 @@ def central_differences(
             projected quantity).
         project: maps the flattened difference quotient to the quantity ``expected``
             holds; for a VJP with cotangent ``u``, ``lambda fd: u @ fd`` (``u·J·v``).
+        wrap: turns the copy's method into what the derivative differentiated (for a
+            model with nested inputs or outputs: a function of the flat leaves returning
+            its output's leaves).
 
     >>> lin = torch.nn.Linear(2, 1).double()
     >>> x = torch.ones(2, dtype=torch.float64)
@@ -117,7 +123,7 @@ def central_differences(
     model, cast = copy64, torch.float64
     if copy64 is not None:
         try:
-            _evaluate(copy64, method, inputs, wrt, torch.float64)
+            _evaluate(copy64, method, inputs, wrt, torch.float64, wrap)
         except Exception:
             copy64 = None
     if copy64 is None:
@@ -127,8 +133,8 @@ def central_differences(
     step = torch.finfo(cast).eps ** (1 / 3) * scale
     errors = []
     for direction, expected in checks:
-        plus = _evaluate(model, method, _shifted(inputs, wrt, direction, step), wrt, cast)
-        minus = _evaluate(model, method, _shifted(inputs, wrt, direction, -step), wrt, cast)
+        plus = _evaluate(model, method, _shifted(inputs, wrt, direction, step), wrt, cast, wrap)
+        minus = _evaluate(model, method, _shifted(inputs, wrt, direction, -step), wrt, cast, wrap)
         quotient = ((plus - minus) / (2 * step)).double()
         if project is not None:
             quotient = project(quotient).reshape(-1)
@@ -144,6 +150,7 @@ def parameter_differences(
     names: Sequence[str],
     checks: Sequence[tuple[tuple[torch.Tensor, ...], torch.Tensor]],
     project: Callable[[torch.Tensor], torch.Tensor],
+    wrap: Wrap = None,
 ) -> Verification:
     """As :func:`central_differences`, along directions over the parameters ``names``
     (moved in place on a float64 copy), for parameter gradients: ``expected`` is the
@@ -177,7 +184,7 @@ def parameter_differences(
             with torch.no_grad():
                 for parameter, part in zip(chosen, direction, strict=True):
                     parameter.add_(sign * step * part.to(parameter.device, parameter.dtype))
-            quotients.append(_evaluate(model, method, inputs, floating, dtype))
+            quotients.append(_evaluate(model, method, inputs, floating, dtype, wrap))
             with torch.no_grad():
                 for parameter, part in zip(chosen, direction, strict=True):
                     parameter.sub_(sign * step * part.to(parameter.device, parameter.dtype))
@@ -212,10 +219,12 @@ def _evaluate(
     inputs: Sequence[torch.Tensor],
     wrt: Sequence[int],
     dtype: torch.dtype,
+    wrap: Wrap = None,
 ) -> torch.Tensor:
     """The model's outputs at ``inputs`` (wrt inputs cast to ``dtype``), flattened and
     concatenated, on the CPU."""
     call = model if method == "forward" else getattr(model, method)
+    call = wrap(call) if wrap is not None else call
     args = [t.to(dtype) if j in wrt else t for j, t in enumerate(inputs)]
     with MODEL_CALLS.shared(), torch.no_grad():
         outputs = call(*args)

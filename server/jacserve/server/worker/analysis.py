@@ -13,6 +13,7 @@ from jacserve.server.engine.sensitivity import summarize
 from jacserve.server.engine.sparse import sparse_jacobian
 from jacserve.server.engine.spectral import top_singular
 from jacserve.server.errors import InvalidArgument
+from jacserve.server.worker import structure
 from jacserve.server.worker.phases import Phases, check_deadline
 from jacserve.v1 import jacobian_service_pb2 as pb
 
@@ -49,7 +50,9 @@ class AnalysisHandlers:
             mode=request.mode,
             options=request.options,
         )
-        model, result, phases, inputs = self._compute_jacobian(inner, deadline)
+        if request.HasField("input_tree"):
+            inner.input_tree.CopyFrom(request.input_tree)
+        model, result, phases, inputs, fn = self._compute_jacobian(inner, deadline)
         wrt = resolve_wrt(inputs, list(request.wrt))
         summary = summarize(result.values, result.outputs, inputs, wrt, request.top_k or 10)
         metrics = self._wire_metrics(result, phases, model)
@@ -61,7 +64,7 @@ class AnalysisHandlers:
         outputs = self._encode(phases, result.outputs)[0]
         return pb.SensitivityResponse(
             outputs=outputs,
-            tuple_output=result.tuple_output,
+            **structure.output_fields(fn, len(result.outputs), result.tuple_output),
             elasticities=_tensor(summary.elasticities),
             input_norms=_tensor(summary.input_norms),
             input_elasticity_norms=_tensor(summary.input_elasticity_norms),
@@ -80,7 +83,8 @@ class AnalysisHandlers:
         model, fn, method, t = self._prepare(
             phases, request.function, request.options, inputs=request.inputs
         )
-        model.check_inputs(method, t["inputs"])
+        fn = structure.bind(model, fn, method, request, len(t["inputs"]))
+        structure.check_inputs(model, method, fn, t["inputs"])
         if request.steps < 0:
             raise InvalidArgument(f"steps must be >= 0 (0: automatic); got {request.steps}")
         check_deadline(deadline)
@@ -91,12 +95,12 @@ class AnalysisHandlers:
             wrt=list(request.wrt),
             steps=request.steps,
             memory_meter=self._settings.memory_meter,
-            method=method.name,
+            method=structure.label(fn, method),
         )
         outputs = self._encode(phases, result.outputs)[0]
         return pb.TopSingularResponse(
             outputs=outputs,
-            tuple_output=result.tuple_output,
+            **structure.output_fields(fn, len(result.outputs), result.tuple_output),
             values=_tensor(triplets.values),
             input_directions=_tensor(triplets.input_directions),
             output_directions=_tensor(triplets.output_directions),
@@ -112,7 +116,8 @@ class AnalysisHandlers:
         model, fn, method, t = self._prepare(
             phases, request.function, request.options, inputs=request.inputs
         )
-        model.check_inputs(method, t["inputs"])
+        fn = structure.bind(model, fn, method, request, len(t["inputs"]))
+        structure.check_inputs(model, method, fn, t["inputs"])
         mode = _MODES.get(request.mode)
         if mode is None:
             raise InvalidArgument(f"mode: expected AUTO, FORWARD or REVERSE; got {request.mode}")
@@ -135,7 +140,7 @@ class AnalysisHandlers:
             probes=request.probes or 3,
             cache=model.derivative_cache,
             memory_meter=self._settings.memory_meter,
-            method=method.name,
+            method=structure.label(fn, method),
         )
         declared = (request.pattern.rows, request.pattern.cols)
         if pattern is not None and any(declared) and declared != sparse.shape:
@@ -146,7 +151,7 @@ class AnalysisHandlers:
         outputs, (values,) = self._encode(phases, result.outputs, [sparse.values])
         return pb.SparseJacobianResponse(
             outputs=outputs,
-            tuple_output=result.tuple_output,
+            **structure.output_fields(fn, len(result.outputs), result.tuple_output),
             rows=sparse.shape[0],
             cols=sparse.shape[1],
             row_indices=_tensor(sparse.rows),

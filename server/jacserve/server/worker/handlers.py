@@ -20,7 +20,7 @@ from jacserve.server import engine
 from jacserve.server.engine.compiled import CompiledPrograms
 from jacserve.server.errors import InvalidArgument, ResourceExhausted
 from jacserve.server.registry import ArchiveRegistry, LoadedModel, MethodInfo, ModelInfo
-from jacserve.server.worker import verify
+from jacserve.server.worker import structure, verify
 from jacserve.server.worker.analysis import AnalysisHandlers
 from jacserve.server.worker.phases import Phases, check_deadline
 from jacserve.v1 import jacobian_service_pb2 as pb
@@ -226,7 +226,8 @@ class DerivativeHandlers(AnalysisHandlers):
             phases, request.function, request.options,
             primals=request.primals, **{vectors: getattr(request, vectors)},
         )  # fmt: skip
-        model.check_inputs(method, t["primals"])
+        fn = structure.bind(model, fn, method, request, len(t["primals"]))
+        structure.check_inputs(model, method, fn, t["primals"])
         count = verify.check_count(request.options.verify_directions)
         check_deadline(deadline)
         result = getattr(engine, kind)(
@@ -236,19 +237,20 @@ class DerivativeHandlers(AnalysisHandlers):
             wrt=list(request.wrt),
             batched=request.batched,
             memory_meter=self._settings.memory_meter,
-            method=method.name,
+            method=structure.label(fn, method),
         )
         if count:
             check = verify.verify_jvp if kind == "jvp" else verify.verify_vjp
             phases.verification = verify.to_wire(
                 check(model.module, method.name, t["primals"], list(request.wrt),
-                      t[vectors], result.values, count, request.batched)
+                      t[vectors], result.values, count, request.batched,
+                      wrap=structure.verification_wrap(fn))
             )  # fmt: skip
         outputs, values = self._encode(phases, result.outputs, result.values)
         response = pb.JvpResponse if kind == "jvp" else pb.VjpResponse
         return response(
             outputs=outputs,
-            tuple_output=result.tuple_output,
+            **structure.output_fields(fn, len(result.outputs), result.tuple_output),
             metrics=self._wire_metrics(result, phases, model),
             **{kind: values},
         )
@@ -261,14 +263,16 @@ class DerivativeHandlers(AnalysisHandlers):
 
     def _compute_jacobian(
         self, request: pb.JacobianRequest, deadline: float
-    ) -> tuple[LoadedModel, engine.EngineResult, Phases, tuple[torch.Tensor, ...]]:
-        """Load, check and run a Jacobian request: (model, result, phases, decoded inputs)."""
+    ) -> tuple[LoadedModel, engine.EngineResult, Phases, tuple[torch.Tensor, ...], Any]:
+        """Load, check and run a Jacobian request: (model, result, phases, decoded inputs,
+        the function the engine called)."""
         phases = Phases()
         model, fn, method, t = self._prepare(
             phases, request.function, request.options, inputs=request.inputs
         )
         inputs = t["inputs"]
-        model.check_inputs(method, inputs, batched=request.batched)
+        fn = structure.bind(model, fn, method, request, len(inputs))
+        structure.check_inputs(model, method, fn, inputs, batched=request.batched)
         mode = _MODE_FROM_WIRE.get(request.mode)
         if mode is None:
             raise InvalidArgument(f"mode: expected AUTO, FORWARD or REVERSE; got {request.mode}")
@@ -293,9 +297,9 @@ class DerivativeHandlers(AnalysisHandlers):
             max_memory_bytes=budget or None,
             max_elements=self._settings.max_tensor_elements,
             cache=model.derivative_cache,
-            compiled=model.compiled_programs,
+            compiled=None if isinstance(fn, structure.Structured) else model.compiled_programs,
             memory_meter=self._settings.memory_meter,
-            method=method.name,
+            method=structure.label(fn, method),
             passes=(
                 (request.passes.start, request.passes.stop) if request.HasField("passes") else None
             ),
@@ -303,16 +307,17 @@ class DerivativeHandlers(AnalysisHandlers):
         if count:
             phases.verification = verify.to_wire(
                 verify.verify_jacobian(model.module, method.name, inputs, list(request.wrt),
-                                       result.outputs, result.values, count)
+                                       result.outputs, result.values, count,
+                                       wrap=structure.verification_wrap(fn))
             )  # fmt: skip
-        return model, result, phases, inputs
+        return model, result, phases, inputs, fn
 
     def _Jacobian(self, request: pb.JacobianRequest, deadline: float) -> pb.JacobianResponse:
-        model, result, phases, _ = self._compute_jacobian(request, deadline)
+        model, result, phases, _, fn = self._compute_jacobian(request, deadline)
         outputs, values = self._encode(phases, result.outputs, result.values)
         return pb.JacobianResponse(
             outputs=outputs,
-            tuple_output=result.tuple_output,
+            **structure.output_fields(fn, len(result.outputs), result.tuple_output),
             jacobian=values,
             metrics=self._wire_metrics(result, phases, model),
         )
@@ -328,14 +333,15 @@ class DerivativeHandlers(AnalysisHandlers):
             )
         limit = self._settings.max_message_bytes - (64 << 10)
         block_bytes = min(request.max_block_bytes or STREAM_BLOCK_BYTES, limit)
-        model, result, phases, _ = self._compute_jacobian(request.request, deadline)
+        model, result, phases, _, fn = self._compute_jacobian(request.request, deadline)
+        output_fields = structure.output_fields(fn, len(result.outputs), result.tuple_output)
         size = sum(v.numel() * v.element_size() for v in (*result.outputs, *result.values))
         if size <= block_bytes:  # one message: no header, slices and metrics to exchange
             outputs, values = self._encode(phases, result.outputs, result.values)
             yield pb.StreamJacobianResponse(
                 complete=pb.JacobianResponse(
                     outputs=outputs,
-                    tuple_output=result.tuple_output,
+                    **output_fields,
                     jacobian=values,
                     metrics=self._wire_metrics(result, phases, model),
                 )
@@ -351,7 +357,7 @@ class DerivativeHandlers(AnalysisHandlers):
         yield pb.StreamJacobianResponse(
             header=pb.JacobianStreamHeader(
                 outputs=outputs,
-                tuple_output=result.tuple_output,
+                **output_fields,
                 block_shapes=[
                     pb.BlockShape(dims=list(v.shape), dtype=dtype_to_wire(v.dtype))
                     for v in result.values
@@ -373,7 +379,8 @@ class DerivativeHandlers(AnalysisHandlers):
             phases, request.function, request.options,
             inputs=request.inputs, vectors=request.vectors,
         )  # fmt: skip
-        model.check_inputs(method, t["inputs"])
+        fn = structure.bind(model, fn, method, request, len(t["inputs"]))
+        structure.check_inputs(model, method, fn, t["inputs"])
         _refuse_verification(request.options, "Hvp")
         check_deadline(deadline)
         product = (
@@ -388,12 +395,12 @@ class DerivativeHandlers(AnalysisHandlers):
             wrt=list(request.wrt),
             batched=request.batched,
             memory_meter=self._settings.memory_meter,
-            method=method.name,
+            method=structure.label(fn, method),
         )
         outputs, values = self._encode(phases, result.outputs, result.values)
         return pb.HvpResponse(
             outputs=outputs,
-            tuple_output=result.tuple_output,
+            **structure.output_fields(fn, len(result.outputs), result.tuple_output),
             hvp=values,
             metrics=self._wire_metrics(result, phases, model),
         )
@@ -403,7 +410,8 @@ class DerivativeHandlers(AnalysisHandlers):
         model, fn, method, t = self._prepare(
             phases, request.function, request.options, inputs=request.inputs
         )
-        model.check_inputs(method, t["inputs"])
+        fn = structure.bind(model, fn, method, request, len(t["inputs"]))
+        structure.check_inputs(model, method, fn, t["inputs"])
         _refuse_verification(request.options, "Hessian")
         if request.options.chunk_size < 0:
             raise InvalidArgument(
@@ -417,12 +425,12 @@ class DerivativeHandlers(AnalysisHandlers):
             chunk_size=request.options.chunk_size or None,
             max_elements=self._settings.max_tensor_elements,
             memory_meter=self._settings.memory_meter,
-            method=method.name,
+            method=structure.label(fn, method),
         )
         outputs, values = self._encode(phases, result.outputs, result.values)
         return pb.HessianResponse(
             outputs=outputs,
-            tuple_output=result.tuple_output,
+            **structure.output_fields(fn, len(result.outputs), result.tuple_output),
             hessian=values,
             metrics=self._wire_metrics(result, phases, model),
         )
@@ -435,7 +443,8 @@ class DerivativeHandlers(AnalysisHandlers):
             phases, request.function, request.options,
             inputs=request.inputs, cotangents=request.cotangents,
         )  # fmt: skip
-        model.check_inputs(method, t["inputs"])
+        fn = structure.bind(model, fn, method, request, len(t["inputs"]))
+        structure.check_inputs(model, method, fn, t["inputs"])
         count = verify.check_count(request.options.verify_directions)
         parameters = model.parameters
         if request.parameters:
@@ -453,17 +462,18 @@ class DerivativeHandlers(AnalysisHandlers):
             parameters,
             cotangents=t["cotangents"] or None,
             memory_meter=self._settings.memory_meter,
-            method=method.name,
+            method=structure.label(fn, method),
         )
         if count:
             phases.verification = verify.to_wire(
                 verify.verify_gradients(model.module, method.name, t["inputs"], result.names,
-                                        result.values, t["cotangents"], count)
+                                        result.values, t["cotangents"], count,
+                                        wrap=structure.verification_wrap(fn))
             )  # fmt: skip
         outputs, values = self._encode(phases, result.outputs, result.values)
         return pb.ParameterGradientsResponse(
             outputs=outputs,
-            tuple_output=result.tuple_output,
+            **structure.output_fields(fn, len(result.outputs), result.tuple_output),
             gradients=[
                 pb.NamedTensor(name=n, tensor=t) for n, t in zip(result.names, values, strict=True)
             ],

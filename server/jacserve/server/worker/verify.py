@@ -5,7 +5,8 @@ checked against central finite differences (:mod:`jacserve.server.engine.verific
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -24,6 +25,7 @@ from jacserve.v1 import jacobian_service_pb2 as pb
 __all__ = ["check_count", "to_wire", "verify_jacobian", "verify_jvp", "verify_vjp"]
 
 Tensors = Sequence[torch.Tensor]
+Wrap = Callable[[Callable[..., Any]], Callable[..., Any]] | None
 
 
 def check_count(requested: int, *, batched: bool = False, windowed: bool = False) -> int:
@@ -52,6 +54,8 @@ def verify_jacobian(
     outputs: Tensors,
     blocks: Tensors,
     count: int,
+    *,
+    wrap: Wrap = None,
 ) -> Verification:
     """Check Jacobian blocks ``[i][j]`` (row-major) along ``count`` random directions.
 
@@ -65,7 +69,7 @@ def verify_jacobian(
     matrix = blocks_matrix(blocks, outputs, len(chosen))
     directions = random_directions([inputs[j] for j in chosen], count)
     checks = [(direction, matrix @ flat64(direction)) for direction in directions]
-    return central_differences(module, method, inputs, chosen, checks)
+    return central_differences(module, method, inputs, chosen, checks, wrap=wrap)
 
 
 def verify_jvp(
@@ -77,6 +81,8 @@ def verify_jvp(
     jvps: Tensors,
     count: int,
     batched: bool,
+    *,
+    wrap: Wrap = None,
 ) -> Verification:
     """Check JVPs along their own tangents (the first ``count`` of a batch).
 
@@ -93,7 +99,7 @@ def verify_jvp(
         direction = tuple(t.double().cpu() / norm for t in tangent)
         answer = flat64([j[index] if batched else j for j in jvps]) / norm
         checks.append((direction, answer))
-    return central_differences(module, method, inputs, chosen, checks)
+    return central_differences(module, method, inputs, chosen, checks, wrap=wrap)
 
 
 def verify_vjp(
@@ -105,6 +111,8 @@ def verify_vjp(
     vjps: Tensors,
     count: int,
     batched: bool,
+    *,
+    wrap: Wrap = None,
 ) -> Verification:
     """Check ``uᵀJ`` by ``(uᵀJ)·v`` against ``u·(difference quotient along v)`` for random
     ``v`` (the first cotangent of a batch).
@@ -123,7 +131,9 @@ def verify_vjp(
             float((a.double().cpu() * d).sum()) for a, d in zip(answer, direction, strict=True)
         )
         checks.append((direction, torch.tensor([dotted], dtype=torch.float64)))
-    return central_differences(module, method, inputs, chosen, checks, project=lambda fd: u @ fd)
+    return central_differences(
+        module, method, inputs, chosen, checks, project=lambda fd: u @ fd, wrap=wrap
+    )
 
 
 def verify_gradients(
@@ -134,6 +144,8 @@ def verify_gradients(
     gradients: Tensors,
     cotangents: Tensors,
     count: int,
+    *,
+    wrap: Wrap = None,
 ) -> Verification:
     """Check parameter gradients of ``u · output`` along random parameter directions.
 
@@ -151,8 +163,9 @@ def verify_gradients(
         )
         checks.append((direction, torch.tensor([dotted], dtype=torch.float64)))
     return parameter_differences(
-        module, method, inputs, names, checks, project=lambda fd: fd.sum() if u is None else u @ fd
-    )
+        module, method, inputs, names, checks,
+        project=lambda fd: fd.sum() if u is None else u @ fd, wrap=wrap,
+    )  # fmt: skip
 
 
 def to_wire(check: Verification) -> pb.FiniteDifferenceCheck:
