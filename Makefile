@@ -40,6 +40,7 @@ bench:
 	$(PYTHON) bench/streaming.py
 	$(PYTHON) bench/scaleout.py
 	$(PYTHON) bench/analysis.py
+	$(PYTHON) bench/compilation.py
 
 ci:
 	CI=true bash .ci/run
