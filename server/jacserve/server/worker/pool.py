@@ -17,24 +17,21 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import select
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from jacserve.server import errors
 from jacserve.server.worker.compiling import CompileQueue
 from jacserve.server.worker.overruns import Overruns
-from jacserve.server.worker.protocol import ProtocolError
+from jacserve.server.worker.running import RunsOperations
 from jacserve.server.worker.settings import WorkerSettings
 from jacserve.server.worker.spawner import Zygote, ZygoteError
 from jacserve.server.worker.starting import (
-    ERRORS,
     LoadFailure,
     RunningWorker,
-    death_error,
     start_worker,
 )
 
@@ -42,7 +39,6 @@ __all__ = ["LoadFailure", "WorkerPool"]
 
 _LOG = logging.getLogger("jacserve.server.workers")
 _POLL_SECONDS = 0.05
-_DEADLINE_SLACK_SECONDS = 0.25
 
 
 @dataclass(eq=False)
@@ -54,7 +50,7 @@ class _Start:
     error: LoadFailure | None = None
 
 
-class WorkerPool:
+class WorkerPool(RunsOperations):
     """Per-archive worker processes forked from one zygote.
 
     Args:
@@ -391,121 +387,6 @@ class WorkerPool:
         worker = self._acquire(model_id, deadline, cancelled)
         self._release(worker)
         return worker.info
-
-    def call(
-        self,
-        header: dict[str, Any],
-        payload: bytes | None,
-        *,
-        deadline: float,
-        cancelled: Callable[[], bool] = lambda: False,
-    ) -> tuple[dict[str, Any], bytes | None]:
-        """Run one operation on a worker of ``header["model_id"]``; returns the reply
-        header and payload.
-
-        Raises:
-            LoadFailure: the model's archive could not be loaded.
-            JacserveError: the worker's own error, or what its death means.
-        """
-        parts = self._run(header, payload, deadline, cancelled)
-        reply, body = next(parts)
-        if reply.get("more"):
-            parts.close()
-            raise errors.WorkerFailed(f"{header.get('op')} answered with a stream")
-        return reply, body
-
-    def stream(
-        self,
-        header: dict[str, Any],
-        payload: bytes | None,
-        *,
-        deadline: float,
-        cancelled: Callable[[], bool] = lambda: False,
-        summary: dict[str, Any] | None = None,
-    ) -> Iterator[bytes]:
-        """Run a streaming operation; yields each message's payload as it arrives and
-        puts the final reply header (mode, passes) into ``summary``.
-
-        Closing the iterator early (the caller went away) stops the worker.
-        """
-        for reply, body in self._run(header, payload, deadline, cancelled):
-            if reply.get("more"):
-                yield body or b""
-            elif summary is not None:
-                summary.update(reply)
-
-    def _run(
-        self,
-        header: dict[str, Any],
-        payload: bytes | None,
-        deadline: float,
-        cancelled: Callable[[], bool],
-    ) -> Iterator[tuple[dict[str, Any], bytes | None]]:
-        """Every reply of one operation, the last one without ``more``; raises its error."""
-        model_id = str(header["model_id"])
-        self._overruns.refuse_hopeless(model_id, deadline)
-        worker = self._acquire(model_id, deadline, cancelled)
-        began, done = time.monotonic(), False
-        try:
-            worker.channel.send({**header, "deadline": deadline}, payload)
-            while True:
-                reply, body = self._await_reply(worker, deadline, cancelled, began)
-                if not reply.get("more"):
-                    break
-                yield reply, body
-                if not reply.get("last"):
-                    worker.channel.send({"op": "next"})  # the arena is free for the next part
-            done = True
-            self._overruns.finished(model_id)
-            if reply.get("compile"):
-                keys = [str(k) for k in reply["compile"]][:8]
-                self._compile_queue.requested(
-                    model_id, keys, str(header.get("op")), payload, worker.serial
-                )
-        except (OSError, EOFError, ProtocolError) as exc:
-            done = True
-            raise self._died(worker, exc) from None
-        finally:
-            if not done and worker.serial in self._live:
-                self._retire(worker, "abandoned stream")  # still sending to no one
-            self._release(worker)
-        if not reply.get("ok"):
-            error = ERRORS.get(str(reply.get("error")), errors.WorkerFailed)
-            raise error(str(reply.get("message", "the worker failed without a message"))[:4000])
-        yield reply, body
-
-    def _await_reply(
-        self,
-        worker: RunningWorker,
-        deadline: float,
-        cancelled: Callable[[], bool],
-        began: float,
-    ) -> tuple[dict[str, Any], bytes | None]:
-        """The worker's next message; past the deadline the worker is stopped and this raises."""
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or cancelled():
-                if remaining <= _DEADLINE_SLACK_SECONDS:  # a client's own deadline cancels
-                    self._overruns.overran(worker.model_id, time.monotonic() - began)
-                self._retire(worker, "deadline")
-                raise errors.DeadlineExceeded(
-                    f"the request ran {time.monotonic() - began:.2f}s, past its deadline; its "
-                    "worker was stopped. Raise the timeout or use a smaller problem (if the "
-                    "model loops forever, fix the model)"
-                )
-            ready, _, _ = select.select([worker.channel], [], [], min(remaining, _POLL_SECONDS))
-            if ready:
-                return worker.channel.receive(
-                    max_payload_bytes=self._settings.max_message_bytes + (1 << 20)
-                )
-
-    def _died(self, worker: RunningWorker, exc: BaseException) -> errors.JacserveError:
-        try:
-            code: int | None = worker.process.wait(timeout=5)
-        except TimeoutError:
-            code = None  # alive but speaking nonsense: a protocol error
-        self._retire(worker, "crash" if code is not None else "protocol error")
-        return death_error(code, exc, cpu_seconds=self._settings.cpu_seconds)
 
     def close(self) -> None:
         """Stop every worker and the zygote."""
