@@ -175,3 +175,20 @@ def test_a_mode_without_a_forward_rule_is_marked_unavailable():
     assert "forward unavailable" in again.metrics.mode_reason
     assert again.metrics.estimated_forward_seconds == 0.0  # reported as unmeasured, not inf
     torch.testing.assert_close(again.values[0], torch.autograd.functional.jacobian(model, x))
+
+
+def test_later_probes_are_amortized_over_the_runs_they_serve():
+    book = CostBook()
+    book.record_run("forward", 0.010, checked=True, passes=3)  # the first request
+    for _ in range(3):
+        book.record_run("forward", 0.010, checked=False, passes=3)
+    # one evaluation of 1 ms predicts a one-pass reverse probe of 3 ms: 5% of 30 ms of
+    # later runs is too little...
+    assert book.next_probe("reverse", 300, spent_seconds=0.010, evaluation_seconds=0.001) == 0
+    for _ in range(80):
+        book.record_run("forward", 0.010, checked=False, passes=3)
+    # ... 5% of 830 ms is enough, once
+    assert book.next_probe("reverse", 300, spent_seconds=0.010, evaluation_seconds=0.001) == 1
+    book.record_probe("reverse", 1, 0.040)
+    assert book.probe_seconds == 0.040
+    assert book.next_probe("reverse", 300, spent_seconds=0.010, evaluation_seconds=0.001) == 0

@@ -49,9 +49,6 @@ __all__ = ["RunningServer", "main", "serve"]
 
 _LOG = logging.getLogger("jacserve.server")
 _MIN_WORKER_MEMORY = 4 << 30
-MIN_CLIENT_PING_INTERVAL_MS = 30_000
-"""Clients may ping this often on a connection without data (the SDK pings every 60 s;
-gRPC's default, 5 minutes, would answer it with GOAWAY ``too_many_pings``)."""
 
 
 @dataclass
@@ -169,6 +166,7 @@ def serve(config: ServerConfig, environ: dict[str, str] | None = None) -> Runnin
             max_message_bytes=config.max_message_bytes,
             allow_uploads=config.allow_uploads,
             request_timeout_seconds=config.request_timeout,
+            max_call_seconds=config.max_call_seconds,
             upload_idle_seconds=config.upload_idle_seconds,
             max_uploads_per_peer=config.max_uploads_per_peer,
             max_uploads=total_upload_slots(config.max_workers),
@@ -187,7 +185,7 @@ def serve(config: ServerConfig, environ: dict[str, str] | None = None) -> Runnin
             # the SDK pings idle connections every 60 s; accept that (the default would
             # answer pings more often than every 5 minutes with GOAWAY "too_many_pings")
             ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
+            ("grpc.http2.min_ping_interval_without_data_ms", config.min_client_ping_interval_ms),
         ],
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )

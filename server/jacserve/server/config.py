@@ -15,9 +15,20 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
-__all__ = ["ServerConfig", "add_server_flags", "config_from_flags", "parse_config"]
+__all__ = [
+    "MIN_CLIENT_PING_INTERVAL_MS",
+    "ServerConfig",
+    "add_server_flags",
+    "config_from_flags",
+    "parse_config",
+]
 
 MiB = 1 << 20
+MIN_CLIENT_PING_INTERVAL_MS = 30_000
+"""Clients may ping this often on a connection without data (the SDK pings every 60 s;
+gRPC's default, 5 minutes, would answer it with GOAWAY ``too_many_pings``): the default of
+``--min-client-ping-interval-ms``, set as ``grpc.http2.min_ping_interval_without_data_ms``
+(tests/e2e/test_long_calls.py fails with any other name)."""
 GiB = 1 << 30
 
 
@@ -52,6 +63,8 @@ class ServerConfig:
     allocator: str = "keep"  # "keep": glibc keeps freed memory (see NOTE: [Keeping freed memory])
     model_dir: str | None = None  # None: a temporary folder removed at shutdown
     request_timeout: float = 300.0
+    max_call_seconds: float = 0.0  # 0: no server maximum; else caps every call's deadline
+    min_client_ping_interval_ms: int = MIN_CLIENT_PING_INTERVAL_MS
     worker_memory_bytes: int = 0  # 0: physical memory / workers
     worker_cpu_seconds: float = 600.0
     worker_open_files: int = 256
@@ -99,6 +112,14 @@ class ServerConfig:
         for name in ("request_timeout", "upload_idle_seconds", "load_timeout", "compile_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0; got {getattr(self, name)}")
+        if self.max_call_seconds < 0:
+            raise ValueError(
+                f"max_call_seconds must be >= 0 (0: none); got {self.max_call_seconds}"
+            )
+        if self.min_client_ping_interval_ms < 1:
+            raise ValueError(
+                f"min_client_ping_interval_ms must be >= 1; got {self.min_client_ping_interval_ms}"
+            )
         if self.worker_open_files < 64:
             raise ValueError(f"worker_open_files must be >= 64; got {self.worker_open_files}")
         if self.log_format not in ("json", "text"):
@@ -144,6 +165,8 @@ _HELP = {
     "model_dir": "folder that keeps uploaded archives across restarts (default: temporary)",
     "grace_seconds": "seconds in-flight RPCs get to finish on SIGTERM",
     "request_timeout": "longest a request may run when its caller sets no deadline (seconds)",
+    "max_call_seconds": "longest any call may run, whatever deadline its caller set (seconds; 0: no maximum)",
+    "min_client_ping_interval_ms": "clients may ping a connection without data this often; more often earns GOAWAY too_many_pings",
     "worker_memory_bytes": "address-space limit per worker on CPU (0: physical memory / workers)",
     "worker_cpu_seconds": "CPU seconds one request may use before its worker is stopped (0: no limit)",
     "worker_open_files": "open files per worker",

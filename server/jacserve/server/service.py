@@ -6,6 +6,16 @@ requests travel to a worker as serialized messages in shared memory and the work
 serialized response goes back to the caller unparsed. Every failure is mapped to a
 status code in :func:`_status_for`; unexpected exceptions become INTERNAL with a request
 id the caller can quote (the traceback goes to the log only).
+
+NOTE: [How long a call may run]
+A derivative call's deadline is the caller's own when it set one (gRPC carries it), else
+``--request-timeout`` (300 s); ``--max-call-seconds`` (default 0: none) caps either, so
+an operator can bound every call whatever its caller asked. Past the deadline, or when
+the caller cancels or disconnects, the frontend stops the call's worker (within its
+poll interval) and frees the slot. Independently, ``--worker-cpu-seconds`` (600) stops a
+worker whose request used that much CPU. A call that sends no data for minutes keeps its
+connection: the server accepts client pings every ``--min-client-ping-interval-ms``
+(30 s; the SDK pings every 60 s).
 """
 
 from __future__ import annotations
@@ -91,6 +101,7 @@ class FrontendSettings:
     max_message_bytes: int = 512 << 20
     allow_uploads: bool = True
     request_timeout_seconds: float = 300.0
+    max_call_seconds: float = 0.0  # 0: none
     upload_idle_seconds: float = 30.0
     max_uploads_per_peer: int = 4
     max_uploads: int = 8  # in all: jacserve.server.uploads.total_upload_slots(max_workers)
@@ -192,11 +203,30 @@ class JacobianServicer:
     # -- models ---------------------------------------------------------------------------
 
     def _deadline(self, context: grpc.ServicerContext | None) -> float:
-        """The caller's deadline; ``--request-timeout`` only when the caller set none."""
+        """The caller's deadline; ``--request-timeout`` only when the caller set none; never
+        past ``--max-call-seconds`` when that is set (see NOTE: [How long a call may run])."""
         remaining = context.time_remaining() if context is not None else None
         if remaining is None or not math.isfinite(remaining):
             remaining = self._settings.request_timeout_seconds
+        if self._settings.max_call_seconds:
+            remaining = min(remaining, self._settings.max_call_seconds)
         return time.monotonic() + remaining
+
+    def _capped(self, context: grpc.ServicerContext | None) -> Callable[[], None]:
+        """Re-raise a DeadlineExceeded naming ``--max-call-seconds`` when that cut it."""
+        remaining = context.time_remaining() if context is not None else None
+        limit = self._settings.max_call_seconds
+
+        def explain() -> None:
+            caller = remaining if remaining is not None and math.isfinite(remaining) else None
+            if limit and (caller is None or caller > limit):
+                raise DeadlineExceeded(
+                    f"the call ran past the server's maximum call length of {limit:g} s "
+                    "(--max-call-seconds), whatever the caller's deadline; its worker was "
+                    "stopped. Use a smaller problem or ask the operator for a longer maximum"
+                ) from None
+
+        return explain
 
     @staticmethod
     def _cancelled(context: grpc.ServicerContext | None) -> Callable[[], bool]:
@@ -382,15 +412,20 @@ class JacobianServicer:
     def _derive(self, name: str, request: Any, context: Any, observed: _Observed) -> bytes:
         ref = request.function
         self._resolve(ref, context)
-        reply, body = self._call(
-            ref.model_id,
-            lambda: self._pool.call(
-                {"op": name, "model_id": ref.model_id},
-                request.SerializeToString(),
-                deadline=self._deadline(context),
-                cancelled=self._cancelled(context),
-            ),
-        )
+        explain = self._capped(context)
+        try:
+            reply, body = self._call(
+                ref.model_id,
+                lambda: self._pool.call(
+                    {"op": name, "model_id": ref.model_id},
+                    request.SerializeToString(),
+                    deadline=self._deadline(context),
+                    cancelled=self._cancelled(context),
+                ),
+            )
+        except DeadlineExceeded:
+            explain()
+            raise
         observed.report(reply)
         return body or b""
 
@@ -452,10 +487,15 @@ class JacobianServicer:
             cancelled=self._cancelled(context),
             summary=summary,
         )
-        first = self._call(model_id, lambda: next(parts, None))
-        if first is not None:
-            yield first
-            yield from parts
+        explain = self._capped(context)
+        try:
+            first = self._call(model_id, lambda: next(parts, None))
+            if first is not None:
+                yield first
+                yield from parts
+        except DeadlineExceeded:
+            explain()
+            raise
         observed.report(summary)
 
     @_rpc("GetServerInfo")

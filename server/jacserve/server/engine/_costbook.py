@@ -46,7 +46,8 @@ RUNS_KEPT = 5
 FIRST_USE_BUDGET = 0.2
 """Probing on a signature's first request may cost this fraction of its own passes."""
 LATER_BUDGET = 0.05
-"""... and this fraction on later requests."""
+"""... and later, this fraction of all later requests' passes together (amortized: a
+probe waits until earlier requests have left enough unspent)."""
 ONE_PASS_COST: dict[Mode, float] = {"forward": 8.0, "reverse": 3.0}
 """A one-pass vectorized call's cost in evaluations (generous: measured up to 8.2 and 2.5),
 used to predict a first probe's cost before running it."""
@@ -82,6 +83,10 @@ class CostBook:
     """Passes spent on probes in all (tests and metrics count planning work by it)."""
     probe_calls: int = 0
     reprobes: int = 0
+    run_seconds: float = 0.0
+    """All full runs' seconds after the first (the base of the amortized probe budget)."""
+    probe_seconds: float = 0.0
+    """Seconds spent probing after the first request."""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
@@ -136,6 +141,8 @@ class CostBook:
         """
         with self.lock:
             before, margin = self.estimate(mode, passes), self.margin()
+            if not self.first_use:
+                self.run_seconds += seconds
             if checked:
                 self.first_runs.setdefault(mode, seconds)
             else:
@@ -157,9 +164,13 @@ class CostBook:
             self.reprobes += redo
             return redo
 
-    def record_probe(self, mode: Mode, passes: int, seconds: float) -> None:
+    def record_probe(
+        self, mode: Mode, passes: int, seconds: float, *, first_use: bool = False
+    ) -> None:
         """Record one probe call of ``passes`` passes of ``mode``."""
         with self.lock:
+            if not first_use:
+                self.probe_seconds += seconds
             self.probes[mode][passes] = seconds
             self.probe_passes += passes
             self.probe_calls += 1
@@ -197,7 +208,10 @@ class CostBook:
         with self.lock:
             if mode in self.settled or mode in self.unavailable or self.runs[mode]:
                 return 0
-            budget = spent_seconds * (FIRST_USE_BUDGET if first_use else LATER_BUDGET)
+            if first_use:
+                budget = spent_seconds * FIRST_USE_BUDGET
+            else:  # this request's share, or what earlier requests left unspent
+                budget = LATER_BUDGET * max(spent_seconds, self.run_seconds) - self.probe_seconds
             points = self.probes[mode]
             if not points:
                 size, predicted = 1, ONE_PASS_COST[mode] * evaluation_seconds
@@ -281,6 +295,6 @@ def probe_after_run(
         if failed is not None:
             (book.unavailable if missing_forward_rule(failed) else book.settled).add(other)
             return elapsed.seconds
-    book.record_probe(other, size, elapsed.seconds)
+    book.record_probe(other, size, elapsed.seconds, first_use=first_use)
     book.settle(other, passes, ran)
     return elapsed.seconds
