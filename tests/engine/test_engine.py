@@ -284,3 +284,20 @@ def test_concurrent_threads_get_correct_jacobians(mode):
     for t in threads:
         t.join()
     assert not wrong, f"{len(wrong)} wrong results out of 320"
+
+
+def test_a_forced_forward_jacobian_records_no_reverse_tape():
+    # the first call is the evaluation; func.vjp would hand it grad-tracking inputs
+    tracked: list[bool] = []
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        tracked.append(torch._C._functorch.is_gradtrackingtensor(x))
+        return torch.tanh(x)
+
+    x = torch.randn(3, dtype=torch.float64)
+    forward = engine.jacobian(f, [x], mode="forward")
+    assert forward.metrics.mode == "forward" and tracked[0] is False
+    torch.testing.assert_close(forward.values[0], torch.diag(1 - torch.tanh(x) ** 2))
+    tracked.clear()
+    engine.jacobian(f, [x], mode="reverse")
+    assert tracked[0] is True  # reverse mode reuses the evaluation's tape

@@ -161,12 +161,18 @@ def _mode_lock(mode: Mode) -> contextlib.AbstractContextManager[object]:
     return FORWARD_AD_LOCK if mode == "forward" else contextlib.nullcontext()
 
 
-def _evaluate(g: BoundMethod, diff: Outputs) -> tuple[Outputs, Callable[..., Outputs] | None]:
-    """Evaluate once, recording the reverse-mode tape that reverse passes will reuse.
+def _evaluate(
+    g: BoundMethod, diff: Outputs, *, record: bool = True
+) -> tuple[Outputs, Callable[..., Outputs] | None]:
+    """Evaluate once, recording the reverse-mode tape that reverse passes will reuse
+    (``record``; a forced forward-mode Jacobian needs no tape, and a fallback to reverse
+    records its own).
 
     Falls back to a plain evaluation when recording fails (the reverse passes would fail
     the same way later, with their own message).
     """
+    if not record:
+        return g.observe(*diff), None
     try:
         return func_vjp(g.observe, *diff)
     except JacserveError:
@@ -450,7 +456,7 @@ def _eager_run(
         stopwatch(run.device) as t_forward,
         LiveTensorMeter() if measure else contextlib.nullcontext() as meter,
     ):
-        outputs, pullback = _evaluate(g, diff)
+        outputs, pullback = _evaluate(g, diff, record=mode != "forward")
     run.forward_seconds = t_forward.seconds
     if meter is not None:  # what the evaluation leaves alive (tape, outputs) counts too
         options = dataclasses.replace(options, evaluation_bytes=meter.live_bytes)
