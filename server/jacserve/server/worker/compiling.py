@@ -15,7 +15,9 @@ no request waits for a compilation.
 Recipes whose program ended ``ready`` are kept for the archive: a later compile worker
 (for another serving worker of the archive, or after one was evicted) rebuilds them from
 inductor's caches in the archive's compile folder. A program that failed, was slower or
-timed out is never tried again for that archive.
+timed out is never tried again for that archive, and an archive gets at most 32 tries:
+a serving worker is assumed compromised, and one that forged requests for ever new
+programs would otherwise keep the queue (and a core, at the lowest priority) busy.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ __all__ = ["CompileQueue", "CompileWorkers"]
 
 _LOG = logging.getLogger("jacserve.server.compile")
 _MAX_RECIPES = 8  # per archive, like the programs a worker keeps
+_MAX_SETTLED = 32  # programs tried per archive: a worker asking for more is not heard
 _MAX_RECIPE_BYTES = 4 << 20
 _RETRY_SECONDS = 1.0
 
@@ -100,6 +103,8 @@ class CompileQueue:
             return
         with self._lock:
             archive = self._archives.setdefault(model_id, _Archive())
+            if len(archive.settled) >= _MAX_SETTLED:
+                return  # a compromised worker could otherwise keep the queue busy forever
             wanted = False
             for key in keys:
                 if archive.settled.get(key, "ready") != "ready":
