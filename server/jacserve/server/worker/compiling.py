@@ -190,11 +190,15 @@ class CompileQueue:
                     self._settle(model_id, [key], "timeout", time.monotonic() - began)
                     self._workers.discard(worker)
                     return True
-                for outcome in reply.get("outcomes", []) if reply.get("ok") else []:
+                outcomes = reply.get("outcomes", []) if reply.get("ok") else []
+                for outcome in outcomes:
                     self._settle(
                         model_id, [str(outcome.get("key"))], str(outcome.get("outcome")),
                         float(outcome.get("seconds", 0.0)),
                     )  # fmt: skip
+                if reply.get("ok") and key not in {str(o.get("key")) for o in outcomes}:
+                    # the recipe's request asked for no such program there (a forged key)
+                    self._settle(model_id, [key], "failed", time.monotonic() - began)
                 if not reply.get("ok"):
                     _LOG.warning(
                         "a compile recipe of model %s failed: %s",
