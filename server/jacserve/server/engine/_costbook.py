@@ -10,11 +10,12 @@ whose slope error is the margin of noise on each point. The first run of each mo
 checks vectorization with an extra pass (NOTE: [Vectorization check]), so it stands in
 only until a clean run exists and never widens the noise margin.
 
-When a full run contradicts the estimate it was planned on by more than the margin (the
-machine got busier, or the probes were taken while it was), every probe point is
-dropped, since they were taken under the same conditions, and the other mode is probed
-again, within the same budget, from the smallest probe up. Its full runs are kept: they
-are measurements of the real thing, and the margin already widens with their spread.
+When a full run contradicts the probe-based estimate it was planned on by more than the
+margin (the machine got busier, or the probes were taken while it was), every probe
+point is dropped, since they were taken under the same conditions, and the other mode
+is probed again, within the same budget, from the smallest probe up. A run that differs
+from the mode's own earlier runs contradicts nothing: they are measurements of the real
+thing, and the margin widens with their spread instead.
 """
 
 from __future__ import annotations
@@ -147,8 +148,8 @@ class CostBook:
                 self.first_runs.setdefault(mode, seconds)
             else:
                 self.runs[mode] = [*self.runs[mode], seconds][-RUNS_KEPT:]
-            if before is None or before.basis.startswith("the first"):
-                return False
+            if before is None or not before.basis.startswith("probes"):
+                return False  # runs of its own: their spread widens the margin instead
             slack = 2.0 if checked else 1.0  # the check pass costs up to one more call
             if (
                 before.seconds / (1 + margin)
