@@ -22,13 +22,9 @@ from __future__ import annotations
 
 import statistics
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
-import torch
-
-from jacserve.server.engine._measure import stopwatch
-from jacserve.server.engine._run import missing_forward_rule
 from jacserve.server.engine.cache import DerivativeCache
 from jacserve.server.engine.planner import MIN_MARGIN, Estimate, Mode
 
@@ -39,7 +35,6 @@ __all__ = [
     "RUNS_KEPT",
     "CostBook",
     "book_for",
-    "probe_after_run",
 ]
 
 RUNS_KEPT = 5
@@ -251,51 +246,3 @@ def book_for(cache: DerivativeCache, key: Hashable) -> CostBook:
         book = CostBook()
         cache.put(key, book)
     return book
-
-
-def probe_after_run(
-    book: CostBook,
-    other: Mode,
-    passes: int,
-    ran: Estimate | None,
-    *,
-    spent_seconds: float,
-    evaluation_seconds: float,
-    first_use: bool,
-    run: Callable[[int], object],
-    device: torch.device,
-) -> float:
-    """Probe the mode that did not run if the budget allows (see NOTE: [Planning auto
-    mode]); returns the seconds spent. An error of the probe only stops probing that mode
-    (a missing forward rule marks forward mode unavailable).
-
-    >>> book = CostBook(runs={"forward": [0.5], "reverse": []})
-    >>> spent = probe_after_run(book, "reverse", 100, book.estimate("forward", 3),
-    ...     spent_seconds=0.5, evaluation_seconds=0.001, first_use=True,
-    ...     run=lambda k: None, device=torch.device("cpu"))
-    >>> book.probe_passes, spent >= 0
-    (1, True)
-    """
-    size = book.next_probe(
-        other,
-        passes,
-        spent_seconds=spent_seconds,
-        evaluation_seconds=evaluation_seconds,
-        first_use=first_use,
-    )
-    if not size:
-        return 0.0
-    with stopwatch(device) as elapsed:  # no warm-up: a cold call only overestimates
-        try:
-            run(size)
-        except Exception as exc:
-            failed: BaseException | None = exc
-        else:
-            failed = None
-    with book.lock:
-        if failed is not None:
-            (book.unavailable if missing_forward_rule(failed) else book.settled).add(other)
-            return elapsed.seconds
-    book.record_probe(other, size, elapsed.seconds, first_use=first_use)
-    book.settle(other, passes, ran)
-    return elapsed.seconds

@@ -22,7 +22,8 @@ from torch.func import jvp as func_jvp
 from torch.func import vjp as func_vjp
 from torch.func import vmap
 
-from jacserve.server.engine._costbook import CostBook, book_for, probe_after_run
+from jacserve.server.engine._autoplan import learn, planned
+from jacserve.server.engine._costbook import CostBook, book_for
 from jacserve.server.engine._function import (
     DERIVATIVE_HINT,
     BoundMethod,
@@ -46,7 +47,7 @@ from jacserve.server.engine._run import (
 )
 from jacserve.server.engine.cache import DerivativeCache, signature_of
 from jacserve.server.engine.compiled import CompiledPrograms
-from jacserve.server.engine.planner import Mode, ModePlan, RequestedMode, plan_mode
+from jacserve.server.engine.planner import Mode, ModePlan, RequestedMode
 from jacserve.server.errors import (
     InvalidArgument,
     JacserveError,
@@ -100,16 +101,6 @@ def cost_key(
     'costbook'
     """
     return ("costbook", *_signature(method, inputs, wrt, batched))
-
-
-def _planned(n: int, m: int, mode: RequestedMode, book: CostBook | None) -> ModePlan:
-    """The plan from what ``book`` knows (see NOTE: [Planning auto mode] in ``planner``)."""
-    if book is None:
-        return plan_mode(n, m, mode)
-    with book.lock:
-        estimates = (book.estimate("forward", n), book.estimate("reverse", m))
-        margin = book.margin()
-    return plan_mode(n, m, mode, estimates=estimates, margin=margin)
 
 
 def _point_batch(inputs: Sequence[torch.Tensor]) -> int:
@@ -497,7 +488,7 @@ def _eager_run(
     book = book_for(cache, ("costbook", *signature)) if cache is not None and n and m else None
     with user_code(f"differentiating method {method!r}", DERIVATIVE_HINT):
         with stopwatch(run.device) as t_plan:
-            plan = _planned(n, m, mode, book)
+            plan = planned(n, m, mode, book)
         run.plan_seconds = t_plan.seconds
         if options.passes == (0, 0):  # planning only
             return plan, n, m, outputs, []
@@ -508,7 +499,16 @@ def _eager_run(
             0.0, t_derivative.seconds - (run.plan_seconds - t_plan.seconds)
         )
         if book is not None and options.passes is None and run.chunks == 1:
-            plan = _learn(run, book, plan, ran, modes, mode, checked)
+            plan = learn(
+                run,
+                book,
+                plan,
+                ran,
+                requested=mode,
+                checked=checked,
+                passes={"forward": n, "reverse": m},
+                probes={"forward": modes["forward"].run, "reverse": modes["reverse"].run},
+            )
         else:
             plan = ran
     if options.passes is not None:  # a window's time says nothing of the whole Jacobian's
@@ -520,50 +520,6 @@ def _eager_run(
             blocks,
         )
     return plan, n, m, outputs, blocks
-
-
-def _learn(
-    run: Run,
-    book: CostBook,
-    plan: ModePlan,
-    ran: ModePlan,
-    modes: dict[str, _Mode],
-    requested: RequestedMode,
-    checked: bool,
-) -> ModePlan:
-    """Record the run in ``book``; in auto mode probe the other mode within the budget.
-
-    See NOTE: [Planning auto mode] in ``planner`` and NOTE: [Re-probing] in ``_costbook``.
-    """
-    if ran.mode != plan.mode:  # forward mode had no rule and fell back
-        with book.lock:
-            book.unavailable.add("forward")
-    n, m = modes["forward"].basis.count, modes["reverse"].basis.count
-    first_use = book.first_use
-    reprobe = book.record_run(ran.mode, run.derivative_seconds, checked=checked, passes=ran.passes)
-    if requested != "auto":
-        return ran
-    other: Mode = "reverse" if ran.mode == "forward" else "forward"
-    with book.lock:
-        known = book.estimate(ran.mode, ran.passes)
-    spent = probe_after_run(
-        book,
-        other,
-        n if other == "forward" else m,
-        known,
-        spent_seconds=run.derivative_seconds,
-        evaluation_seconds=run.forward_seconds,
-        first_use=first_use,
-        run=modes[other].run,
-        device=run.device,
-    )
-    run.plan_seconds += spent
-    notes = [f"planning: {book.probe_passes} probe passes for this signature so far"]
-    if first_use:
-        notes.append("first use")
-    if reprobe:
-        notes.append(f"this run contradicted the {ran.mode} estimate, so the probes are redone")
-    return dataclasses.replace(ran, reason=f"{ran.reason}; {'; '.join(notes)}")
 
 
 def _program_key(
@@ -595,7 +551,7 @@ def _compiled_run(
     book: CostBook | None = cache.get(("costbook", *signature))
     if mode == "auto" and (book is None or book.first_use):
         return None
-    plan = _planned(n, m, mode, book)
+    plan = planned(n, m, mode, book)
     modes: tuple[Mode, ...] = ("forward", "reverse") if mode == "auto" else (plan.mode,)
     fastest = compiled.fastest_ready([_program_key(method, inputs, wrt, k) for k in modes])
     if fastest is None:
