@@ -8,7 +8,9 @@ call of a second or two sees as many pings as a real one of many minutes.
 from __future__ import annotations
 
 import os
+import pathlib
 import time
+import urllib.request
 from collections.abc import Callable
 
 import grpc
@@ -41,6 +43,12 @@ def _wait_for(condition: Callable[[], bool], what: str, limit: float = 60.0) -> 
         if time.monotonic() > stop:
             raise AssertionError(f"gave up waiting for {what}")
         time.sleep(0.02)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time worker ``pid`` has used (it grows once the worker computes the request)."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _alive(pid: int) -> bool:
@@ -97,7 +105,7 @@ def test_the_servers_maximum_is_off_by_default_and_a_callers_deadline_applies():
 
 
 def test_a_cancelled_call_stops_its_worker_and_frees_its_slot(tmp_path):
-    with running_server(str(tmp_path), workers=1) as running:
+    with running_server(str(tmp_path), workers=1, metrics_port=0) as running:
         with Client(running.target, timeout=120) as client:
             endless = client.upload(archive_of(Slow(10**10), (X,), "torchscript"))
             quick = client.upload(archive_of(Slow(1), (X,), "torchscript"))
@@ -106,12 +114,17 @@ def test_a_cancelled_call_stops_its_worker_and_frees_its_slot(tmp_path):
             future = stub.Jvp.future(_jvp_request(endless), timeout=600)
             _wait_for(lambda: bool(running.pool.pids(endless)), "the worker to start")
             (pid,) = running.pool.pids(endless)
-            time.sleep(0.3)  # let it get into the computation
+            loaded = _cpu_seconds(pid)
+            _wait_for(lambda: _cpu_seconds(pid) > loaded + 0.2, "the worker to compute")
             assert future.cancel()
         _wait_for(lambda: not _alive(pid), "the cancelled call's worker to be stopped")
         assert running.pool.pids(endless) == []
         with Client(running.target, timeout=60) as client:  # one worker slot: it is free
             assert client.jvp(quick, X, X).jvp.shape == (3,)
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{running.metrics_port}/metrics")
+        text = metrics.read().decode()
+        assert 'jacserve_worker_restarts_total{reason="cancelled"} 1.0' in text
+        assert 'reason="deadline"' not in text  # a cancel is not an overrun
 
 
 def test_a_caller_that_disconnects_mid_call_stops_its_worker(tmp_path):
@@ -123,6 +136,8 @@ def test_a_caller_that_disconnects_mid_call_stops_its_worker(tmp_path):
         future = pb_grpc.JacobianServiceStub(channel).Jvp.future(_jvp_request(endless), timeout=600)
         _wait_for(lambda: bool(running.pool.pids(endless)), "the worker to start")
         (pid,) = running.pool.pids(endless)
+        loaded = _cpu_seconds(pid)
+        _wait_for(lambda: _cpu_seconds(pid) > loaded + 0.2, "the worker to compute")
         channel.close()  # the caller goes away without cancelling
         assert future.done()
         _wait_for(lambda: not _alive(pid), "the abandoned call's worker to be stopped")

@@ -69,7 +69,7 @@ class ServiceMetrics:
         )
         self._restarts = Counter(
             "jacserve_worker_restarts",
-            "Worker processes replaced, by reason (deadline, crash, protocol error).",
+            "Worker processes replaced, by reason (deadline, cancelled, crash, protocol error, ...).",
             ("reason",),
             registry=self.registry,
         )

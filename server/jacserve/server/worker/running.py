@@ -138,8 +138,14 @@ class RunsOperations:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or cancelled():
-                if remaining <= _DEADLINE_SLACK_SECONDS:  # a client's own deadline cancels
-                    self._overruns.overran(worker.model_id, time.monotonic() - began)
+                ran = time.monotonic() - began
+                if remaining > _DEADLINE_SLACK_SECONDS:  # the caller cancelled or went away
+                    self._retire(worker, "cancelled")
+                    raise errors.DeadlineExceeded(
+                        f"the caller cancelled the request after {ran:.2f}s; its worker was "
+                        "stopped and nothing more is computed for it"
+                    )
+                self._overruns.overran(worker.model_id, ran)  # a client's own deadline cancels
                 self._retire(worker, "deadline")
                 raise errors.DeadlineExceeded(
                     f"the request ran {time.monotonic() - began:.2f}s, past its deadline; its "
