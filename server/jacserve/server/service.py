@@ -4,8 +4,8 @@ It runs no user code and holds no math: archives are checked statically
 (:class:`~jacserve.server.registry.ArchiveStore`) and loaded only in workers; derivative
 requests travel to a worker as serialized messages in shared memory and the worker's
 serialized response goes back to the caller unparsed. Every failure is mapped to a
-status code in :func:`_status_for`; unexpected exceptions become INTERNAL with a request
-id the caller can quote (the traceback goes to the log only).
+status code by :mod:`~jacserve.server.rpc`; unexpected exceptions become INTERNAL with a
+request id the caller can quote (the traceback goes to the log only).
 
 NOTE: [How long a call may run]
 A derivative call's deadline is the caller's own when it set one (gRPC carries it), else
@@ -21,13 +21,10 @@ connection: the server accepts client pings every ``--min-client-ping-interval-m
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
-import inspect
 import logging
 import math
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -41,12 +38,12 @@ from jacserve.server.errors import (
     NotFound,
     PermissionDenied,
     ResourceExhausted,
-    Unauthenticated,
     WorkerFailed,
 )
 from jacserve.server.metrics import ServiceMetrics
 from jacserve.server.registry.catalog import ModelCatalog
 from jacserve.server.registry.store import ArchiveStore, StagedArchive, check_model_id
+from jacserve.server.rpc import REQUEST_ID_KEY, Observed, rpc
 from jacserve.server.uploads import UploadSlots, receive_upload
 from jacserve.server.worker.operations import DERIVATIVE_REQUESTS, STREAMING_REQUESTS
 from jacserve.server.worker.pool import LoadFailure, WorkerPool
@@ -55,42 +52,7 @@ from jacserve.v1 import jacobian_service_pb2 as pb
 __all__ = ["REQUEST_ID_KEY", "SERVICE_NAME", "FrontendSettings", "JacobianServicer"]
 
 _LOG = logging.getLogger("jacserve.server.rpc")
-REQUEST_ID_KEY = "x-request-id"
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["JacobianService"].full_name
-
-_STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
-    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
-    (NotFound, grpc.StatusCode.NOT_FOUND),
-    (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
-    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
-    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
-    (WorkerFailed, grpc.StatusCode.INTERNAL),
-)
-
-
-def _status_for(exc: Exception) -> grpc.StatusCode | None:
-    for error_type, code in _STATUS_BY_ERROR:
-        if isinstance(exc, error_type):
-            return code
-    return None
-
-
-@dataclass
-class _Observed:
-    """What a handler reports about its call for the log and the metrics."""
-
-    mode: str = "none"
-    passes: int = 0
-
-    def report(self, reply: dict[str, Any]) -> None:
-        """Take mode and passes from a worker's reply, which a compromised worker writes:
-        only known modes become metric labels."""
-        mode = reply.get("mode")
-        self.mode = mode if mode in ("forward", "reverse") else "none"
-        passes = reply.get("passes")
-        self.passes = passes if isinstance(passes, int) and 0 <= passes < 1 << 40 else 0
 
 
 @dataclass(frozen=True)
@@ -105,75 +67,6 @@ class FrontendSettings:
     upload_idle_seconds: float = 30.0
     max_uploads_per_peer: int = 4
     max_uploads: int = 8  # in all: jacserve.server.uploads.total_upload_slots(max_workers)
-
-
-@contextlib.contextmanager
-def _recorded(
-    servicer: JacobianServicer, name: str, context: grpc.ServicerContext
-) -> Iterator[_Observed]:
-    """One RPC's request id, error mapping, log line and Prometheus record."""
-    metadata = dict(context.invocation_metadata() or ())
-    request_id = str(metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex)[:64]
-    context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
-    started = time.perf_counter()
-    observed, code = _Observed(), grpc.StatusCode.OK
-    servicer._metrics.in_flight(+1)
-    try:
-        yield observed
-    except Exception as exc:
-        mapped = _status_for(exc)
-        if mapped is None:
-            code = grpc.StatusCode.INTERNAL
-            _LOG.exception("rpc=%s request_id=%s failed unexpectedly", name, request_id)
-            message = (
-                f"{name}: internal error (request id {request_id}); the server log has the details"
-            )
-        else:
-            code, message = mapped, f"{name}: {exc}"
-        context.abort(code, message)
-    except GeneratorExit:
-        code = grpc.StatusCode.CANCELLED  # a stream whose caller went away
-        raise
-    finally:
-        seconds = time.perf_counter() - started
-        servicer._metrics.in_flight(-1)
-        _LOG.info(
-            "rpc finished",
-            extra={
-                "rpc": name,
-                "request_id": request_id,
-                "code": code.name,
-                "mode": observed.mode,
-                "passes": observed.passes,
-                "seconds": round(seconds, 6),
-            },
-        )
-        servicer._metrics.observe_rpc(
-            name, mode=observed.mode, code=code.name, seconds=seconds, passes=observed.passes
-        )
-
-
-def _rpc(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Wrap a handler (plain or generator) in :func:`_recorded`."""
-
-    def decorate(handler: Callable[..., Any]) -> Callable[..., Any]:
-        if inspect.isgeneratorfunction(handler):
-
-            @functools.wraps(handler)
-            def streaming(self: JacobianServicer, request: Any, context: Any) -> Iterator[Any]:
-                with _recorded(self, name, context) as observed:
-                    yield from handler(self, request, context, observed)
-
-            return streaming
-
-        @functools.wraps(handler)
-        def unary(self: JacobianServicer, request: Any, context: Any) -> Any:
-            with _recorded(self, name, context) as observed:
-                return handler(self, request, context, observed)
-
-        return unary
-
-    return decorate
 
 
 class JacobianServicer:
@@ -341,9 +234,9 @@ class JacobianServicer:
                     self._store.remove(model_id)  # not checked: nothing stays behind
             raise
 
-    @_rpc("UploadModel")
+    @rpc("UploadModel")
     def UploadModel(
-        self, request_iterator: Iterator[pb.UploadModelRequest], context: Any, observed: _Observed
+        self, request_iterator: Iterator[pb.UploadModelRequest], context: Any, observed: Observed
     ) -> pb.UploadModelResponse:
         self._check_uploads()  # before reading the stream, as are the upload slots
         with self._uploads.admit(context.peer()):
@@ -356,24 +249,24 @@ class JacobianServicer:
                 self._store.discard(staged)  # a no-op once committed
         return pb.UploadModelResponse(model=info, already_present=already)
 
-    @_rpc("GetModel")
+    @rpc("GetModel")
     def GetModel(
-        self, request: pb.GetModelRequest, context: Any, observed: _Observed
+        self, request: pb.GetModelRequest, context: Any, observed: Observed
     ) -> pb.GetModelResponse:
         return pb.GetModelResponse(model=self.info(request.model_id, context))
 
-    @_rpc("ListModels")
+    @rpc("ListModels")
     def ListModels(
-        self, request: pb.ListModelsRequest, context: Any, observed: _Observed
+        self, request: pb.ListModelsRequest, context: Any, observed: Observed
     ) -> pb.ListModelsResponse:
         stored = set(self._store.ids())
         return pb.ListModelsResponse(
             models=[m for m in self._catalog.all() if m.model_id in stored]
         )
 
-    @_rpc("DeleteModel")
+    @rpc("DeleteModel")
     def DeleteModel(
-        self, request: pb.DeleteModelRequest, context: Any, observed: _Observed
+        self, request: pb.DeleteModelRequest, context: Any, observed: Observed
     ) -> pb.DeleteModelResponse:
         self._check_uploads()
         model_id = check_model_id(request.model_id)
@@ -409,7 +302,7 @@ class JacobianServicer:
         except LoadFailure as failure:
             raise self._refused(model_id, failure, checked=True) from None
 
-    def _derive(self, name: str, request: Any, context: Any, observed: _Observed) -> bytes:
+    def _derive(self, name: str, request: Any, context: Any, observed: Observed) -> bytes:
         ref = request.function
         self._resolve(ref, context)
         explain = self._capped(context)
@@ -429,53 +322,53 @@ class JacobianServicer:
         observed.report(reply)
         return body or b""
 
-    @_rpc("Jvp")
-    def Jvp(self, request: pb.JvpRequest, context: Any, observed: _Observed) -> bytes:
+    @rpc("Jvp")
+    def Jvp(self, request: pb.JvpRequest, context: Any, observed: Observed) -> bytes:
         return self._derive("Jvp", request, context, observed)
 
-    @_rpc("Vjp")
-    def Vjp(self, request: pb.VjpRequest, context: Any, observed: _Observed) -> bytes:
+    @rpc("Vjp")
+    def Vjp(self, request: pb.VjpRequest, context: Any, observed: Observed) -> bytes:
         return self._derive("Vjp", request, context, observed)
 
-    @_rpc("Jacobian")
-    def Jacobian(self, request: pb.JacobianRequest, context: Any, observed: _Observed) -> bytes:
+    @rpc("Jacobian")
+    def Jacobian(self, request: pb.JacobianRequest, context: Any, observed: Observed) -> bytes:
         return self._derive("Jacobian", request, context, observed)
 
-    @_rpc("ParameterGradients")
+    @rpc("ParameterGradients")
     def ParameterGradients(
-        self, request: pb.ParameterGradientsRequest, context: Any, observed: _Observed
+        self, request: pb.ParameterGradientsRequest, context: Any, observed: Observed
     ) -> bytes:
         return self._derive("ParameterGradients", request, context, observed)
 
-    @_rpc("Hvp")
-    def Hvp(self, request: pb.HvpRequest, context: Any, observed: _Observed) -> bytes:
+    @rpc("Hvp")
+    def Hvp(self, request: pb.HvpRequest, context: Any, observed: Observed) -> bytes:
         return self._derive("Hvp", request, context, observed)
 
-    @_rpc("Hessian")
-    def Hessian(self, request: pb.HessianRequest, context: Any, observed: _Observed) -> bytes:
+    @rpc("Hessian")
+    def Hessian(self, request: pb.HessianRequest, context: Any, observed: Observed) -> bytes:
         return self._derive("Hessian", request, context, observed)
 
-    @_rpc("Sensitivity")
+    @rpc("Sensitivity")
     def Sensitivity(
-        self, request: pb.SensitivityRequest, context: Any, observed: _Observed
+        self, request: pb.SensitivityRequest, context: Any, observed: Observed
     ) -> bytes:
         return self._derive("Sensitivity", request, context, observed)
 
-    @_rpc("TopSingular")
+    @rpc("TopSingular")
     def TopSingular(
-        self, request: pb.TopSingularRequest, context: Any, observed: _Observed
+        self, request: pb.TopSingularRequest, context: Any, observed: Observed
     ) -> bytes:
         return self._derive("TopSingular", request, context, observed)
 
-    @_rpc("SparseJacobian")
+    @rpc("SparseJacobian")
     def SparseJacobian(
-        self, request: pb.SparseJacobianRequest, context: Any, observed: _Observed
+        self, request: pb.SparseJacobianRequest, context: Any, observed: Observed
     ) -> bytes:
         return self._derive("SparseJacobian", request, context, observed)
 
-    @_rpc("StreamJacobian")
+    @rpc("StreamJacobian")
     def StreamJacobian(
-        self, request: pb.StreamJacobianRequest, context: Any, observed: _Observed
+        self, request: pb.StreamJacobianRequest, context: Any, observed: Observed
     ) -> Iterator[bytes]:
         self._resolve(request.request.function, context)
         summary: dict[str, Any] = {}
@@ -498,9 +391,9 @@ class JacobianServicer:
             raise
         observed.report(summary)
 
-    @_rpc("GetServerInfo")
+    @rpc("GetServerInfo")
     def GetServerInfo(
-        self, request: pb.GetServerInfoRequest, context: Any, observed: _Observed
+        self, request: pb.GetServerInfoRequest, context: Any, observed: Observed
     ) -> pb.GetServerInfoResponse:
         return pb.GetServerInfoResponse(
             max_message_bytes=self._settings.max_message_bytes,

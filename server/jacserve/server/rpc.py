@@ -1,0 +1,143 @@
+"""One RPC's plumbing: its request id, the status code of its error, its log line and
+its Prometheus record.
+
+>>> status_for(NotFound("no such model"))
+<StatusCode.NOT_FOUND: (5, 'not found')>
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from jacserve.server.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    WorkerFailed,
+)
+from jacserve.server.metrics import ServiceMetrics
+
+__all__ = ["REQUEST_ID_KEY", "Observed", "recorded", "rpc", "status_for"]
+
+_LOG = logging.getLogger("jacserve.server.rpc")
+REQUEST_ID_KEY = "x-request-id"
+"""Metadata key of the request id: the caller's, or a new one, sent back as a trailer."""
+
+_STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (WorkerFailed, grpc.StatusCode.INTERNAL),
+)
+
+
+def status_for(exc: Exception) -> grpc.StatusCode | None:
+    """The status code of a jacserve error (``None``: not one, so INTERNAL)."""
+    for error_type, code in _STATUS_BY_ERROR:
+        if isinstance(exc, error_type):
+            return code
+    return None
+
+
+@dataclass
+class Observed:
+    """What a handler reports about its call for the log and the metrics."""
+
+    mode: str = "none"
+    passes: int = 0
+
+    def report(self, reply: dict[str, Any]) -> None:
+        """Take mode and passes from a worker's reply, which a compromised worker writes:
+        only known modes become metric labels."""
+        mode = reply.get("mode")
+        self.mode = mode if mode in ("forward", "reverse") else "none"
+        passes = reply.get("passes")
+        self.passes = passes if isinstance(passes, int) and 0 <= passes < 1 << 40 else 0
+
+
+@contextlib.contextmanager
+def recorded(
+    metrics: ServiceMetrics, name: str, context: grpc.ServicerContext
+) -> Iterator[Observed]:
+    """One RPC's request id, error mapping, log line and Prometheus record."""
+    metadata = dict(context.invocation_metadata() or ())
+    request_id = str(metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex)[:64]
+    context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+    started = time.perf_counter()
+    observed, code = Observed(), grpc.StatusCode.OK
+    metrics.in_flight(+1)
+    try:
+        yield observed
+    except Exception as exc:
+        mapped = status_for(exc)
+        if mapped is None:
+            code = grpc.StatusCode.INTERNAL
+            _LOG.exception("rpc=%s request_id=%s failed unexpectedly", name, request_id)
+            message = (
+                f"{name}: internal error (request id {request_id}); the server log has the details"
+            )
+        else:
+            code, message = mapped, f"{name}: {exc}"
+        context.abort(code, message)
+    except GeneratorExit:
+        code = grpc.StatusCode.CANCELLED  # a stream whose caller went away
+        raise
+    finally:
+        seconds = time.perf_counter() - started
+        metrics.in_flight(-1)
+        _LOG.info(
+            "rpc finished",
+            extra={
+                "rpc": name,
+                "request_id": request_id,
+                "code": code.name,
+                "mode": observed.mode,
+                "passes": observed.passes,
+                "seconds": round(seconds, 6),
+            },
+        )
+        metrics.observe_rpc(
+            name, mode=observed.mode, code=code.name, seconds=seconds, passes=observed.passes
+        )
+
+
+def rpc(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Wrap a servicer's handler (plain or generator) in :func:`recorded`; the servicer
+    has ``_metrics``."""
+
+    def decorate(handler: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.isgeneratorfunction(handler):
+
+            @functools.wraps(handler)
+            def streaming(self: Any, request: Any, context: Any) -> Iterator[Any]:
+                with recorded(self._metrics, name, context) as observed:
+                    yield from handler(self, request, context, observed)
+
+            return streaming
+
+        @functools.wraps(handler)
+        def unary(self: Any, request: Any, context: Any) -> Any:
+            with recorded(self._metrics, name, context) as observed:
+                return handler(self, request, context, observed)
+
+        return unary
+
+    return decorate
