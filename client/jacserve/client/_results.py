@@ -59,7 +59,7 @@ class DerivativeMetrics:
     estimates (0 when it did not measure). ``execution_path`` is ``"eager"`` or
     ``"compiled"``; ``compilation`` says where building a compiled program stands.
     ``verification`` is the finite-difference check asked for with ``verify=``, else
-    ``None``.
+    ``None``. ``threads`` is the number of intra-op threads the server computed with.
     """
 
     mode: str
@@ -85,6 +85,7 @@ class DerivativeMetrics:
     execution_path: str
     compilation: str
     verification: FiniteDifferenceCheck | None = None
+    threads: int = 0
 
     @classmethod
     def from_wire(cls, m: pb.DerivativeMetrics) -> DerivativeMetrics:
@@ -121,6 +122,7 @@ class DerivativeMetrics:
             estimated_peak_bytes=m.estimated_peak_bytes,
             execution_path=m.execution_path,
             compilation=m.compilation,
+            threads=m.threads,
             verification=(
                 FiniteDifferenceCheck(
                     tuple(m.verification.relative_errors),

@@ -109,6 +109,7 @@ def worker_settings(config: ServerConfig, scratch_dir: str) -> WorkerSettings:
         compile=config.compile,
         compile_after=config.compile_after,
         torch_threads=config.torch_threads or max(1, cpus // workers),
+        max_threads=config.torch_threads or max(1, cpus),
         allocator=config.allocator,
         op_allowlist=config.op_allowlist,
         allow_ops=tuple(op.strip() for op in config.allow_ops.split(",") if op.strip()),

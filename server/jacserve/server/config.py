@@ -59,7 +59,7 @@ class ServerConfig:
     compile: str = "on"  # "on": build compiled Jacobian programs in compile workers
     compile_after: int = 2
     compile_timeout: float = 600.0
-    torch_threads: int = 0  # 0: cores / workers
+    torch_threads: int = 0  # 0: the cores shared among the requests computing at once
     allocator: str = "keep"  # "keep": glibc keeps freed memory (see NOTE: [Keeping freed memory])
     model_dir: str | None = None  # None: a temporary folder removed at shutdown
     request_timeout: float = 300.0
@@ -159,7 +159,7 @@ _HELP = {
     "compile": "on (build compiled Jacobian programs in compile workers, off the request path) or off",
     "compile_after": "eager Jacobians of one model and input signature before compiling it",
     "compile_timeout": "seconds a compile worker may take for one archive's programs before it is stopped",
-    "torch_threads": "intra-op threads per worker (0: cores / workers, at least 1)",
+    "torch_threads": "intra-op threads per request (0: the cores shared among the requests computing at once; N: always N)",
     "allocator": "keep (reuse freed memory: fewer page faults) or default (glibc's own)",
     "memory_meter": "CPU peak-memory meter: rss (page high-water, nearly free) or tensors (exact, per-op cost)",
     "model_dir": "folder that keeps uploaded archives across restarts (default: temporary)",

@@ -216,6 +216,7 @@ class DerivativeHandlers(AnalysisHandlers):
             execution_path=m.execution_path,
             compilation=m.compilation,
             verification=phases.verification,
+            threads=torch.get_num_threads(),
         )
 
     def _product(self, request: Any, deadline: float, *, kind: str) -> Any:

@@ -286,6 +286,9 @@ class WorkerPool(RunsOperations):
 
     # -- dispatch -------------------------------------------------------------------------
 
+    def _computing(self) -> int:
+        return self._busy
+
     def _take_idle(self, model_id: str) -> RunningWorker | None:
         for worker in reversed(self._idle):  # most recently used first
             if worker.model_id == model_id:

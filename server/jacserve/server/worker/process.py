@@ -157,6 +157,7 @@ def _serve(
             channel.send(*_compile_step(handlers, header, payload))
             compiling = header.get("op") == "compile"
             continue
+        _use_threads(header.get("threads"), settings)
         with budget.request():
             try:
                 answer = _answer(handlers, header, payload)
@@ -170,6 +171,16 @@ def _serve(
             except Exception as exc:
                 reply, body = _error(exc), None
         channel.send(reply, body)
+
+
+def _use_threads(threads: Any, settings: WorkerSettings) -> None:
+    """Take the intra-op thread count the frontend chose for this request (the cores
+    shared among the requests computing now), within the server's bounds."""
+    bounded = isinstance(threads, int) and (
+        settings.torch_threads <= threads <= settings.max_threads
+    )
+    if bounded and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def _compile_step(

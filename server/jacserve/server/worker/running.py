@@ -45,6 +45,18 @@ class RunsOperations:
     def _retire(self, worker: RunningWorker, reason: str | None) -> int | None:
         raise NotImplementedError
 
+    def _computing(self) -> int:
+        """Requests computing now (this one included)."""
+        raise NotImplementedError
+
+    def _threads_now(self) -> int:
+        """Intra-op threads for a request starting now: the cores shared among the
+        requests computing, so a request alone on the server uses every core it may and
+        concurrent ones one each (``--torch-threads`` set by hand fixes it)."""
+        settings = self._settings
+        shared = settings.max_threads // max(1, self._computing())
+        return max(settings.torch_threads, min(settings.max_threads, shared))
+
     def call(
         self,
         header: dict[str, Any],
@@ -100,7 +112,8 @@ class RunsOperations:
         worker = self._acquire(model_id, deadline, cancelled)
         began, done = time.monotonic(), False
         try:
-            worker.channel.send({**header, "deadline": deadline}, payload)
+            threads = self._threads_now()
+            worker.channel.send({**header, "deadline": deadline, "threads": threads}, payload)
             while True:
                 reply, body = self._await_reply(worker, deadline, cancelled, began)
                 if not reply.get("more"):

@@ -28,6 +28,7 @@ class WorkerSettings:
     compile: str = "on"
     compile_after: int = 2
     torch_threads: int = 1
+    max_threads: int = 1  # a request computing alone may use this many
     allocator: str = "keep"
     op_allowlist: str | None = None
     allow_ops: tuple[str, ...] = field(default_factory=tuple)
