@@ -124,6 +124,7 @@ def test_a_process_left_behind_by_a_compile_worker_is_killed(client, victim, cap
     message = next(r.getMessage() for r in caplog.records if "orphan" in r.getMessage())
     found = json.loads(message[message.index("{") : message.rindex("}") + 1])
     assert found["fork"] == "allowed"  # a compile worker must be able to run the toolchain
+    assert found["setsid"] == "denied"  # its child stays in its group, which dies with it
     deadline = time.monotonic() + 10
     while _running(found["orphan"]):
         assert time.monotonic() < deadline, "the orphan outlived its worker"

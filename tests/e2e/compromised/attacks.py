@@ -99,17 +99,24 @@ def nested_header(channel: Any) -> None:
 
 
 def leave_orphan(channel: Any) -> None:
-    """Leave a process in a session of its own behind, report its pid, and die."""
+    """Leave a process behind (in a session of its own if it may), report its pid and
+    whether it could leave the worker's session, and die."""
+    read, write = os.pipe()
     try:
         pid = os.fork()
     except OSError as exc:
         _answer(channel, {"fork": f"denied {exc.errno}"})
         return
     if pid == 0:
-        os.setsid()
+        try:
+            os.setsid()
+            os.write(write, b"allowed")
+        except OSError:
+            os.write(write, b"denied")
         time.sleep(120)
         os._exit(0)
-    _answer(channel, {"fork": "allowed", "orphan": pid})
+    escaped = os.read(read, 16).decode()
+    _answer(channel, {"fork": "allowed", "orphan": pid, "setsid": escaped})
     os._exit(1)
 
 

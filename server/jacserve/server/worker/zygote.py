@@ -13,9 +13,9 @@ safe — then answers on the control socket:
 - whenever a worker exits → ``{"exited": PID, "code": CODE}`` (``-N`` for signal N, as
   ``subprocess`` reports it).
 
-The zygote is a child subreaper: a process a compromised worker left behind (forked,
-in a session of its own, before the worker died) is reparented to it and killed within a
-second.
+The zygote is a child subreaper: a process a compromised (compile) worker left behind is
+reparented to it; its whole process group dies when the worker is reaped (workers may not
+leave their group), and any other orphan within a second.
 
 A fork costs milliseconds, against a second or more for a new interpreter importing
 torch; the zygote dies with the frontend, and its workers die with it.
@@ -121,11 +121,18 @@ def _child(
 def _reap(control: Channel, workers: set[int]) -> None:
     while True:
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
             return
-        if pid == 0:
+        if info is None:
             return
+        pid = info.si_pid
+        if pid in workers:
+            # Still a zombie, it holds its pid, so the group of that number is its own:
+            # whatever it forked is in it (setsid and setpgid are refused) and dies now.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
         if pid in workers:  # not an orphan of one (the sweep killed those)
             workers.discard(pid)
             control.send({"exited": pid, "code": _exit_code(status)})

@@ -10,7 +10,9 @@ A classic-BPF seccomp program, built here for x86-64 and AArch64. Refused with `
 - new programs, processes and namespaces: ``execve``/``execveat`` and process creation
   (``fork``, ``vfork``, ``clone`` without ``CLONE_THREAD``) unless ``allow_exec`` (the C++
   compiler of ``torch.compile``); ``unshare``, ``setns``, ``clone`` with namespace flags;
-- state that would outlive the worker: System V shared memory, semaphores and queues;
+- state that would outlive the worker: System V shared memory, semaphores and queues, and
+  a session or process group of its own (``setsid``, ``setpgid``: whatever a compile
+  worker forks stays in its group, which dies with it);
 - typing into a terminal: ``ioctl`` ``TIOCSTI``/``TIOCLINUX``;
 - the network and kernel attack surface: ``socket`` of any family (the worker's channel is
   already open), ``connect``, ``sendto`` an address, ``socketpair`` but of streams (no
@@ -137,6 +139,10 @@ _DENIED: dict[str, tuple[int, int]] = {
     "name_to_handle_at": (303, 264),
     "connect": (42, 203),  # Landlock does not cover pathname Unix sockets
     "memfd_secret": (447, 447),
+    # a process a worker forks stays in the worker's process group, which the zygote
+    # kills whole when the worker ends
+    "setsid": (112, 157),
+    "setpgid": (109, 154),
 }
 _ARCH = {"x86_64": (0, 0xC000003E), "aarch64": (1, 0xC00000B7)}
 
