@@ -1,5 +1,6 @@
-"""Moving between tuples of tensors and the flat float64 vectors and matrices that the
-analysis code (spectra, sparsity, sensitivity, verification) works with.
+"""Layout: cutting derivative passes into Jacobian blocks, and moving between tuples of
+tensors and the flat float64 vectors and matrices that the analysis code (spectra,
+sparsity, sensitivity, verification) works with.
 
 >>> parts = (torch.ones(2), torch.zeros(1, 2))
 >>> flat64(parts).tolist()
@@ -14,7 +15,17 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["blocks_matrix", "flat64", "flat64_rows", "split_like"]
+from jacserve.server.engine._function import Outputs
+from jacserve.server.engine.planner import Mode
+
+__all__ = [
+    "blocks_from_passes",
+    "blocks_matrix",
+    "flat64",
+    "flat64_rows",
+    "split_like",
+    "zero_blocks",
+]
 
 
 def flat64(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -64,3 +75,48 @@ def blocks_matrix(
         for i, output in enumerate(outputs)
     ]
     return torch.cat(rows, dim=0)
+
+
+def blocks_from_passes(
+    mode: Mode,
+    results: tuple[torch.Tensor, ...],
+    outputs: Outputs,
+    diff: Outputs,
+    batch: int | None,
+) -> list[torch.Tensor]:
+    """Cut per-pass results into blocks [i][j] of shape ([B], *out_i, *in_j), row-major."""
+    lead = 1 if batch is not None else 0
+    out_shapes = [o.shape[lead:] for o in outputs]
+    in_shapes = [d.shape[lead:] for d in diff]
+    blocks: list[torch.Tensor | None] = [None] * (len(outputs) * len(diff))
+    if mode == "forward":
+        for i, column in enumerate(results):
+            offset = 0
+            for j, in_shape in enumerate(in_shapes):
+                size = in_shape.numel()
+                part = column[offset : offset + size].movedim(0, -1)
+                blocks[i * len(diff) + j] = part.reshape((*part.shape[:-1], *in_shape))
+                offset += size
+    else:
+        offset = 0
+        for i, out_shape in enumerate(out_shapes):
+            size = out_shape.numel()
+            for j, row in enumerate(results):
+                part = row[offset : offset + size]
+                if batch is not None:
+                    part = part.movedim(0, 1)
+                blocks[i * len(diff) + j] = part.reshape(
+                    (*([batch] if batch is not None else []), *out_shape, *in_shapes[j])
+                )
+            offset += size
+    return [b for b in blocks if b is not None]
+
+
+def zero_blocks(outputs: Outputs, diff: Outputs, batch: int | None) -> list[torch.Tensor]:
+    lead = 1 if batch is not None else 0
+    prefix = [batch] if batch is not None else []
+    return [
+        torch.zeros((*prefix, *o.shape[lead:], *d.shape[lead:]), dtype=o.dtype, device=o.device)
+        for o in outputs
+        for d in diff
+    ]

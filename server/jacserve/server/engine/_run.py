@@ -44,11 +44,17 @@ __all__ = [
     "engine_call",
     "finish",
     "missing_forward_rule",
+    "mode_lock",
 ]
 
 FORWARD_AD_LOCK = threading.RLock()
 """Serializes forward-mode AD between threads (its state is process-wide); re-entrant, so
 a memory probe under the lock can run a forward pass that takes it again."""
+
+
+def mode_lock(mode: Mode) -> contextlib.AbstractContextManager[object]:
+    """Forward mode holds the process-wide lock; see NOTE: [Forward-mode AD is process-global]."""
+    return FORWARD_AD_LOCK if mode == "forward" else contextlib.nullcontext()
 
 
 class SharedExclusiveLock:

@@ -30,6 +30,7 @@ from jacserve.server.engine._function import (
     resolve_wrt,
     user_code,
 )
+from jacserve.server.engine._layout import blocks_from_passes
 from jacserve.server.engine._measure import stopwatch
 from jacserve.server.engine._passes import Basis, GivenRows, run_passes
 from jacserve.server.engine._run import (
@@ -41,7 +42,6 @@ from jacserve.server.engine._run import (
     finish,
     missing_forward_rule,
 )
-from jacserve.server.engine.jacobian import blocks_from_passes
 from jacserve.server.engine.planner import ModePlan
 from jacserve.server.engine.products import batch_size_of
 from jacserve.server.errors import InvalidArgument, ResourceExhausted
