@@ -159,7 +159,7 @@ _HELP = {
     "compile": "on (build compiled Jacobian programs in compile workers, off the request path) or off",
     "compile_after": "eager Jacobians of one model and input signature before compiling it",
     "compile_timeout": "seconds a compile worker may take for one archive's programs before it is stopped",
-    "torch_threads": "intra-op threads per request (0: the cores shared among the requests computing at once; N: always N)",
+    "torch_threads": "intra-op threads per request (0: the cores shared among the requests computing at once, for long requests; N: always N)",
     "allocator": "keep (reuse freed memory: fewer page faults) or default (glibc's own)",
     "memory_meter": "CPU peak-memory meter: rss (page high-water, nearly free) or tensors (exact, per-op cost)",
     "model_dir": "folder that keeps uploaded archives across restarts (default: temporary)",

@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,6 +38,7 @@ from jacserve.server.worker.operations import DERIVATIVE_REQUESTS, STREAMING_REQ
 from jacserve.server.worker.protocol import Channel
 from jacserve.server.worker.sandbox import SandboxSettings, apply_sandbox
 from jacserve.server.worker.settings import WorkerSettings
+from jacserve.server.worker.threads import ThreadPolicy
 from jacserve.v1 import jacobian_service_pb2 as pb
 
 __all__ = ["MAX_ERROR_CHARS", "serve_one_archive"]
@@ -147,7 +149,8 @@ def _serve(
     compiling: bool,
 ) -> None:
     """Answer requests until the channel closes (a compile worker takes its recipes and
-    ``promote`` first)."""
+    ``promote`` first), each with the threads :class:`ThreadPolicy` gives it."""
+    policy = ThreadPolicy(base=settings.torch_threads, most=settings.max_threads)
     while True:
         try:
             header, payload = channel.receive(max_payload_bytes=settings.max_message_bytes)
@@ -157,7 +160,11 @@ def _serve(
             channel.send(*_compile_step(handlers, header, payload))
             compiling = header.get("op") == "compile"
             continue
-        _use_threads(header.get("threads"), settings)
+        kind = (header.get("op"), len(payload or b""))
+        threads = policy.threads(kind, header.get("threads"))
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        started = time.perf_counter()
         with budget.request():
             try:
                 answer = _answer(handlers, header, payload)
@@ -170,17 +177,8 @@ def _serve(
                     reply["compile"] = wanted
             except Exception as exc:
                 reply, body = _error(exc), None
+        policy.record(kind, seconds=time.perf_counter() - started)
         channel.send(reply, body)
-
-
-def _use_threads(threads: Any, settings: WorkerSettings) -> None:
-    """Take the intra-op thread count the frontend chose for this request (the cores
-    shared among the requests computing now), within the server's bounds."""
-    bounded = isinstance(threads, int) and (
-        settings.torch_threads <= threads <= settings.max_threads
-    )
-    if bounded and torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
 
 
 def _compile_step(
