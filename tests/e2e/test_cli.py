@@ -203,3 +203,38 @@ def test_every_command_has_help_with_an_example(command, capsys):
     with pytest.raises(SystemExit) as done:
         main([command, "--help"])
     assert done.value.code == 0 and "Examples:" in capsys.readouterr().out
+
+
+class _DictOutput(torch.nn.Module):
+    """A Hugging Face-style model: a dict of a vector and a scalar."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": torch.tanh(x) * 2.0, "loss": (x**2).sum()}
+
+
+def test_dict_outputs_are_summarized_written_by_leaf_and_plotted(cli, tmp_path):
+    x = torch.tensor([0.3, -0.2, 0.5], dtype=F64)
+    archive = tmp_path / "dict.pt2"
+    torch.export.save(torch.export.export(_DictOutput(), (x,)), archive)
+    np.save(tmp_path / "x.npy", x.numpy())
+    out_file, plot = tmp_path / "J.npz", tmp_path / "J.png"
+    code, out, err = cli(
+        "jacobian", str(archive), "--inputs", str(tmp_path / "x.npy"), "-o", str(out_file),
+        "--plot", str(plot),
+    )  # fmt: skip
+    assert code == 0, err
+    assert "jacobian: shape [3, 3]" in out  # the first leaf, "logits"
+    want = jacrev(_DictOutput())(x)
+    written = np.load(out_file)
+    np.testing.assert_allclose(written["jacobian.logits"], want["logits"].numpy(), rtol=1e-12)
+    np.testing.assert_allclose(written["jacobian.loss"], want["loss"].numpy(), rtol=1e-12)
+    np.testing.assert_allclose(written["output.loss"], float((x**2).sum()), rtol=1e-12)
+    _not_blank_png(plot, min_pixels=100)
+    code, out, err = cli(
+        "jvp", str(archive), "--inputs", str(tmp_path / "x.npy"),
+        "--tangents", str(tmp_path / "x.npy"), "-o", str(tmp_path / "jvp.json"),
+    )  # fmt: skip
+    assert code == 0, err
+    document = json.loads((tmp_path / "jvp.json").read_text())
+    assert set(document) >= {"jvp.logits", "jvp.loss", "output.logits", "output.loss"}
+    np.testing.assert_allclose(document["jvp.loss"], float(2 * (x * x).sum()), rtol=1e-12)

@@ -98,8 +98,9 @@ def _pack(tensors: list[torch.Tensor]) -> Any:
 
 
 def _first(value: Any) -> torch.Tensor:
-    while isinstance(value, tuple | list):
-        value = value[0]
+    """The first tensor of a result of any structure (the summary shows that one)."""
+    while isinstance(value, tuple | list | dict):
+        value = next(iter(value.values())) if isinstance(value, dict) else value[0]
     return value
 
 
@@ -221,9 +222,15 @@ def _matrix(row_tensors: Any, blocks: Any) -> torch.Tensor:
     """Blocks structured like ``torch.autograd.functional.jacobian`` (a tensor, a tuple
     per row tensor, or a tuple of tuples) as one matrix: a row per element of
     ``row_tensors`` (the outputs; the inputs for a Hessian), entries flattened in order."""
+    if isinstance(row_tensors, dict):  # a dict output: its entries in order
+        blocks = tuple(blocks[key] for key in row_tensors)
+        row_tensors = tuple(row_tensors.values())
     tuple_rows = isinstance(row_tensors, tuple | list)
     rows = blocks if tuple_rows else (blocks,)
-    rows = [row if isinstance(row, tuple) else (row,) for row in rows]
+    rows = [
+        tuple(row.values()) if isinstance(row, dict) else row if isinstance(row, tuple) else (row,)
+        for row in rows
+    ]
     return torch.cat(
         [
             torch.cat([block.reshape(t.numel(), -1) for block in row], dim=1)

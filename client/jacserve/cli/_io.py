@@ -79,11 +79,18 @@ def _named(value: Any, path: pathlib.Path) -> tuple[list[str], list[torch.Tensor
 
 
 def _flatten(name: str, value: Any) -> dict[str, torch.Tensor]:
+    """Named leaves of a result of any structure: ``jacobian.logits.0`` and so on.
+
+    >>> sorted(_flatten("jacobian", {"a": torch.ones(1), "b": (torch.ones(1), torch.ones(1))}))
+    ['jacobian.a', 'jacobian.b.0', 'jacobian.b.1']
+    """
     if isinstance(value, torch.Tensor):
         return {name: value}
-    if isinstance(value, Mapping):
-        return {f"{name}.{k}": v for k, v in value.items()}
-    return {f"{name}.{i}": v for i, v in enumerate(value)}
+    items = value.items() if isinstance(value, Mapping) else enumerate(value)
+    flat: dict[str, torch.Tensor] = {}
+    for key, item in items:
+        flat.update(_flatten(f"{name}.{key}", item))
+    return flat
 
 
 def write_results(
