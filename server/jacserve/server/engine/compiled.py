@@ -12,8 +12,8 @@ So no request ever waits for one:
    worker tells the frontend (:meth:`CompiledPrograms.take_requests`), which hands the
    request to a *compile worker*: another confined process for the same archive
    (:mod:`jacserve.server.worker.compiling`). The serving worker goes on serving eagerly.
-2. The compile worker answers the request eagerly, then :meth:`build_requested` builds
-   the program in a thread at the lowest CPU priority: a traceable module (a torch.export
+2. The compile worker, in a thread at the lowest CPU priority, answers the request
+   eagerly, then :meth:`build_requested` builds the program: a traceable module (a torch.export
    program as loaded; TorchScript converted with ``TS2EPConverter``), ``torch.compile`` of
    ``jacfwd``/``jacrev`` of it for the wrt inputs, checked against the eager Jacobian of
    that request (``torch.allclose`` at the dtype's tolerance).
@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import os
 import statistics
 import threading
 import time
@@ -199,8 +198,8 @@ class CompiledPrograms:
             return taken
 
     def build_requested(self) -> list[BuildOutcome]:
-        """Build and verify every requested program, in a thread at the lowest CPU
-        priority (a compile worker's job); each becomes ``built`` or ``failed``."""
+        """Build and verify every requested program (a compile worker's job, which runs
+        it at the lowest CPU priority); each becomes ``built`` or ``failed``."""
         with self._lock:
             jobs = [(k, e.job) for k, e in self._entries.items() if e.state == "requested"]
         outcomes: list[BuildOutcome] = []
@@ -208,7 +207,7 @@ class CompiledPrograms:
             assert job is not None
             began = time.perf_counter()
             try:
-                program = _in_low_priority_thread(lambda job=job: self._build(*job))
+                program = self._build(*job)
             except Exception as exc:  # any failure: stay eager for this key
                 _LOG.info("compiling %s failed: %s", key, exc)
                 detail = (
@@ -298,28 +297,6 @@ class CompiledPrograms:
             entry = self._entries[key]
             entry.state, entry.program, entry.detail = state, program, detail
             entry.seconds, entry.job = seconds, None
-
-
-def _in_low_priority_thread(work: Callable[[], Program]) -> Program:
-    """Run ``work`` in a thread of its own at nice 19 (Linux sets niceness per thread, so
-    the process's serving thread keeps its priority) and return its result."""
-    result: list[Program] = []
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        with contextlib.suppress(OSError, AttributeError):  # best effort: Linux threads only
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        try:
-            result.append(work())
-        except BaseException as exc:  # handed to the caller
-            failure.append(exc)
-
-    thread = threading.Thread(target=run, name="jacserve-compile")
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-    return result[0]
 
 
 _entry_points = itertools.count()
