@@ -41,6 +41,7 @@ bench:
 	$(PYTHON) bench/scaleout.py
 	$(PYTHON) bench/analysis.py
 	$(PYTHON) bench/compilation.py
+	$(PYTHON) bench/upload.py
 
 ci:
 	CI=true bash .ci/run

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pathlib
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Union
 
 import torch
 
+from jacserve._pt2_decoding import fast_schema_decoding
 from jacserve.client._fingerprint import fingerprint
+from jacserve.client._pt2_saving import fast_canonical_check
 from jacserve.pytree import StructureError, Tree, flatten
 
 __all__ = ["ModelSource", "archive_bytes"]
@@ -70,7 +73,8 @@ def _load(data: bytes) -> Callable[..., Any]:
     try:
         return torch.jit.load(io.BytesIO(data))
     except RuntimeError:
-        return torch.export.load(io.BytesIO(data)).module()
+        with fast_schema_decoding():  # see NOTE: [Decoding a .pt2 program]
+            return torch.export.load(io.BytesIO(data)).module()
 
 
 def _reproduces(loaded: Callable[..., Any], model: Any, example: tuple[Any, ...]) -> bool:
@@ -83,12 +87,38 @@ def _reproduces(loaded: Callable[..., Any], model: Any, example: tuple[Any, ...]
     return True
 
 
+@contextlib.contextmanager
+def _without_stack_traces() -> Iterator[None]:
+    """Export without recording each node's Python stack trace.
+
+    torch.export records the stack of every traced call (``node.meta["stack_trace"]``):
+    for a 100-step RK4 model that is a quarter of the export and of the archive, and it
+    would send the user's file paths and source lines to the server, which never reads
+    them. The program itself is the same.
+    """
+    config = torch.fx.config
+    if not hasattr(config, "do_not_emit_stack_traces"):
+        yield
+        return
+    saved = config.do_not_emit_stack_traces
+    config.do_not_emit_stack_traces = True
+    try:
+        yield
+    finally:
+        config.do_not_emit_stack_traces = saved
+
+
+def _export(module: torch.nn.Module, example: tuple[Any, ...]) -> torch.export.ExportedProgram:
+    with _without_stack_traces():
+        return torch.export.export(module, example)
+
+
 def _serialize_module(model: Any, example: tuple[Any, ...]) -> tuple[bytes, Callable[..., Any]]:
     """torch.export first, then TorchScript scripting, then tracing; the first archive that
     loads back and reproduces the model's output on ``example`` wins, every failure named."""
     module = model if isinstance(model, torch.nn.Module) else _Function(model)
     attempts: list[tuple[str, Callable[[], Any]]] = [
-        ("torch.export.export", lambda: torch.export.export(module, example)),
+        ("torch.export.export", lambda: _export(module, example)),
         ("torch.jit.script", lambda: torch.jit.script(module)),
         # strict=False: dict and list outputs trace as they are
         ("torch.jit.trace", lambda: torch.jit.trace(module, example, strict=False)),
@@ -101,7 +131,8 @@ def _serialize_module(model: Any, example: tuple[Any, ...]) -> tuple[bytes, Call
             _tensors(expected)  # servable output, else every way fails alike
             program = make()
             if isinstance(program, torch.export.ExportedProgram):
-                torch.export.save(program, buffer)
+                with fast_canonical_check():  # see NOTE: [Saving a .pt2 program]
+                    torch.export.save(program, buffer)
             else:
                 torch.jit.save(program, buffer)
             loaded = _load(buffer.getvalue())
@@ -156,7 +187,8 @@ def archive_bytes(model: Any, example_inputs: Sequence[Any] | None = None) -> by
         torch.jit.save(model, buffer)
         return buffer.getvalue()
     if isinstance(model, torch.export.ExportedProgram):
-        torch.export.save(model, buffer)
+        with fast_canonical_check():  # see NOTE: [Saving a .pt2 program]
+            torch.export.save(model, buffer)
         return buffer.getvalue()
     if isinstance(model, torch.nn.Module) or callable(model):
         if example_inputs is None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from jacserve._pt2_decoding import fast_schema_decoding
 from jacserve.server.engine import DerivativeCache
 from jacserve.server.engine.compiled import CompiledPrograms
 from jacserve.server.errors import InvalidArgument
@@ -239,7 +240,8 @@ def load_model(
             module.eval()
             methods = _torchscript_methods(module)
         else:
-            program = torch.export.load(io.BytesIO(strip_sample_inputs(data)))
+            with fast_schema_decoding():  # see NOTE: [Decoding a .pt2 program]
+                program = torch.export.load(io.BytesIO(strip_sample_inputs(data)))
             module, methods = program.module().to(device), _export_methods(program)
     except Exception as exc:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
