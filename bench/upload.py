@@ -137,12 +137,11 @@ def _plain_load(data: bytes):
 
 def _plain_worker_load(data: bytes) -> None:
     """load_model as before: torch's own decoding (a version no torch has installs none)."""
-    saved = decoding.TRANSCRIBED_TORCH
-    decoding.TRANSCRIBED_TORCH = "none"
+    decoding.enabled = False
     try:
         load_model(data, ArchiveFormat.TORCH_EXPORT)
     finally:
-        decoding.TRANSCRIBED_TORCH = saved
+        decoding.enabled = True
 
 
 def _end_to_end(steps: int, rounds: int) -> tuple[list[float], list[float], float]:

@@ -1,20 +1,21 @@
-"""jacserve's decoding of a .pt2 program's JSON against torch's own, and the checks
-around it: whole programs decode to equal objects, malformed documents fail as torch's
-do, torch's function comes back after the block, and hostile archives are still
-refused (NOTE: [Decoding a .pt2 program])."""
+"""Decoding a .pt2 program's JSON with remembered type hints against torch's plain
+decoding, and the checks around it: whole programs decode to equal objects, malformed
+documents fail as they do plainly, torch's module is restored after the block, and
+hostile archives are still refused (NOTE: [Decoding a .pt2 program])."""
 
 from __future__ import annotations
 
 import io
 import json
 import threading
+import typing
 import zipfile
 
 import pytest
 import torch
 from torch._export.serde import schema, serialize
 
-from jacserve._pt2_decoding import decode_schema, fast_schema_decoding
+from jacserve._pt2_decoding import fast_schema_decoding
 from jacserve.server.errors import InvalidArgument
 from jacserve.server.registry import ArchiveFormat, detect_format
 from jacserve.server.registry.export_checks import strict_json
@@ -92,7 +93,9 @@ def _model_json(data: bytes) -> dict:
 def test_whole_programs_decode_to_what_torch_decodes(name):
     document = _model_json(PROGRAMS[name])
     expected = serialize._dict_to_dataclass(schema.ExportedProgram, document)
-    assert decode_schema(schema.ExportedProgram, document) == expected
+    with fast_schema_decoding():
+        assert serialize.typing is not typing  # the remembering view is in place
+        assert serialize._dict_to_dataclass(schema.ExportedProgram, document) == expected
 
 
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
@@ -122,21 +125,19 @@ def test_malformed_documents_fail_or_decode_as_torch_does(cls, document):
     try:
         expected = serialize._dict_to_dataclass(cls, document)
     except Exception as exc:
-        with pytest.raises(type(exc)):
-            decode_schema(cls, document)
+        with fast_schema_decoding(), pytest.raises(type(exc)):
+            serialize._dict_to_dataclass(cls, document)
     else:
-        assert decode_schema(cls, document) == expected
+        with fast_schema_decoding():
+            assert serialize._dict_to_dataclass(cls, document) == expected
 
 
-def test_torch_decodes_with_its_own_function_outside_the_block():
-    from torch.export.pt2_archive import _package
-
-    original = serialize._dict_to_dataclass, _package._dict_to_dataclass
+def test_torch_decodes_plainly_outside_the_block():
     with fast_schema_decoding():
         with fast_schema_decoding():  # nested
-            assert serialize._dict_to_dataclass is decode_schema
-        assert _package._dict_to_dataclass is decode_schema
-    assert (serialize._dict_to_dataclass, _package._dict_to_dataclass) == original
+            assert serialize.typing is not typing
+        assert serialize.typing is not typing
+    assert serialize.typing is typing
 
 
 def test_concurrent_blocks_decode_alike_and_restore_torch():
@@ -154,7 +155,7 @@ def test_concurrent_blocks_decode_alike_and_restore_torch():
     for thread in threads:
         thread.join()
     assert len(results) == 3 and all(r == results[0] for r in results)
-    assert serialize._dict_to_dataclass is not decode_schema
+    assert serialize.typing is typing
 
 
 def test_the_worker_still_refuses_operators_outside_the_allowlist():
