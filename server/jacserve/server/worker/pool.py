@@ -286,8 +286,8 @@ class WorkerPool(RunsOperations):
 
     # -- dispatch -------------------------------------------------------------------------
 
-    def _computing(self) -> int:
-        return self._busy
+    def _computing(self) -> tuple[int, int]:
+        return self._busy, self._compiling
 
     def _take_idle(self, model_id: str) -> RunningWorker | None:
         for worker in reversed(self._idle):  # most recently used first
