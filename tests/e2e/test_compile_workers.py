@@ -171,4 +171,6 @@ def test_a_compile_past_its_timeout_is_stopped_and_never_retried():
             result = client.jacobian(model_id, point, mode="reverse")
             _check(result, model, point)
             assert result.metrics.execution_path == "eager"
+        # the serving worker that asked says how its compile ended
+        assert result.metrics.compilation == "failed: the compile worker ended: timeout"
         assert _compilations(server.metrics_port) == {"timeout": 1.0, "count": 1.0}

@@ -285,6 +285,22 @@ class CompiledPrograms:
             compiled(*inputs)  # builds the program here, in the compile worker
         return torch._dynamo.run(compiled)
 
+    def ended_elsewhere(self, outcomes: dict[str, str]) -> None:
+        """Keys requested here whose compile worker ended without taking over (key text
+        → outcome, as the frontend reports them): their status says so; they stay eager.
+
+        >>> programs = CompiledPrograms(lambda inputs: torch.nn.Identity())
+        >>> programs.ended_elsewhere({"('k',)": "timeout"})
+        """
+        with self._lock:
+            ended = [
+                (k, outcomes[repr(k)])
+                for k, e in self._entries.items()
+                if e.state == "requested" and repr(k) in outcomes
+            ]
+        for key, outcome in ended:
+            self._settle(key, "failed", None, f"the compile worker ended: {outcome}"[:200])
+
     def discard(self, key: Hashable, reason: str) -> None:
         """Stop using a program that failed at run time; the key stays eager."""
         _LOG.warning("compiled program %s failed at run time: %s", key, reason)

@@ -42,6 +42,7 @@ _MAX_RECIPES = 8  # per archive, like the programs a worker keeps
 _MAX_SETTLED = 32  # programs tried per archive: a worker asking for more is not heard
 _MAX_RECIPE_BYTES = 4 << 20
 _RETRY_SECONDS = 1.0
+_MAX_KEY_CHARS = 1000
 
 
 class CompileWorkers(Protocol):
@@ -63,6 +64,7 @@ class _Archive:
 
     recipes: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # key: (op, payload)
     settled: dict[str, str] = field(default_factory=dict)  # key: outcome
+    unserved: dict[str, str] = field(default_factory=dict)  # key: outcome, not promoted
     replaces: int | None = None  # the serving worker the next compile worker stands in for
     queued: bool = False
 
@@ -128,6 +130,17 @@ class CompileQueue:
                 self._thread.start()
             self._lock.notify()
 
+    def unserved(self, model_id: str) -> dict[str, str]:
+        """Programs of ``model_id`` that ended without a compile worker taking over (timed
+        out, crashed, refused): key → outcome, for the serving workers' status.
+
+        >>> CompileQueue(None, "/tmp", timeout=1).unserved("no such model")
+        {}
+        """
+        with self._lock:
+            archive = self._archives.get(model_id)
+            return dict(archive.unserved) if archive is not None else {}
+
     def forget(self, model_id: str) -> None:
         """Drop what is known of a deleted archive, its caches included."""
         with self._lock:
@@ -178,6 +191,7 @@ class CompileQueue:
         except LoadFailure as failure:
             _LOG.warning("no compile worker for model %s: %s", model_id, failure)
             self._settle(model_id, [k for k, _ in recipes], "failed", 0.0)
+            self._unserved(model_id, [k for k, _ in recipes], "failed")
             return True
         if worker is None:
             return False
@@ -189,6 +203,7 @@ class CompileQueue:
                 if reply is None:  # timed out or died: this recipe is never tried again
                     self._settle(model_id, [key], "timeout", time.monotonic() - began)
                     self._workers.discard(worker)
+                    self._unserved(model_id, [k for k, _ in recipes], "timeout")
                     return True
                 outcomes = reply.get("outcomes", []) if reply.get("ok") else []
                 for outcome in outcomes:
@@ -231,6 +246,14 @@ class CompileQueue:
         except (OSError, EOFError, ProtocolError, ValueError) as exc:
             _LOG.warning("compile worker for model %s failed: %s", worker.model_id, exc)
             return None
+
+    def _unserved(self, model_id: str, keys: list[str], outcome: str) -> None:
+        with self._lock:
+            archive = self._archives.get(model_id)
+            if archive is not None:
+                for key in keys:
+                    if len(key) <= _MAX_KEY_CHARS:  # they travel in request headers
+                        archive.unserved.setdefault(key, outcome)
 
     def _settle(self, model_id: str, keys: list[str], outcome: str, seconds: float) -> None:
         for _ in keys:

@@ -160,6 +160,9 @@ def _serve(
             channel.send(*_compile_step(handlers, header, payload))
             compiling = header.get("op") == "compile"
             continue
+        if isinstance(header.get("unserved"), dict):
+            for programs in handlers.compiled_programs():
+                programs.ended_elsewhere({str(k): str(v) for k, v in header["unserved"].items()})
         kind = (header.get("op"), len(payload or b""))
         threads = policy.threads(kind, header.get("threads"))
         if torch.get_num_threads() != threads:

@@ -117,7 +117,10 @@ class RunsOperations:
         began, done = time.monotonic(), False
         try:
             threads = self._threads_now()
-            worker.channel.send({**header, "deadline": deadline, "threads": threads}, payload)
+            extra = {"deadline": deadline, "threads": threads}
+            if unserved := self._compile_queue.unserved(model_id):
+                extra["unserved"] = unserved  # the worker's status says how they ended
+            worker.channel.send({**header, **extra}, payload)
             while True:
                 reply, body = self._await_reply(worker, deadline, cancelled, began)
                 if not reply.get("more"):
