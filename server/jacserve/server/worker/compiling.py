@@ -69,6 +69,28 @@ class _Archive:
     queued: bool = False
 
 
+def _outcomes(reply: dict[str, Any], known: set[str]) -> dict[str, tuple[str, float]]:
+    """A compile worker's outcomes (key → (outcome, seconds)), trusted no further than
+    their form: only keys the queue sent, only known outcomes, seconds as a number.
+
+    >>> _outcomes({"outcomes": [{"key": "k", "outcome": "ready", "seconds": 2},
+    ...                         {"key": "x", "outcome": "ready"}, "junk"]}, {"k"})
+    {'k': ('ready', 2.0)}
+    """
+    found = {}
+    items = reply.get("outcomes")
+    for item in items if isinstance(items, list) else ():
+        if not isinstance(item, dict) or item.get("key") not in known:
+            continue
+        outcome = item.get("outcome")
+        seconds = item.get("seconds")
+        found[str(item["key"])] = (
+            outcome if outcome in ("ready", "slower", "failed") else "failed",
+            float(seconds) if isinstance(seconds, int | float) and 0 <= seconds < 1e6 else 0.0,
+        )
+    return found
+
+
 class CompileQueue:
     """Builds compiled programs in compile workers, one at a time, and promotes them.
 
@@ -174,7 +196,13 @@ class CompileQueue:
             except Exception:  # the queue must outlive any one archive's trouble
                 _LOG.exception("compiling for model %s failed", model_id)
                 started = True
-            if not started:  # no worker slot free: try again shortly
+            if started:  # recipes the run did not reach may be asked for again
+                with self._lock:
+                    archive = self._archives.get(model_id)
+                    for key, _ in recipes if archive is not None else ():
+                        if key not in archive.settled:
+                            archive.recipes.pop(key, None)
+            else:  # no worker slot free: try again shortly
                 time.sleep(_RETRY_SECONDS)
                 with self._lock:
                     archive = self._archives.get(model_id)
@@ -200,18 +228,17 @@ class CompileQueue:
             for key, (op, payload) in recipes:
                 began = time.monotonic()
                 reply = self._ask(worker, {"op": "compile", "request_op": op}, payload, until)
-                if reply is None:  # timed out or died: this recipe is never tried again
-                    self._settle(model_id, [key], "timeout", time.monotonic() - began)
+                if reply is None:  # timed out, died or spoke nonsense: never tried again
+                    ended = "timeout" if time.monotonic() >= until else "failed"
+                    self._settle(model_id, [key], ended, time.monotonic() - began)
                     self._workers.discard(worker)
-                    self._unserved(model_id, [k for k, _ in recipes], "timeout")
+                    self._unserved(model_id, [key], ended)
                     return True
-                outcomes = reply.get("outcomes", []) if reply.get("ok") else []
-                for outcome in outcomes:
-                    self._settle(
-                        model_id, [str(outcome.get("key"))], str(outcome.get("outcome")),
-                        float(outcome.get("seconds", 0.0)),
-                    )  # fmt: skip
-                if reply.get("ok") and key not in {str(o.get("key")) for o in outcomes}:
+                known = {k for k, _ in recipes}
+                outcomes = _outcomes(reply, known) if reply.get("ok") else {}
+                for built, (outcome, seconds) in outcomes.items():
+                    self._settle(model_id, [built], outcome, seconds)
+                if reply.get("ok") and key not in outcomes:
                     # the recipe's request asked for no such program there (a forged key)
                     self._settle(model_id, [key], "failed", time.monotonic() - began)
                 if not reply.get("ok"):
@@ -242,7 +269,7 @@ class CompileQueue:
                 ready, _, _ = select.select([worker.channel], [], [], min(remaining, 0.5))
                 if ready:
                     reply, _ = worker.channel.receive(max_payload_bytes=0)
-                    return reply
+                    return reply if isinstance(reply, dict) else None
         except (OSError, EOFError, ProtocolError, ValueError) as exc:
             _LOG.warning("compile worker for model %s failed: %s", worker.model_id, exc)
             return None
