@@ -22,6 +22,7 @@ programs would otherwise keep the queue (and a core, at the lowest priority) bus
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import select
@@ -40,6 +41,8 @@ __all__ = ["CompileQueue", "CompileWorkers"]
 _LOG = logging.getLogger("jacserve.server.compile")
 _MAX_RECIPES = 8  # per archive, like the programs a worker keeps
 _MAX_SETTLED = 32  # programs tried per archive: a worker asking for more is not heard
+_MAX_RUNS = 16  # compile workers per archive (a forged repeat of a ready key costs one)
+_MAX_UNSERVED = 16
 _MAX_RECIPE_BYTES = 4 << 20
 _RETRY_SECONDS = 1.0
 _MAX_KEY_CHARS = 1000
@@ -67,6 +70,7 @@ class _Archive:
     unserved: dict[str, str] = field(default_factory=dict)  # key: outcome, not promoted
     replaces: int | None = None  # the serving worker the next compile worker stands in for
     queued: bool = False
+    runs: int = 0
 
 
 def _outcomes(reply: dict[str, Any], known: set[str]) -> dict[str, tuple[str, float]]:
@@ -127,7 +131,7 @@ class CompileQueue:
             return
         with self._lock:
             archive = self._archives.setdefault(model_id, _Archive())
-            if len(archive.settled) >= _MAX_SETTLED:
+            if len(archive.settled) >= _MAX_SETTLED or archive.runs >= _MAX_RUNS:
                 return  # a compromised worker could otherwise keep the queue busy forever
             wanted = False
             for key in keys:
@@ -191,6 +195,7 @@ class CompileQueue:
                 archive.queued = False
                 recipes = list(archive.recipes.items())
                 replaces, archive.replaces = archive.replaces, None
+                archive.runs += 1
             try:
                 started = self._run(model_id, recipes, replaces)
             except Exception:  # the queue must outlive any one archive's trouble
@@ -247,7 +252,10 @@ class CompileQueue:
                         model_id, str(reply.get("message"))[:400],
                     )  # fmt: skip
                     self._settle(model_id, [key], "failed", time.monotonic() - began)
-            if self._ask(worker, {"op": "promote"}, None, until) is None:
+            promoted = self._ask(worker, {"op": "promote"}, None, until)
+            with self._lock:
+                forgotten = model_id not in self._archives  # deleted meanwhile
+            if promoted is None or not promoted.get("ok") or forgotten:
                 self._workers.discard(worker)
                 return True
         except BaseException:
@@ -278,8 +286,9 @@ class CompileQueue:
         with self._lock:
             archive = self._archives.get(model_id)
             if archive is not None:
-                for key in keys:
-                    if len(key) <= _MAX_KEY_CHARS:  # they travel in request headers
+                for key in keys:  # they travel in request headers: bounded in bytes
+                    small = len(json.dumps(key)) <= _MAX_KEY_CHARS
+                    if small and len(archive.unserved) < _MAX_UNSERVED:
                         archive.unserved.setdefault(key, outcome)
 
     def _settle(self, model_id: str, keys: list[str], outcome: str, seconds: float) -> None:

@@ -210,10 +210,12 @@ class WorkerPool(RunsOperations):
     def _retire(self, worker: RunningWorker, reason: str | None) -> int | None:
         """Stop a worker for good (outside the lock); ``reason`` counts it as a restart."""
         with self._lock:
-            self._live.pop(worker.serial, None)
+            owned = self._live.pop(worker.serial, None) is not None
+            self._replaced.discard(worker.serial)
         code = worker.stop()
         with self._lock:
-            self._free_slots.append(worker.slot)
+            if owned:  # retired twice (a replaced worker that died busy): one slot back
+                self._free_slots.append(worker.slot)
             self._wake(None)
         if reason is not None and not self._closed.is_set():
             self._on_event("restart", reason)

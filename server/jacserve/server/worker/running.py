@@ -130,8 +130,9 @@ class RunsOperations:
                     worker.channel.send({"op": "next"})  # the arena is free for the next part
             done = True
             self._overruns.finished(model_id)
-            if reply.get("compile"):
-                keys = [str(k) for k in reply["compile"]][:8]
+            wanted = reply.get("compile")
+            if wanted and isinstance(wanted, list) and self._settings.compile == "on":
+                keys = [str(k) for k in wanted][:8]
                 self._compile_queue.requested(
                     model_id, keys, str(header.get("op")), payload, worker.serial
                 )

@@ -108,7 +108,8 @@ def _child(
             own,
             slot=int(request["slot"]),
             own_uid=bool(request["own_uid"]),
-            role="compile" if request.get("role") == "compile" else "serve",
+            # only a compiling server has compile workers (the only role with fork/exec)
+            role="compile" if request.get("role") == "compile" and own.compile == "on" else "serve",
         )
         code = 0
     except BaseException:
