@@ -30,6 +30,7 @@ import time
 import warnings
 
 import torch
+from models import Mlp  # bench/ is on sys.path as a script (as bench/suite.py's)
 
 from jacserve.client import Client
 from jacserve.server.app import serve
@@ -47,19 +48,6 @@ def _sir() -> type[torch.nn.Module]:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.SIR
-
-
-class Mlp(torch.nn.Module):
-    """n → 64 (tanh) → m, float32 (as bench/suite.py's)."""
-
-    def __init__(self, n: int, m: int) -> None:
-        super().__init__()
-        torch.manual_seed(n * 7919 + m)
-        self.hidden = torch.nn.Linear(n, 64)
-        self.out = torch.nn.Linear(64, m)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.tanh(self.hidden(x)))
 
 
 class Fresh(torch.nn.Module):

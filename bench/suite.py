@@ -46,6 +46,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # share the GPU with torch
+from models import Mlp  # noqa: E402 - bench/ is on sys.path as a script
+
 try:
     import jax
     import jax.numpy as jnp
@@ -92,19 +94,6 @@ def timed_rounds(
 
 
 # -- the functions -----------------------------------------------------------------------
-
-
-class Mlp(torch.nn.Module):
-    """n → 64 (tanh) → m."""
-
-    def __init__(self, n: int, m: int) -> None:
-        super().__init__()
-        torch.manual_seed(n * 7919 + m)
-        self.hidden = torch.nn.Linear(n, 64)
-        self.out = torch.nn.Linear(64, m)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.tanh(self.hidden(x)))
 
 
 class Simulator(torch.nn.Module):
