@@ -40,10 +40,11 @@ def rewrite(
             if not matches:
                 target.writestr(entry, source.read(entry))
             elif change[matches[0]] is not None:
-                target.writestr(entry.filename, change[matches[0]])
+                same_entry = zipfile.ZipInfo(entry.filename, date_time=entry.date_time)
+                target.writestr(same_entry, change[matches[0]])  # the same bytes each call
         root = source.namelist()[0].split("/", 1)[0]
         for name, content in (add or {}).items():
-            target.writestr(f"{root}/{name}", content)
+            target.writestr(zipfile.ZipInfo(f"{root}/{name}"), content)
     return out.getvalue()
 
 

@@ -24,8 +24,8 @@ def test_a_long_request_alone_uses_every_core_and_concurrent_ones_share():
     with running_server(workers=2) as server:
         settings = server.pool.settings
         cores, base = settings.max_threads, settings.torch_threads
-        model = MLP(600, 600, 600, F64)  # a 600 × 600 Jacobian: tens of milliseconds
-        x = torch.randn(600, dtype=F64)
+        model = MLP(800, 800, 800, F64)  # an 800 × 800 Jacobian: ~70 ms on one thread here
+        x = torch.randn(800, dtype=F64)
         want = torch.func.jacrev(model)(x)
         with Client(server.target, timeout=300) as client:
             model_id = client.upload(torch.export.export(model, (x,)))

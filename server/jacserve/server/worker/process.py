@@ -180,7 +180,7 @@ def _serve(
                     reply["compile"] = wanted
             except Exception as exc:
                 reply, body = _error(exc), None
-        policy.record(kind, seconds=time.perf_counter() - started)
+        policy.record(kind, seconds=time.perf_counter() - started, threads=threads)
         channel.send(reply, body)
 
 
