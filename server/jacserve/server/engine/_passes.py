@@ -190,13 +190,16 @@ def run_passes(
         if part is None:
             singles = [single(*(r[k] for r in rows)) for k in range(stop - start)]
             part = tuple(torch.stack(pieces) for pieces in zip(*singles, strict=True))
-        if results is None:
-            results = [
-                torch.empty((basis.count, *p.shape[1:]), dtype=p.dtype, device=p.device)
-                for p in part
-            ]
-        for buffer, piece in zip(results, part, strict=True):
-            buffer[start:stop] = piece
+        if start == 0 and stop == basis.count:  # one chunk: no copy into a buffer
+            results = [piece.contiguous() for piece in part]
+        else:
+            if results is None:
+                results = [
+                    torch.empty((basis.count, *p.shape[1:]), dtype=p.dtype, device=p.device)
+                    for p in part
+                ]
+            for buffer, piece in zip(results, part, strict=True):
+                buffer[start:stop] = piece
         report.chunks += 1
         start = stop
     return tuple(results or ()), report

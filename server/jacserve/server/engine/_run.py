@@ -41,6 +41,7 @@ __all__ = [
     "Run",
     "SharedExclusiveLock",
     "check_floating_outputs",
+    "count_nonfinite",
     "engine_call",
     "finish",
     "missing_forward_rule",
@@ -208,6 +209,25 @@ def check_floating_outputs(outputs: Outputs, method: str) -> None:
             )
 
 
+def count_nonfinite(tensor: torch.Tensor) -> int:
+    """NaN and infinite elements of a floating tensor (0 for others).
+
+    One pass when there are none: any NaN or infinity makes the sum NaN or infinite, so
+    a finite sum proves every element finite; only a non-finite sum (which finite values
+    can also give, by overflow) pays for counting element by element.
+
+    >>> count_nonfinite(torch.tensor([1.0, float("nan"), float("inf")])), count_nonfinite(torch.ones(3))
+    (2, 0)
+    >>> count_nonfinite(torch.full((4,), 3e38))  # the sum overflows; the values do not
+    0
+    """
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return 0
+    if bool(torch.isfinite(tensor.sum())):
+        return 0
+    return int((~torch.isfinite(tensor)).sum())
+
+
 def finish(
     run: Run,
     plan: ModePlan,
@@ -220,11 +240,7 @@ def finish(
     names: Sequence[str] = (),
 ) -> EngineResult:
     """Freeze a run into an :class:`EngineResult`, counting non-finite values."""
-    nonfinite = sum(
-        int((~finite).sum())
-        for t in (*outputs, *values)
-        if t.is_floating_point() and not bool((finite := torch.isfinite(t)).all())
-    )
+    nonfinite = sum(count_nonfinite(t) for t in (*outputs, *values))
     warnings = list(run.warnings)
     if nonfinite:
         warnings.append(
