@@ -1,8 +1,11 @@
 """The ``jacserve`` command: serve, manage models, and ask for derivatives from a shell.
 
-Exit codes: 0 success, 1 unexpected failure, 2 usage error (bad flags or input files),
-3 the server refused the request (its message is printed), 4 no server reachable (or the
-deadline passed).
+Exit codes: 0 success; 1 an unexpected failure (a bug: a traceback is printed); 2 a
+usage or file error (bad flags, a missing, unreadable or malformed input file, an output
+that cannot be written, ``--plot`` without matplotlib), reported in one line on stderr
+(files are checked before any call to the server); 3 the server refused the request (its message is
+printed); 4 no server reachable, or no answer before the deadline (``--timeout``).
+``jacserve health`` exits 0 when the server is SERVING, 3 when it answers otherwise.
 
 >>> build_parser().prog
 'jacserve'
@@ -16,17 +19,31 @@ import sys
 from collections.abc import Sequence
 
 from jacserve.cli._health import add_health_command
+from jacserve.cli._parser import (
+    EXIT_CONNECTION,
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_SERVER,
+    EXIT_USAGE,
+    Parser,
+)
 
-__all__ = ["build_parser", "main"]
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_SERVER, EXIT_CONNECTION = 0, 1, 2, 3, 4
+__all__ = [
+    "EXIT_CONNECTION",
+    "EXIT_FAILURE",
+    "EXIT_OK",
+    "EXIT_SERVER",
+    "EXIT_USAGE",
+    "build_parser",
+    "main",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every ``jacserve`` command."""
-    from jacserve.cli._commands import add_client_commands  # torch: not for health checks
+    from jacserve.cli._flags import add_client_commands  # torch: not for health checks
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="jacserve",
         description="Remote differentiation of PyTorch programs: a server and its client.",
         epilog="Run 'jacserve COMMAND --help' for a command's flags and examples.",
@@ -54,7 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return serve_main(argv)
     args = build_parser().parse_args(argv)
-    from jacserve.cli._commands import COMMANDS, run
+    from jacserve.cli._commands import COMMANDS
+    from jacserve.cli._run import run
 
     return run(COMMANDS[args.command], args, os.environ)
 

@@ -18,6 +18,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from jacserve.cli._parser import EXIT_CONNECTION, EXIT_OK, EXIT_SERVER, EXIT_USAGE, Parser
+
 __all__ = ["add_health_command", "check_health"]
 
 DEFAULT_TARGET = "127.0.0.1:50051"  # as jacserve.client's, which imports torch
@@ -50,13 +52,19 @@ def check_health(argv: Sequence[str], environ: Mapping[str, str]) -> int:
 
     >>> check_health(["health", "--target", "127.0.0.1:9", "--timeout", "0.2"], {})
     4
+    >>> check_health(["health", "--tls-ca", "/nonexistent/ca.pem"], {})
+    2
     """
-    parser = argparse.ArgumentParser(prog="jacserve")
+    parser = Parser(prog="jacserve")
     add_health_command(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(list(argv))
     target = args.target or environ.get("JACSERVE_TARGET") or DEFAULT_TARGET
     ca_file = args.tls_ca or environ.get("JACSERVE_TLS_CA")
-    ca = pathlib.Path(ca_file).read_bytes() if ca_file else None
+    try:
+        ca = pathlib.Path(ca_file).read_bytes() if ca_file else None
+    except OSError as exc:
+        sys.stderr.write(f"jacserve: --tls-ca {ca_file}: cannot read it ({exc.strerror})\n")
+        return EXIT_USAGE
     channel = (
         grpc.secure_channel(target, grpc.ssl_channel_credentials(ca))
         if ca is not None
@@ -69,7 +77,7 @@ def check_health(argv: Sequence[str], environ: Mapping[str, str]) -> int:
             )
         except grpc.RpcError as exc:
             sys.stderr.write(f"jacserve: no health answer from {target}: {exc.code().name}\n")
-            return 4
+            return EXIT_CONNECTION
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     sys.stdout.write(status + "\n")
-    return 0 if status == "SERVING" else 3
+    return EXIT_OK if status == "SERVING" else EXIT_SERVER

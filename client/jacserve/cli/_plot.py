@@ -1,27 +1,53 @@
 """Pictures of results: a signed Jacobian heatmap and a ranked bar chart of gradients.
 
-matplotlib is an optional extra (``pip install 'jacserve[plot]'``); it is imported on use.
+matplotlib is an optional extra (``pip install 'jacserve[plot]'``); it is imported on use,
+and ``check_plot`` tells a command before it calls the server whether it can draw.
 """
 
 from __future__ import annotations
 
 import pathlib
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
-__all__ = ["plot_gradients", "plot_jacobian"]
+from jacserve.cli._io import InputError, check_output
+
+__all__ = ["check_plot", "plot_gradients", "plot_jacobian", "plot_spectrum"]
+
+MISSING = "--plot needs matplotlib: pip install 'jacserve[plot]' (or pip install matplotlib)"
 
 
-def _pyplot():
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend, or ``InputError`` when it is missing."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ImportError("--plot needs matplotlib: pip install 'jacserve[plot]'") from None
+        raise InputError(MISSING) from None
     return plt
+
+
+def check_plot(path: str | pathlib.Path) -> pathlib.Path:
+    """``path`` if a picture can be drawn there: matplotlib importable, a format it
+    writes (by suffix), an existing folder; else ``InputError``.
+
+    >>> check_plot("heatmap.png").name
+    'heatmap.png'
+    >>> try:
+    ...     check_plot("heatmap.docx")
+    ... except InputError as exc:
+    ...     print(exc)  # doctest: +ELLIPSIS
+    --plot heatmap.docx: expected a .png, .avif, ... or .webp file; got .docx
+    """
+    _pyplot()
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = sorted(FigureCanvasBase.get_supported_filetypes(), key=lambda f: (f != "png", f))
+    return check_output(path, tuple(f".{f}" for f in formats), "--plot")
 
 
 def _ticks(axis_set, names: Sequence[str] | None, count: int, rotate: bool = False) -> None:
