@@ -129,8 +129,13 @@ def as_tensor(value: Any, *, name: str = "tensor") -> torch.Tensor:
     return tensor.cpu()
 
 
-def encode_tensor(value: Any, *, name: str = "tensor") -> pb.Tensor:
+def encode_tensor(value: Any, *, name: str = "tensor", into: pb.Tensor | None = None) -> pb.Tensor:
     """Encode a tensor (or NumPy array) as a ``jacserve.v1.Tensor`` message.
+
+    ``into``: an empty message to fill (one in a response under construction) instead of a
+    new one. Filling in place matters for large tensors: putting a finished message into
+    another copies it again (15 ms for 16 MB with protobuf's upb backend, against 2 ms to
+    fill it in place).
 
     >>> encode_tensor(torch.tensor([1.0, 2.0], dtype=torch.float64)).data.hex()
     '000000000000f03f0000000000000040'
@@ -141,16 +146,30 @@ def encode_tensor(value: Any, *, name: str = "tensor") -> pb.Tensor:
         array = tensor.view(torch.int16).numpy()  # NumPy has no bfloat16; the bits are the same
     else:
         array = tensor.numpy()
-    return pb.Tensor(dtype=wire_dtype, shape=list(tensor.shape), data=array.tobytes())
+    message = pb.Tensor() if into is None else into
+    message.dtype = wire_dtype
+    message.shape.extend(tensor.shape)
+    message.data = array.tobytes()
+    return message
 
 
-def encode_tensors(values: Sequence[Any], *, name: str = "tensors") -> list[pb.Tensor]:
-    """Encode each value with :func:`encode_tensor`, naming them ``name[i]`` in errors.
+def encode_tensors(
+    values: Sequence[Any], *, name: str = "tensors", into: Any = None
+) -> list[pb.Tensor]:
+    """Encode each value with :func:`encode_tensor`, naming them ``name[i]`` in errors;
+    ``into``: a repeated ``Tensor`` field to add them to (no copy; see ``encode_tensor``).
 
     >>> [list(t.shape) for t in encode_tensors([torch.zeros(2), torch.zeros(())])]
     [[2], []]
+    >>> request = pb.JacobianRequest()
+    >>> _ = encode_tensors([torch.zeros(3)], into=request.inputs)
+    >>> list(request.inputs[0].shape)
+    [3]
     """
-    return [encode_tensor(v, name=f"{name}[{i}]") for i, v in enumerate(values)]
+    return [
+        encode_tensor(v, name=f"{name}[{i}]", into=None if into is None else into.add())
+        for i, v in enumerate(values)
+    ]
 
 
 def decode_tensor(

@@ -21,7 +21,7 @@ R = TypeVar("R")
 
 def _with_inputs(request: R, call: CallInputs) -> R:
     """``request`` with the inputs, ``wrt`` and ``input_tree`` of ``call``."""
-    request.inputs.extend(encode_tensors(call.leaves, name="inputs"))  # type: ignore[attr-defined]
+    encode_tensors(call.leaves, name="inputs", into=request.inputs)  # type: ignore[attr-defined]
     request.wrt.extend(call.wire_wrt)  # type: ignore[attr-defined]
     if call.wire_tree is not None:
         request.input_tree.CopyFrom(call.wire_tree)  # type: ignore[attr-defined]

@@ -103,7 +103,7 @@ def structured_outputs(response: Any, tensors: Sequence[torch.Tensor]) -> Any:
 
 
 def _with_inputs(request: Any, call: CallInputs, field: str = "inputs") -> None:
-    getattr(request, field).extend(encode_tensors(call.leaves, name=field))
+    encode_tensors(call.leaves, name=field, into=getattr(request, field))
     request.wrt.extend(call.wire_wrt)
     if call.wire_tree is not None:
         request.input_tree.CopyFrom(call.wire_tree)
@@ -127,10 +127,11 @@ def prepare_jvp(
     """A ``Jvp`` call (arguments as :meth:`jacserve.client.Client.jvp`)."""
     call = call_inputs(primals, wrt)
     request = pb.JvpRequest(
-        tangents=encode_tensors(call.flatten_like(tangents, "tangents"), name="tangents"),
         batched=batched,
         options=pb.ComputeOptions(device=device, verify_directions=verify_directions(verify)),
     )
+    tangent_leaves = call.flatten_like(tangents, "tangents")
+    encode_tensors(tangent_leaves, name="tangents", into=request.tangents)
     _with_inputs(request, call, "primals")
 
     def parse(response: pb.JvpResponse) -> JvpResult:
@@ -151,10 +152,10 @@ def prepare_vjp(
     call = call_inputs(primals, wrt)
     leaves, tree = cotangent_leaves(cotangents)
     request = pb.VjpRequest(
-        cotangents=encode_tensors(leaves, name="cotangents"),
         batched=batched,
         options=pb.ComputeOptions(device=device, verify_directions=verify_directions(verify)),
     )
+    encode_tensors(leaves, name="cotangents", into=request.cotangents)
     _with_inputs(request, call, "primals")
     if tree is not None:
         request.cotangent_tree.CopyFrom(tree)
@@ -348,11 +349,11 @@ def prepare_gradients(
     call = call_inputs(inputs)
     leaves, tree = ([], None) if cotangent is None else cotangent_leaves(cotangent)
     request = pb.ParameterGradientsRequest(
-        inputs=encode_tensors(call.leaves, name="inputs"),
-        cotangents=encode_tensors(leaves, name="cotangents"),
         parameters=list(parameters or ()),
         options=pb.ComputeOptions(device=device, verify_directions=verify_directions(verify)),
     )
+    encode_tensors(call.leaves, name="inputs", into=request.inputs)
+    encode_tensors(leaves, name="cotangents", into=request.cotangents)
     if call.wire_tree is not None:
         request.input_tree.CopyFrom(call.wire_tree)
     if tree is not None:
@@ -395,11 +396,11 @@ def prepare_hvp(
     """An ``Hvp`` call (arguments as :meth:`jacserve.client.Client.hvp`)."""
     call = call_inputs(inputs, wrt)
     request = pb.HvpRequest(
-        vectors=encode_tensors(call.flatten_like(vectors, "vectors"), name="vectors"),
         batched=batched,
         gauss_newton=gauss_newton,
         options=pb.ComputeOptions(device=device),
     )
+    encode_tensors(call.flatten_like(vectors, "vectors"), name="vectors", into=request.vectors)
     _with_inputs(request, call)
 
     def parse(response: pb.HvpResponse) -> HvpResult:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from jacserve.codec import encode_tensors
+from jacserve.codec import encode_tensor
 from jacserve.server.engine._function import resolve_wrt
 from jacserve.server.engine.sensitivity import summarize
 from jacserve.server.engine.sparse import sparse_jacobian
@@ -27,15 +27,18 @@ _MODES = {
 
 
 def _tensor(t: torch.Tensor) -> pb.Tensor:
-    return encode_tensors([t.contiguous()])[0]
+    return encode_tensor(t.contiguous())
 
 
 class AnalysisHandlers:
     """Mixed into ``DerivativeHandlers``: uses its ``_prepare``, ``_encode``,
-    ``_wire_metrics``, ``_compute_jacobian`` and ``_settings``."""
+    ``_check_size``, ``_with_metrics``, ``_wire_metrics``, ``_compute_jacobian`` and
+    ``_settings``."""
 
     _prepare: Any
     _encode: Any
+    _check_size: Any
+    _with_metrics: Any
     _wire_metrics: Any
     _compute_jacobian: Any
     _settings: Any
@@ -61,9 +64,7 @@ class AnalysisHandlers:
                 f"{summary.undefined_outputs} output(s) are 0 at this point: their "
                 "elasticities are undefined (NaN) and left out of the input scores"
             )
-        outputs = self._encode(phases, result.outputs)[0]
-        return pb.SensitivityResponse(
-            outputs=outputs,
+        response = pb.SensitivityResponse(
             **structure.output_fields(fn, len(result.outputs), result.tuple_output),
             elasticities=_tensor(summary.elasticities),
             input_norms=_tensor(summary.input_norms),
@@ -76,6 +77,7 @@ class AnalysisHandlers:
             ],
             metrics=metrics,
         )
+        return self._encode(phases, response, outputs=result.outputs)
 
     def _TopSingular(self, request: pb.TopSingularRequest, deadline: float) -> Any:
 
@@ -97,9 +99,7 @@ class AnalysisHandlers:
             memory_meter=self._settings.memory_meter,
             method=structure.label(fn, method),
         )
-        outputs = self._encode(phases, result.outputs)[0]
-        return pb.TopSingularResponse(
-            outputs=outputs,
+        response = pb.TopSingularResponse(
             **structure.output_fields(fn, len(result.outputs), result.tuple_output),
             values=_tensor(triplets.values),
             input_directions=_tensor(triplets.input_directions),
@@ -107,8 +107,9 @@ class AnalysisHandlers:
             residuals=_tensor(triplets.residuals),
             steps=triplets.steps,
             converged=triplets.converged,
-            metrics=self._wire_metrics(result, phases, model),
         )
+        self._encode(phases, response, outputs=result.outputs)
+        return self._with_metrics(response, result, phases, model)
 
     def _SparseJacobian(self, request: pb.SparseJacobianRequest, deadline: float) -> Any:
 
@@ -148,16 +149,17 @@ class AnalysisHandlers:
                 f"pattern: declared {request.pattern.rows} x {request.pattern.cols}, but the "
                 f"Jacobian is {sparse.shape[0]} x {sparse.shape[1]} (outputs by inputs)"
             )
-        outputs, (values,) = self._encode(phases, result.outputs, [sparse.values])
-        return pb.SparseJacobianResponse(
-            outputs=outputs,
+        response = pb.SparseJacobianResponse(
             **structure.output_fields(fn, len(result.outputs), result.tuple_output),
             rows=sparse.shape[0],
             cols=sparse.shape[1],
             row_indices=_tensor(sparse.rows),
             col_indices=_tensor(sparse.cols),
-            values=values,
             colors=sparse.colors,
             detected=sparse.detected,
-            metrics=self._wire_metrics(result, phases, model),
         )
+        self._check_size(result.outputs, [sparse.values])
+        self._encode(phases, response, outputs=result.outputs)
+        with phases.phase("encode"):
+            encode_tensor(sparse.values.contiguous(), name="values", into=response.values)
+        return self._with_metrics(response, result, phases, model)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
-from jacserve.codec import decode_tensors, dtype_to_wire, encode_tensors
+from jacserve.codec import decode_tensors, dtype_to_wire, encode_tensor, encode_tensors
 from jacserve.server import engine
 from jacserve.server.engine.compiled import CompiledPrograms
 from jacserve.server.errors import InvalidArgument, ResourceExhausted
@@ -25,6 +25,7 @@ from jacserve.server.worker.analysis import AnalysisHandlers
 from jacserve.server.worker.phases import Phases, check_deadline
 from jacserve.v1 import jacobian_service_pb2 as pb
 
+_Message = TypeVar("_Message")
 __all__ = ["STREAM_BLOCK_BYTES", "DerivativeHandlers", "HandlerSettings", "model_info_to_wire"]
 
 STREAM_BLOCK_BYTES = 4 << 20
@@ -167,7 +168,7 @@ class DerivativeHandlers(AnalysisHandlers):
         fn, method = model.method(ref.method or "forward")
         return model, fn, method, tensors
 
-    def _encode(self, phases: Phases, *groups: Sequence[torch.Tensor]) -> list[list[pb.Tensor]]:
+    def _check_size(self, *groups: Sequence[torch.Tensor]) -> None:
         size = sum(t.numel() * t.element_size() for group in groups for t in group)
         limit = self._settings.max_message_bytes
         if size > limit:
@@ -176,8 +177,24 @@ class DerivativeHandlers(AnalysisHandlers):
                 f"{limit} (--max-message-bytes); differentiate fewer inputs "
                 "(wrt) or raise the limit on both server and client"
             )
-        with phases.phase("encode"):
-            return [encode_tensors(group) for group in groups]  # the codec moves them to CPU
+
+    def _encode(
+        self, phases: Phases, response: _Message, **fields: Sequence[torch.Tensor]
+    ) -> _Message:
+        """Fill ``response``'s repeated Tensor ``fields`` in place (no copy of a finished
+        message: see ``jacserve.codec.encode_tensor``) once they fit in a message."""
+        self._check_size(*fields.values())
+        with phases.phase("encode"):  # the codec moves them to CPU
+            for field, tensors in fields.items():
+                encode_tensors(tensors, name=field, into=getattr(response, field))
+        return response
+
+    def _with_metrics(
+        self, response: _Message, result: engine.EngineResult, phases: Phases, model: LoadedModel
+    ) -> _Message:
+        """``response`` with its metrics (measured last, so that the total covers encoding)."""
+        response.metrics.CopyFrom(self._wire_metrics(result, phases, model))  # type: ignore[attr-defined]
+        return response
 
     @staticmethod
     def _wire_metrics(
@@ -247,14 +264,11 @@ class DerivativeHandlers(AnalysisHandlers):
                       t[vectors], result.values, count, request.batched,
                       wrap=structure.verification_wrap(fn))
             )  # fmt: skip
-        outputs, values = self._encode(phases, result.outputs, result.values)
-        response = pb.JvpResponse if kind == "jvp" else pb.VjpResponse
-        return response(
-            outputs=outputs,
-            **structure.output_fields(fn, len(result.outputs), result.tuple_output),
-            metrics=self._wire_metrics(result, phases, model),
-            **{kind: values},
+        response = (pb.JvpResponse if kind == "jvp" else pb.VjpResponse)(
+            **structure.output_fields(fn, len(result.outputs), result.tuple_output)
         )
+        self._encode(phases, response, outputs=result.outputs, **{kind: result.values})
+        return self._with_metrics(response, result, phases, model)
 
     def _Jvp(self, request: pb.JvpRequest, deadline: float) -> pb.JvpResponse:
         return self._product(request, deadline, kind="jvp")
@@ -315,13 +329,11 @@ class DerivativeHandlers(AnalysisHandlers):
 
     def _Jacobian(self, request: pb.JacobianRequest, deadline: float) -> pb.JacobianResponse:
         model, result, phases, _, fn = self._compute_jacobian(request, deadline)
-        outputs, values = self._encode(phases, result.outputs, result.values)
-        return pb.JacobianResponse(
-            outputs=outputs,
-            **structure.output_fields(fn, len(result.outputs), result.tuple_output),
-            jacobian=values,
-            metrics=self._wire_metrics(result, phases, model),
+        response = pb.JacobianResponse(
+            **structure.output_fields(fn, len(result.outputs), result.tuple_output)
         )
+        self._encode(phases, response, outputs=result.outputs, jacobian=result.values)
+        return self._with_metrics(response, result, phases, model)
 
     def stream_jacobian(
         self, request: pb.StreamJacobianRequest, deadline: float
@@ -338,17 +350,13 @@ class DerivativeHandlers(AnalysisHandlers):
         output_fields = structure.output_fields(fn, len(result.outputs), result.tuple_output)
         size = sum(v.numel() * v.element_size() for v in (*result.outputs, *result.values))
         if size <= block_bytes:  # one message: no header, slices and metrics to exchange
-            outputs, values = self._encode(phases, result.outputs, result.values)
-            yield pb.StreamJacobianResponse(
-                complete=pb.JacobianResponse(
-                    outputs=outputs,
-                    **output_fields,
-                    jacobian=values,
-                    metrics=self._wire_metrics(result, phases, model),
-                )
-            )
+            whole = pb.StreamJacobianResponse()
+            whole.complete.CopyFrom(pb.JacobianResponse(**output_fields))
+            self._encode(phases, whole.complete, outputs=result.outputs, jacobian=result.values)
+            self._with_metrics(whole.complete, result, phases, model)
+            yield whole
             return
-        outputs = self._encode(phases, result.outputs)[0]
+        outputs = self._encode(phases, pb.JacobianResponse(), outputs=result.outputs).outputs
         with phases.phase("encode"):
             blocks = [v.detach().to("cpu").contiguous().reshape(-1) for v in result.values]
         plan = []
@@ -398,13 +406,11 @@ class DerivativeHandlers(AnalysisHandlers):
             memory_meter=self._settings.memory_meter,
             method=structure.label(fn, method),
         )
-        outputs, values = self._encode(phases, result.outputs, result.values)
-        return pb.HvpResponse(
-            outputs=outputs,
-            **structure.output_fields(fn, len(result.outputs), result.tuple_output),
-            hvp=values,
-            metrics=self._wire_metrics(result, phases, model),
+        response = pb.HvpResponse(
+            **structure.output_fields(fn, len(result.outputs), result.tuple_output)
         )
+        self._encode(phases, response, outputs=result.outputs, hvp=result.values)
+        return self._with_metrics(response, result, phases, model)
 
     def _Hessian(self, request: pb.HessianRequest, deadline: float) -> pb.HessianResponse:
         phases = Phases()
@@ -428,13 +434,11 @@ class DerivativeHandlers(AnalysisHandlers):
             memory_meter=self._settings.memory_meter,
             method=structure.label(fn, method),
         )
-        outputs, values = self._encode(phases, result.outputs, result.values)
-        return pb.HessianResponse(
-            outputs=outputs,
-            **structure.output_fields(fn, len(result.outputs), result.tuple_output),
-            hessian=values,
-            metrics=self._wire_metrics(result, phases, model),
+        response = pb.HessianResponse(
+            **structure.output_fields(fn, len(result.outputs), result.tuple_output)
         )
+        self._encode(phases, response, outputs=result.outputs, hessian=result.values)
+        return self._with_metrics(response, result, phases, model)
 
     def _ParameterGradients(
         self, request: pb.ParameterGradientsRequest, deadline: float
@@ -471,12 +475,12 @@ class DerivativeHandlers(AnalysisHandlers):
                                         result.values, t["cotangents"], count,
                                         wrap=structure.verification_wrap(fn))
             )  # fmt: skip
-        outputs, values = self._encode(phases, result.outputs, result.values)
-        return pb.ParameterGradientsResponse(
-            outputs=outputs,
-            **structure.output_fields(fn, len(result.outputs), result.tuple_output),
-            gradients=[
-                pb.NamedTensor(name=n, tensor=t) for n, t in zip(result.names, values, strict=True)
-            ],
-            metrics=self._wire_metrics(result, phases, model),
+        response = pb.ParameterGradientsResponse(
+            **structure.output_fields(fn, len(result.outputs), result.tuple_output)
         )
+        self._check_size(result.outputs, result.values)
+        self._encode(phases, response, outputs=result.outputs)
+        with phases.phase("encode"):
+            for name, value in zip(result.names, result.values, strict=True):
+                encode_tensor(value, name=name, into=response.gradients.add(name=name).tensor)
+        return self._with_metrics(response, result, phases, model)
