@@ -42,6 +42,7 @@ bench:
 	$(PYTHON) bench/analysis.py
 	$(PYTHON) bench/compilation.py
 	$(PYTHON) bench/upload.py
+	$(PYTHON) bench/request_path.py
 
 ci:
 	CI=true bash .ci/run

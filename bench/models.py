@@ -8,13 +8,13 @@ __all__ = ["Mlp"]
 
 
 class Mlp(torch.nn.Module):
-    """n → 64 (tanh) → m."""
+    """n → ``hidden`` (tanh) → m."""
 
-    def __init__(self, n: int, m: int) -> None:
+    def __init__(self, n: int, m: int, hidden: int = 64) -> None:
         super().__init__()
         torch.manual_seed(n * 7919 + m)
-        self.hidden = torch.nn.Linear(n, 64)
-        self.out = torch.nn.Linear(64, m)
+        self.hidden = torch.nn.Linear(n, hidden)
+        self.out = torch.nn.Linear(hidden, m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(torch.tanh(self.hidden(x)))
