@@ -24,7 +24,6 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from jacserve.server.allocator import return_large_blocks
 from jacserve.server.auth import TokenAuthInterceptor, load_tokens, server_credentials
@@ -37,6 +36,7 @@ from jacserve.server.config import (
 )
 from jacserve.server.logs import configure_logging
 from jacserve.server.metrics import ServiceMetrics
+from jacserve.server.reflection import enable_reflection
 from jacserve.server.registry.store import ArchiveStore
 from jacserve.server.resources import available_cpus, available_memory_bytes
 from jacserve.server.service import SERVICE_NAME, FrontendSettings, JacobianServicer
@@ -195,9 +195,7 @@ def serve(config: ServerConfig, environ: dict[str, str] | None = None) -> Runnin
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
     address = (
         f"[{config.host}]:{config.port}" if ":" in config.host else f"{config.host}:{config.port}"
     )
