@@ -3,6 +3,10 @@
 Usage:
     python scripts/gen_proto.py           # rewrite client/jacserve/v1/
     python scripts/gen_proto.py --check   # exit 1 if the committed code is stale
+
+The ``.proto`` itself is copied beside the generated code, so that the wheel and the
+image ship the contract: ``importlib.resources.files("jacserve.v1") /
+"jacobian_service.proto"``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ GENERATED = (
     "jacobian_service_pb2.py",
     "jacobian_service_pb2.pyi",
     "jacobian_service_pb2_grpc.py",
+    "jacobian_service.proto",
 )
 
 
@@ -41,6 +46,10 @@ def generate(output_root: pathlib.Path) -> None:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
+    for proto in protos:
+        shipped = output_root / proto
+        shipped.parent.mkdir(parents=True, exist_ok=True)
+        shipped.write_bytes((PROTO_ROOT / proto).read_bytes())
 
 
 def check() -> int:
