@@ -1,7 +1,7 @@
 # Convenience targets; each installs the pinned CPU build of torch first.
 PYTHON ?= python3
 
-.PHONY: install dev serve test lint docs proto proto-check bench ci
+.PHONY: install dev serve test lint docs docs-check proto proto-check bench ci
 
 install:
 	$(PYTHON) -m pip install torch==2.13.0
@@ -25,6 +25,9 @@ lint:
 
 docs:
 	mkdocs build --strict   # site/; mkdocs serve for a live preview
+
+docs-check:  # the built site: doctests as highlighted code, no literal roles, nothing remote
+	$(PYTHON) -m pytest -q tests/test_docs_site.py
 
 proto:
 	buf lint
