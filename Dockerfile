@@ -1,6 +1,8 @@
 # jacserve: the gRPC server that differentiates PyTorch programs.
 #
 #   docker build -t jacserve .                       # CPU torch (default)
+#   podman build --format docker -t jacserve .       # podman/buildah: the Docker format
+#                                                    # keeps HEALTHCHECK (OCI drops it)
 #   docker build -t jacserve:cuda \
 #       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .
 #   docker run -p 50051:50051 -p 9464:9464 jacserve
@@ -29,9 +31,11 @@ RUN if [ -n "$TORCH_WHEELS" ]; then \
     fi
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY deploy/constraints.txt ./
 COPY client ./client
 COPY server ./server
-RUN pip install . && python -c "import jacserve.server.app, jacserve.client"
+# Every dependency at the version deploy/constraints.txt pins (scripts/gen_constraints.py)
+RUN pip install -c constraints.txt . && python -c "import jacserve.server.app, jacserve.client"
 
 # ---- runtime: the environment, a non-root user, nothing else ------------------------
 FROM ${BASE_IMAGE}

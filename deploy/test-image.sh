@@ -52,11 +52,21 @@ if [ -n "$TORCH_WHEELS" ] && [ -d "$TORCH_WHEELS" ]; then
     build_args+=(--build-arg TORCH_WHEELS=/wheels)
 fi
 started=$(date +%s)
-podman build --isolation chroot --network host "${mounts[@]}" "${build_args[@]}" \
-    -t "$IMAGE" . 2>&1 | tee "$WORK/build.log" | grep -E '^(STEP|COMMIT)' || true
+podman build --format docker --isolation chroot --network host "${mounts[@]}" \
+    "${build_args[@]}" -t "$IMAGE" . 2>&1 | tee "$WORK/build.log" | grep -E '^(STEP|COMMIT)' || true
 podman image exists "$IMAGE" || { echo "FAIL: the build did not produce $IMAGE"; exit 1; }
 echo "built in $(( $(date +%s) - started )) s"
 podman images --format '{{.Repository}}:{{.Tag}} {{.Size}}' "$IMAGE"
+
+step "the image's health check (kept by the Docker format; OCI images drop it)"
+podman image inspect "$IMAGE" | python3 -c '
+import json, sys
+image = json.load(sys.stdin)[0]
+check = image.get("Healthcheck") or image.get("HealthCheck") or image.get("Config", {}).get("Healthcheck")
+print("health check:", json.dumps(check))
+test = (check or {}).get("Test") or []
+sys.exit(0 if "jacserve" in test and "health" in test else "FAIL: no HEALTHCHECK running jacserve health")
+'
 
 step "serve from the image's filesystem"
 ROOT=$(podman image mount "$IMAGE")
