@@ -22,13 +22,14 @@ carries exactly.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from jacserve.v1 import jacobian_service_pb2 as pb
+
+# torch is optional for the client: a leaf is a torch tensor only once torch is imported
 
 __all__ = ["MAX_DEPTH", "StructureError", "Tree", "flatten"]
 
@@ -183,12 +184,13 @@ def flatten(
     *,
     what: str = "value",
     like: Tree | None = None,
-    convert: Callable[[Any], torch.Tensor] | None = None,
-) -> tuple[list[torch.Tensor], Tree]:
+    convert: Callable[[Any], Any] | None = None,
+) -> tuple[list[Any], Tree]:
     """The tensor leaves of ``value`` (depth first) and its :class:`Tree`.
 
     Tuples (named tuples too), lists and mappings with string keys nest; anything else
-    must be a tensor (or what ``convert`` turns into one).
+    must be a torch tensor (or what ``convert`` turns into one: the client's NumPy path
+    keeps NumPy arrays as leaves).
 
     Args:
         value: the pytree.
@@ -208,7 +210,7 @@ def flatten(
     Traceback (most recent call last):
     StructureError: output 'a' is a float, not a tensor; ...
     """
-    leaves: list[torch.Tensor] = []
+    leaves: list[Any] = []
     tree = _flatten(value, what, "", like, convert, leaves, 0)
     return leaves, tree
 
@@ -222,8 +224,8 @@ def _flatten(
     what: str,
     path: str,
     like: Tree | None,
-    convert: Callable[[Any], torch.Tensor] | None,
-    leaves: list[torch.Tensor],
+    convert: Callable[[Any], Any] | None,
+    leaves: list[Any],
     depth: int,
 ) -> Tree:
     if depth > MAX_DEPTH:
@@ -269,7 +271,8 @@ def _flatten(
         raise StructureError(
             f"{_where(what, path)}: expected {like.describe()}; got a {type(value).__name__}"
         )
-    if not isinstance(value, torch.Tensor):
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(value, torch.Tensor):
         if convert is None or value is None:
             raise StructureError(
                 f"{_where(what, path)} is a {type(value).__name__}, not a tensor; return "

@@ -8,12 +8,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import torch
+import numpy as np
 
 from jacserve.client._calls import MODES, Prepared
-from jacserve.client._results import DerivativeMetrics, JacobianResult
+from jacserve.client._results import DerivativeMetrics, JacobianResult, Tensor
 from jacserve.client._structure import CallInputs, call_inputs, example_point, output_tree
-from jacserve.codec import decode_tensor, decode_tensors, encode_tensors
+from jacserve.codec import decode_tensor, decode_tensors, encode_tensors, is_torch_tensor
 from jacserve.v1 import jacobian_service_pb2 as pb
 
 R = TypeVar("R")
@@ -28,9 +28,9 @@ def _with_inputs(request: R, call: CallInputs) -> R:
     return request
 
 
-def _outputs(response: Any) -> tuple[Any, tuple[str, ...]]:
+def _outputs(response: Any, numpy: bool) -> tuple[Any, tuple[str, ...]]:
     """The structured output and its leaves' names (the M axis of flattened results)."""
-    tensors = decode_tensors(response.outputs)
+    tensors = decode_tensors(response.outputs, numpy=numpy)
     tree = output_tree(response, len(tensors))
     return tree.unflatten(list(tensors)), tuple(tree.leaf_names())
 
@@ -72,11 +72,11 @@ class SensitivityResult:
     (``input_names``), each flattened and concatenated in that order."""
 
     output: Any
-    elasticities: torch.Tensor
-    input_norms: torch.Tensor
-    input_elasticity_norms: torch.Tensor
-    output_norms: torch.Tensor
-    output_elasticity_norms: torch.Tensor
+    elasticities: Tensor
+    input_norms: Tensor
+    input_elasticity_norms: Tensor
+    output_norms: Tensor
+    output_elasticity_norms: Tensor
     top_inputs: tuple[RankedInput, ...]
     metrics: DerivativeMetrics
     input_names: tuple[str, ...] = ()
@@ -94,10 +94,10 @@ class SingularResult:
     N and M run over ``input_names`` and ``output_names`` as in :class:`SensitivityResult`."""
 
     output: Any
-    values: torch.Tensor
-    input_directions: torch.Tensor
-    output_directions: torch.Tensor
-    residuals: torch.Tensor
+    values: Tensor
+    input_directions: Tensor
+    output_directions: Tensor
+    residuals: Tensor
     steps: int
     metrics: DerivativeMetrics
     converged: bool = True
@@ -125,15 +125,19 @@ def prepare_sensitivity(
     )
 
     def parse(response: pb.SensitivityResponse) -> SensitivityResult:
-        output, output_names = _outputs(response)
+        output, output_names = _outputs(response, call.numpy)
         leaf_names = call.tree.leaf_names()
+
+        def decode(message: Any, name: str) -> Any:
+            return decode_tensor(message, name=name, numpy=call.numpy)
+
         return SensitivityResult(
             output=output,
-            elasticities=decode_tensor(response.elasticities, name="elasticities"),
-            input_norms=decode_tensor(response.input_norms, name="input_norms"),
-            input_elasticity_norms=decode_tensor(response.input_elasticity_norms, name="norms"),
-            output_norms=decode_tensor(response.output_norms, name="output_norms"),
-            output_elasticity_norms=decode_tensor(response.output_elasticity_norms, name="norms"),
+            elasticities=decode(response.elasticities, "elasticities"),
+            input_norms=decode(response.input_norms, "input_norms"),
+            input_elasticity_norms=decode(response.input_elasticity_norms, "norms"),
+            output_norms=decode(response.output_norms, "output_norms"),
+            output_elasticity_norms=decode(response.output_elasticity_norms, "norms"),
             top_inputs=tuple(
                 RankedInput(r.input, r.element, r.score, _name(leaf_names, r.input))
                 for r in response.top_inputs
@@ -167,13 +171,17 @@ def prepare_top_singular(
                 RuntimeWarning,
                 stacklevel=4,
             )
-        output, output_names = _outputs(response)
+        output, output_names = _outputs(response, call.numpy)
+
+        def decode(message: Any, name: str) -> Any:
+            return decode_tensor(message, name=name, numpy=call.numpy)
+
         return SingularResult(
             output=output,
-            values=decode_tensor(response.values, name="values"),
-            input_directions=decode_tensor(response.input_directions, name="input_directions"),
-            output_directions=decode_tensor(response.output_directions, name="output_directions"),
-            residuals=decode_tensor(response.residuals, name="residuals"),
+            values=decode(response.values, "values"),
+            input_directions=decode(response.input_directions, "input_directions"),
+            output_directions=decode(response.output_directions, "output_directions"),
+            residuals=decode(response.residuals, "residuals"),
             steps=response.steps,
             metrics=DerivativeMetrics.from_wire(response.metrics),
             converged=response.converged,
@@ -186,15 +194,23 @@ def prepare_top_singular(
 
 def sparsity_pattern(sparsity: Any) -> pb.SparsityPattern | None:
     """The wire pattern of ``sparsity``: ``"detect"``/``True`` (``None``: the server
-    probes), a dense ``[M, N]`` mask or a sparse tensor (its nonzeros), or ``(rows,
-    cols)`` index sequences.
+    probes), a dense ``[M, N]`` mask (tensor or NumPy array) or a sparse tensor (its
+    nonzeros), or ``(rows, cols)`` index sequences.
 
     >>> sparsity_pattern(torch.eye(2)).row_indices
     [0, 1]
     """
-    if sparsity is True or sparsity == "detect":
+    if sparsity is True or (isinstance(sparsity, str) and sparsity == "detect"):
         return None
-    if isinstance(sparsity, torch.Tensor):
+    if isinstance(sparsity, np.ndarray):
+        if sparsity.ndim != 2:
+            raise ValueError(f"sparsity: a mask must be [M, N]; got shape {list(sparsity.shape)}")
+        rows, cols = np.nonzero(sparsity)
+        return pb.SparsityPattern(
+            rows=sparsity.shape[0], cols=sparsity.shape[1],
+            row_indices=rows.tolist(), col_indices=cols.tolist(),
+        )  # fmt: skip
+    if is_torch_tensor(sparsity):
         if sparsity.dim() != 2:
             raise ValueError(f"sparsity: a mask must be [M, N]; got shape {list(sparsity.shape)}")
         dense = sparsity.to_dense() if sparsity.is_sparse else sparsity
@@ -204,7 +220,7 @@ def sparsity_pattern(sparsity: Any) -> pb.SparsityPattern | None:
             row_indices=rows.tolist(), col_indices=cols.tolist(),
         )  # fmt: skip
     if isinstance(sparsity, tuple | list) and len(sparsity) == 2:
-        rows, cols = (torch.as_tensor(p, dtype=torch.int64).reshape(-1) for p in sparsity)
+        rows, cols = (np.asarray(p, dtype=np.int64).reshape(-1) for p in sparsity)
         return pb.SparsityPattern(row_indices=rows.tolist(), col_indices=cols.tolist())
     raise ValueError(
         "sparsity: expected 'detect', a [M, N] mask or sparse tensor, or (rows, cols) indices"
@@ -222,32 +238,48 @@ def prepare_sparse_jacobian(
     """
     if mode not in MODES:
         raise ValueError(f"mode: expected 'auto', 'forward' or 'reverse'; got {mode!r}")
+    call = call_inputs(inputs, wrt)
     request = _with_inputs(
         pb.SparseJacobianRequest(
             mode=MODES[mode], probes=probes, options=pb.ComputeOptions(device=device)
         ),
-        call_inputs(inputs, wrt),
+        call,
     )
     pattern = sparsity_pattern(sparsity)
     if pattern is not None:
         request.pattern.CopyFrom(pattern)
 
     def parse(response: pb.SparseJacobianResponse) -> JacobianResult:
-        indices = torch.stack(
-            [
-                decode_tensor(response.row_indices, name="row_indices"),
-                decode_tensor(response.col_indices, name="col_indices"),
-            ]
-        )
-        values = decode_tensor(response.values, name="values")
-        matrix = torch.sparse_coo_tensor(
-            indices, values, (response.rows, response.cols), is_coalesced=True,
-            check_invariants=True,  # indices from the network: checked before use
-        )  # fmt: skip
+        rows = decode_tensor(response.row_indices, name="row_indices", numpy=call.numpy)
+        cols = decode_tensor(response.col_indices, name="col_indices", numpy=call.numpy)
+        values = decode_tensor(response.values, name="values", numpy=call.numpy)
+        shape = (response.rows, response.cols)
         return JacobianResult(
-            output=_outputs(response)[0],
-            jacobian=matrix,
+            output=_outputs(response, call.numpy)[0],
+            jacobian=_sparse_matrix(rows, cols, values, shape, call.numpy),
             metrics=DerivativeMetrics.from_wire(response.metrics),
         )
 
     return Prepared("SparseJacobian", request, parse, example_point(inputs, batched=False))
+
+
+def _sparse_matrix(rows: Any, cols: Any, values: Any, shape: tuple[int, int], numpy: bool) -> Any:
+    """A ``torch.sparse_coo_tensor``, or on the NumPy path a ``scipy.sparse.coo_array``."""
+    if numpy:
+        try:
+            from scipy.sparse import coo_array
+        except ImportError:
+            raise ImportError(
+                "a sparse Jacobian of NumPy inputs is a scipy.sparse.coo_array: install scipy "
+                "(or pass torch tensors to get a torch.sparse_coo_tensor)"
+            ) from None
+        for name, index, bound in (("row", rows, shape[0]), ("col", cols, shape[1])):
+            if index.size and (index.min() < 0 or index.max() >= bound):  # from the network
+                raise ValueError(f"sparse Jacobian: {name} index out of range [0, {bound})")
+        return coo_array((values, (rows, cols)), shape=shape)
+    import torch
+
+    return torch.sparse_coo_tensor(
+        torch.stack([rows, cols]), values, shape, is_coalesced=True,
+        check_invariants=True,  # indices from the network: checked before use
+    )  # fmt: skip

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-import torch
+import numpy as np
 
 from jacserve.client._results import (
     DerivativeMetrics,
@@ -38,7 +38,14 @@ from jacserve.client._structure import (
     example_point,
     output_tree,
 )
-from jacserve.codec import decode_tensor, decode_tensors, dtype_from_wire, encode_tensors
+from jacserve.codec import (
+    decode_tensor,
+    decode_tensors,
+    dtype_from_wire,
+    encode_tensors,
+    is_torch_tensor,
+    numpy_dtype_from_wire,
+)
 from jacserve.pytree import flatten
 from jacserve.v1 import jacobian_service_pb2 as pb
 
@@ -93,11 +100,11 @@ def as_sequence(value: Any) -> tuple[bool, list[Any]]:
     return False, [value]
 
 
-def structure_outputs(tensors: Sequence[torch.Tensor], as_tuple: bool) -> TensorOrTuple:
+def structure_outputs(tensors: Sequence[Any], as_tuple: bool) -> TensorOrTuple:
     return tuple(tensors) if as_tuple else tensors[0]
 
 
-def structured_outputs(response: Any, tensors: Sequence[torch.Tensor]) -> Any:
+def structured_outputs(response: Any, tensors: Sequence[Any]) -> Any:
     """A response's outputs (or values shaped like them) in the method's output structure."""
     return output_tree(response, len(tensors)).unflatten(list(tensors))
 
@@ -130,14 +137,15 @@ def prepare_jvp(
         batched=batched,
         options=pb.ComputeOptions(device=device, verify_directions=verify_directions(verify)),
     )
+    np_out = call.numpy
     tangent_leaves = call.flatten_like(tangents, "tangents")
     encode_tensors(tangent_leaves, name="tangents", into=request.tangents)
     _with_inputs(request, call, "primals")
 
     def parse(response: pb.JvpResponse) -> JvpResult:
         return JvpResult(
-            output=structured_outputs(response, decode_tensors(response.outputs)),
-            jvp=structured_outputs(response, decode_tensors(response.jvp)),
+            output=structured_outputs(response, decode_tensors(response.outputs, numpy=np_out)),
+            jvp=structured_outputs(response, decode_tensors(response.jvp, numpy=np_out)),
             metrics=DerivativeMetrics.from_wire(response.metrics),
         )
 
@@ -150,7 +158,8 @@ def prepare_vjp(
 ) -> Prepared[VjpResult]:  # fmt: skip
     """A ``Vjp`` call (arguments as :meth:`jacserve.client.Client.vjp`)."""
     call = call_inputs(primals, wrt)
-    leaves, tree = cotangent_leaves(cotangents)
+    leaves, tree = cotangent_leaves(cotangents, call.convert)
+    np_out = call.numpy
     request = pb.VjpRequest(
         batched=batched,
         options=pb.ComputeOptions(device=device, verify_directions=verify_directions(verify)),
@@ -162,8 +171,8 @@ def prepare_vjp(
 
     def parse(response: pb.VjpResponse) -> VjpResult:
         return VjpResult(
-            output=structured_outputs(response, decode_tensors(response.outputs)),
-            vjp=call.arrange(decode_tensors(response.vjp), "vjp"),
+            output=structured_outputs(response, decode_tensors(response.outputs, numpy=np_out)),
+            vjp=call.arrange(decode_tensors(response.vjp, numpy=np_out), "vjp"),
             metrics=DerivativeMetrics.from_wire(response.metrics),
         )
 
@@ -200,7 +209,7 @@ def prepare_jacobian(
     return Prepared("Jacobian", request, parse, example_point(inputs, batched), inputs=call)
 
 
-SliceCallback = Callable[[int, int, torch.Tensor], None]
+SliceCallback = Callable[[int, int, Any], None]
 """``on_slice(block, start, values)``: flat elements ``[start, start + len(values))`` of
 Jacobian block ``block`` (row-major over outputs × differentiated inputs)."""
 
@@ -222,8 +231,8 @@ class JacobianAssembler:
         self._complete: JacobianResult | None = None
         self._progress = progress
         self._on_slice = on_slice
-        self._blocks: list[torch.Tensor] = []
-        self._outputs: list[torch.Tensor] = []
+        self._blocks: list[Any] = []
+        self._outputs: list[Any] = []
         self._header: Any = None
         self._bar: Any = None
         self._metrics: DerivativeMetrics | None = None
@@ -238,21 +247,19 @@ class JacobianAssembler:
                     self._on_slice(block, 0, values)
         elif part == "header":
             header = message.header
-            self._outputs = list(decode_tensors(header.outputs))
+            self._outputs = list(decode_tensors(header.outputs, numpy=self._inputs.numpy))
             self._header = header
             if self._on_slice is None:
-                self._blocks = [
-                    torch.empty(list(b.dims), dtype=dtype_from_wire(b.dtype))
-                    for b in header.block_shapes
-                ]
+                self._blocks = [_empty(list(b.dims), b.dtype, self._inputs.numpy)
+                                for b in header.block_shapes]  # fmt: skip
             self._bar = _progress_bar(self._progress, header.slices)
         elif part == "slice":
-            values = decode_tensor(message.slice.values, name="slice")
+            values = decode_tensor(message.slice.values, name="slice", numpy=self._inputs.numpy)
             block, start = message.slice.block, message.slice.start
             if self._on_slice is not None:
                 self._on_slice(block, start, values)
             else:
-                self._blocks[block].view(-1)[start : start + values.numel()] = values
+                self._blocks[block].reshape(-1)[start : start + _numel(values)] = values
             if self._bar is not None:
                 self._bar.update(1)
         elif part == "metrics":
@@ -290,7 +297,22 @@ def result_bytes(result: JacobianResult) -> int | None:
     if result.jacobian is None:
         return None
     tensors = [*_flat_blocks(result.jacobian), *_flat_blocks(result.output)]
-    return sum(t.numel() * t.element_size() for t in tensors)
+    return sum(_numel(t) * (t.element_size() if is_torch_tensor(t) else t.itemsize)
+               for t in tensors)  # fmt: skip
+
+
+def _numel(value: Any) -> int:
+    return int(value.numel()) if is_torch_tensor(value) else int(value.size)
+
+
+def _empty(shape: list[int], wire_dtype: int, numpy: bool) -> Any:
+    """An uninitialized array or tensor of a wire dtype (NumPy's blocks are C-contiguous,
+    so ``reshape(-1)`` is a view of them, as ``view(-1)`` of a tensor)."""
+    if numpy:
+        return np.empty(shape, dtype=numpy_dtype_from_wire(wire_dtype))
+    import torch
+
+    return torch.empty(shape, dtype=dtype_from_wire(wire_dtype))
 
 
 def _progress_bar(progress: bool | None, total: int) -> Any:
@@ -303,8 +325,9 @@ def _progress_bar(progress: bool | None, total: int) -> Any:
 
 
 def _parse_jacobian(response: pb.JacobianResponse, call: CallInputs) -> JacobianResult:
-    outputs = decode_tensors(response.outputs)
-    blocks = [decode_tensor(t, name=f"jacobian[{k}]") for k, t in enumerate(response.jacobian)]
+    outputs = decode_tensors(response.outputs, numpy=call.numpy)
+    blocks = [decode_tensor(t, name=f"jacobian[{k}]", numpy=call.numpy)
+              for k, t in enumerate(response.jacobian)]  # fmt: skip
     tree = output_tree(response, len(outputs))
     return JacobianResult(
         output=tree.unflatten(list(outputs)),
@@ -313,9 +336,17 @@ def _parse_jacobian(response: pb.JacobianResponse, call: CallInputs) -> Jacobian
     )
 
 
-def _flat_blocks(jacobian: Any) -> list[torch.Tensor]:
+def _flat_blocks(jacobian: Any) -> list[Any]:
     """The blocks of a laid-out Jacobian (any nesting), row-major, each flattened."""
-    return [block.reshape(-1) for block in flatten(jacobian, what="jacobian")[0]]
+    leaves = flatten(jacobian, what="jacobian", convert=_as_is)[0]
+    return [block.reshape(-1) for block in leaves]
+
+
+def _as_is(value: Any) -> Any:
+    """A NumPy array as a leaf (anything else is not one)."""
+    if not isinstance(value, np.ndarray):
+        raise TypeError("not an array")
+    return value
 
 
 def prepare_stream_jacobian(
@@ -347,7 +378,8 @@ def prepare_gradients(
     """A ``ParameterGradients`` call (arguments as
     :meth:`jacserve.client.Client.parameter_gradients`)."""
     call = call_inputs(inputs)
-    leaves, tree = ([], None) if cotangent is None else cotangent_leaves(cotangent)
+    np_out = call.numpy
+    leaves, tree = ([], None) if cotangent is None else cotangent_leaves(cotangent, call.convert)
     request = pb.ParameterGradientsRequest(
         parameters=list(parameters or ()),
         options=pb.ComputeOptions(device=device, verify_directions=verify_directions(verify)),
@@ -361,9 +393,9 @@ def prepare_gradients(
 
     def parse(response: pb.ParameterGradientsResponse) -> GradientsResult:
         return GradientsResult(
-            output=structured_outputs(response, decode_tensors(response.outputs)),
+            output=structured_outputs(response, decode_tensors(response.outputs, numpy=np_out)),
             gradients={
-                g.name: decode_tensor(g.tensor, name=f"gradients[{g.name!r}]")
+                g.name: decode_tensor(g.tensor, name=f"gradients[{g.name!r}]", numpy=np_out)
                 for g in response.gradients
             },
             metrics=DerivativeMetrics.from_wire(response.metrics),
@@ -395,6 +427,7 @@ def prepare_hvp(
 ) -> Prepared[HvpResult]:  # fmt: skip
     """An ``Hvp`` call (arguments as :meth:`jacserve.client.Client.hvp`)."""
     call = call_inputs(inputs, wrt)
+    np_out = call.numpy
     request = pb.HvpRequest(
         batched=batched,
         gauss_newton=gauss_newton,
@@ -405,8 +438,8 @@ def prepare_hvp(
 
     def parse(response: pb.HvpResponse) -> HvpResult:
         return HvpResult(
-            output=structured_outputs(response, decode_tensors(response.outputs)),
-            hvp=call.arrange(decode_tensors(response.hvp), "hvp"),
+            output=structured_outputs(response, decode_tensors(response.outputs, numpy=np_out)),
+            hvp=call.arrange(decode_tensors(response.hvp, numpy=np_out), "hvp"),
             metrics=DerivativeMetrics.from_wire(response.metrics),
         )
 
@@ -422,8 +455,9 @@ def prepare_hessian(
     _with_inputs(request, call)
 
     def parse(response: pb.HessianResponse) -> HessianResult:
-        blocks = [decode_tensor(t, name=f"hessian[{k}]") for k, t in enumerate(response.hessian)]
-        outputs = decode_tensors(response.outputs)
+        blocks = [decode_tensor(t, name=f"hessian[{k}]", numpy=call.numpy)
+                  for k, t in enumerate(response.hessian)]  # fmt: skip
+        outputs = decode_tensors(response.outputs, numpy=call.numpy)
         tree = output_tree(response, len(outputs))
         return HessianResult(
             output=tree.unflatten(list(outputs)),

@@ -27,7 +27,8 @@ class Client(SecondOrderCalls, DerivativeCalls, ModelCalls):
         timeout: default deadline of each call in seconds; ``None`` waits indefinitely.
         max_message_bytes: largest message sent or received; match the server's
             ``--max-message-bytes``.
-        metadata: extra gRPC metadata sent with every call.
+        metadata: extra gRPC metadata sent with every call (each method's ``metadata=``
+            adds to it for that call).
         retry: when to try a failed call again (default: up to 5 tries with exponential
             backoff on UNAVAILABLE and a busy server; ``RetryPolicy.off()`` disables).
         token: bearer token for a server started with ``--auth-token-file`` or
@@ -36,6 +37,15 @@ class Client(SecondOrderCalls, DerivativeCalls, ModelCalls):
         root_certificates: PEM CA bundle that signed the server's certificate (implies TLS).
         private_key: PEM key of this client, for a server that requires mutual TLS.
         certificate_chain: PEM certificate of this client, for mutual TLS.
+        compression: a ``grpc.Compression`` for every call (each method's
+            ``compression=`` overrides it for that call).
+        channel_options: gRPC channel arguments, e.g. ``[("grpc.primary_user_agent",
+            "me/1")]``; one named like a default (message limits, keepalive) replaces it.
+
+    Arrays: pass torch tensors and get torch tensors back; pass NumPy arrays (or Python
+    numbers) in a process that has not imported torch and get NumPy arrays back, without
+    torch installed (models then come as archive bytes or paths; bfloat16 results need
+    torch).
 
     Every method raises a :class:`~jacserve.client.errors.JacserveError` subclass on
     failure. Use as a context manager, or call :meth:`close`.

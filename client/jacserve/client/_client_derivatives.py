@@ -8,6 +8,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import grpc
+
 from jacserve.client._analysis import prepare_sparse_jacobian
 from jacserve.client._calls import (
     Prepared,
@@ -21,6 +23,7 @@ from jacserve.client._calls import (
     result_bytes,
 )
 from jacserve.client._client_transport import _UNSET, Inputs, Model, SyncTransport
+from jacserve.client._connection import CallOptions, Metadata
 from jacserve.client._results import GradientsResult, JacobianResult, JvpResult, VjpResult
 from jacserve.client._sharding import pass_window_plan
 from jacserve.v1 import jacobian_service_pb2 as pb
@@ -42,6 +45,8 @@ class DerivativeCalls(SyncTransport):
         device: str = "",
         method: str = "forward",
         timeout: float | None = _UNSET,
+        metadata: Metadata = (),
+        compression: grpc.Compression | None = None,
         verify: int | bool = 0,
     ) -> JvpResult:
         """Jacobian-vector product ``J·v`` at ``primals``.
@@ -56,6 +61,8 @@ class DerivativeCalls(SyncTransport):
             device: where to compute (``"cpu"``, ``"cuda"``); default the server's.
             method: the model method to call.
             timeout: deadline in seconds for this call (default: the client's).
+            metadata: gRPC metadata for this call, after the client's.
+            compression: a ``grpc.Compression`` for this call (default: the client's).
             verify: check the answer against float64 central finite differences along
                 the tangent (the first ``verify`` tangents when batched; ``True``: 3);
                 the relative errors are in ``metrics.verification``.
@@ -71,7 +78,7 @@ class DerivativeCalls(SyncTransport):
         prepared = prepare_jvp(
             primals, tangents, wrt=wrt, batched=batched, device=device, verify=verify
         )
-        return self._derive(model, method, prepared, timeout)
+        return self._derive(model, method, prepared, self._options(timeout, metadata, compression))
 
     def vjp(
         self,
@@ -84,6 +91,8 @@ class DerivativeCalls(SyncTransport):
         device: str = "",
         method: str = "forward",
         timeout: float | None = _UNSET,
+        metadata: Metadata = (),
+        compression: grpc.Compression | None = None,
         verify: int | bool = 0,
     ) -> VjpResult:
         """Vector-Jacobian product ``uᵀ·J`` at ``primals``.
@@ -98,6 +107,8 @@ class DerivativeCalls(SyncTransport):
             device: where to compute (``"cpu"``, ``"cuda"``); default the server's.
             method: the model method to call.
             timeout: deadline in seconds for this call.
+            metadata: gRPC metadata for this call, after the client's.
+            compression: a ``grpc.Compression`` for this call (default: the client's).
             verify: check ``uᵀJ`` against float64 central finite differences in this
                 many random directions (``True``: 3); see ``metrics.verification``.
 
@@ -112,7 +123,7 @@ class DerivativeCalls(SyncTransport):
         prepared = prepare_vjp(
             primals, cotangents, wrt=wrt, batched=batched, device=device, verify=verify
         )
-        return self._derive(model, method, prepared, timeout)
+        return self._derive(model, method, prepared, self._options(timeout, metadata, compression))
 
     def jacobian(
         self,
@@ -127,6 +138,8 @@ class DerivativeCalls(SyncTransport):
         device: str = "",
         method: str = "forward",
         timeout: float | None = _UNSET,
+        metadata: Metadata = (),
+        compression: grpc.Compression | None = None,
         stream: bool | None = None,
         progress: bool | None = None,
         on_slice: SliceCallback | None = None,
@@ -152,6 +165,8 @@ class DerivativeCalls(SyncTransport):
             device: where to compute (``"cpu"``, ``"cuda"``); default the server's.
             method: the model method to call.
             timeout: deadline in seconds for this call.
+            metadata: gRPC metadata for this call, after the client's.
+            compression: a ``grpc.Compression`` for this call (default: the client's).
             stream: receive the Jacobian as a stream of slices (``StreamJacobian``), so that
                 no message exceeds the message limit whatever its size and the client
                 holds one copy plus one slice; ``False``: one message (``Jacobian``).
@@ -194,13 +209,14 @@ class DerivativeCalls(SyncTransport):
         >>> r.jacobian.shape, r.metrics.mode, r.metrics.passes
         (torch.Size([2, 3]), 'reverse', 2)
         """
+        opts = self._options(timeout, metadata, compression)
         if sparsity is not None:
             if batched or verify or on_slice is not None:
                 raise ValueError("sparsity: not with batched, verify or on_slice")
             prepared = prepare_sparse_jacobian(
                 inputs, sparsity, wrt=wrt, mode=mode, probes=probes, device=device
             )
-            return self._derive(model, method, prepared, timeout)
+            return self._derive(model, method, prepared, opts)
         options = dict(mode=mode, wrt=wrt, batched=batched, max_memory_bytes=max_memory_bytes,
                        chunk_size=chunk_size, device=device, verify=verify)  # fmt: skip
         lanes = self._lanes(shards)
@@ -213,9 +229,9 @@ class DerivativeCalls(SyncTransport):
                 model,
                 method,
                 lambda ref: self._sharded(
-                    prepared, ref, lanes, timeout, inputs_tuple, always=shards is not None
+                    prepared, ref, lanes, opts, inputs_tuple, always=shards is not None
                 ),
-                timeout,
+                opts,
                 prepared.example,
             )
             if split is not None:
@@ -224,7 +240,7 @@ class DerivativeCalls(SyncTransport):
         if stream is None:
             stream = self._needs_stream(key)
             if stream is None:
-                info = self._call("GetServerInfo", pb.GetServerInfoRequest(), timeout)
+                info = self._call("GetServerInfo", pb.GetServerInfoRequest(), opts)
                 self._server_limit = info.max_message_bytes
                 stream = self._needs_stream(key)
         prepared = (
@@ -238,7 +254,7 @@ class DerivativeCalls(SyncTransport):
             if stream or on_slice is not None
             else prepare_jacobian(inputs, **options)
         )
-        result = self._derive(model, method, prepared, timeout)
+        result = self._derive(model, method, prepared, opts)
         self._remember(key, result_bytes(result))
         return result
 
@@ -247,7 +263,7 @@ class DerivativeCalls(SyncTransport):
         prepared: Prepared[JacobianResult],
         ref: pb.FunctionRef,
         lanes: int,
-        timeout: Any,
+        opts: CallOptions,
         inputs_tuple: Any,
         *,
         always: bool,
@@ -255,17 +271,16 @@ class DerivativeCalls(SyncTransport):
         """The Jacobian by windows over the replicas; ``None`` when the plan says it is too
         small to gain from splitting (unless ``always``)."""
         prepared.function.CopyFrom(ref)
-        timeout = self.timeout if timeout is _UNSET else timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if opts.timeout is None else time.monotonic() + opts.timeout
         plan_request = pass_window_plan(prepared.request)
-        plan = self._call("Jacobian", plan_request, timeout)
+        plan = self._call("Jacobian", plan_request, opts)
         if self._server_limit is None:
-            info = self._call("GetServerInfo", pb.GetServerInfoRequest(), timeout)
+            info = self._call("GetServerInfo", pb.GetServerInfoRequest(), opts)
             self._server_limit = info.max_message_bytes
 
         def call(replica: int, request: pb.JacobianRequest, remaining: float | None) -> Any:
             pinned = replica if len(self._stubs) > 1 else None
-            return self._call("Jacobian", request, remaining, replica=pinned)
+            return self._call("Jacobian", request, opts.with_timeout(remaining), replica=pinned)
 
         sharded = self._splitter(plan, lanes, always, call)
         return None if sharded is None else sharded.run(plan_request, plan, inputs_tuple, deadline)
@@ -280,6 +295,8 @@ class DerivativeCalls(SyncTransport):
         device: str = "",
         method: str = "forward",
         timeout: float | None = _UNSET,
+        metadata: Metadata = (),
+        compression: grpc.Compression | None = None,
         verify: int | bool = 0,
     ) -> GradientsResult:
         """Gradients of ``cotangent · output`` with respect to the model's parameters.
@@ -293,6 +310,8 @@ class DerivativeCalls(SyncTransport):
             device: where to compute (``"cpu"``, ``"cuda"``); default the server's.
             method: the model method to call.
             timeout: deadline in seconds for this call.
+            metadata: gRPC metadata for this call, after the client's.
+            compression: a ``grpc.Compression`` for this call (default: the client's).
 
         Returns:
             :class:`GradientsResult` with ``gradients``: name → tensor of the
@@ -307,4 +326,4 @@ class DerivativeCalls(SyncTransport):
         prepared = prepare_gradients(
             inputs, cotangent, parameters=parameters, device=device, verify=verify
         )
-        return self._derive(model, method, prepared, timeout)
+        return self._derive(model, method, prepared, self._options(timeout, metadata, compression))

@@ -8,9 +8,12 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
+import grpc
+
 from jacserve.client._archive import ModelSource, archive_bytes
 from jacserve.client._calls import upload_chunks
-from jacserve.client._client_transport import _UNSET, SyncTransport
+from jacserve.client._client_transport import _UNSET, Model, SyncTransport
+from jacserve.client._connection import CallOptions, Metadata
 from jacserve.client._results import ModelInfo
 from jacserve.client.errors import DeadlineExceeded, NotFound, Unavailable
 from jacserve.v1 import jacobian_service_pb2 as pb
@@ -27,6 +30,8 @@ class ModelCalls(SyncTransport):
         *,
         example_inputs: Sequence[Any] | None = None,
         timeout: float | None = _UNSET,
+        metadata: Metadata = (),
+        compression: grpc.Compression | None = None,
     ) -> str:
         """Upload a model archive (once) and return its id, the SHA-256 of its bytes.
 
@@ -38,6 +43,8 @@ class ModelCalls(SyncTransport):
             example_inputs: inputs for exporting a plain module or function. Derivative
                 calls given a module or function use their own inputs.
             timeout: deadline in seconds for this call (default: the client's).
+            metadata: gRPC metadata for this call, after the client's.
+            compression: a ``grpc.Compression`` for this call (default: the client's).
 
         Returns:
             The model id (64 lowercase hex characters). Archives the server already
@@ -54,18 +61,21 @@ class ModelCalls(SyncTransport):
         >>> len(model_id)
         64
         """
-        data = archive_bytes(model, example_inputs)
+        return self._upload(model, example_inputs, self._options(timeout, metadata, compression))
+
+    def _upload(self, model: Model, example: Sequence[Any] | None, opts: CallOptions) -> str:
+        data = archive_bytes(model, example)
         model_id = hashlib.sha256(data).hexdigest()
         with self._lock:
             if model_id in self._known_ids:
                 return model_id
         if len(self._stubs) == 1:
-            self._upload_to(None, data, model_id, timeout)
+            self._upload_to(None, data, model_id, opts)
         else:  # every replica that answers; windows on one that did not move elsewhere
             failures = []
             for replica in range(len(self._stubs)):
                 try:
-                    self._upload_to(replica, data, model_id, timeout)
+                    self._upload_to(replica, data, model_id, opts)
                 except (Unavailable, DeadlineExceeded) as exc:
                     failures.append(exc)
             if len(failures) == len(self._stubs):
@@ -75,15 +85,22 @@ class ModelCalls(SyncTransport):
         return model_id
 
     def _upload_to(
-        self, replica: int | None, data: bytes, model_id: str, timeout: float | None
+        self, replica: int | None, data: bytes, model_id: str, opts: CallOptions
     ) -> None:
         try:
-            self._call("GetModel", pb.GetModelRequest(model_id=model_id), timeout, replica=replica)
+            self._call("GetModel", pb.GetModelRequest(model_id=model_id), opts, replica=replica)
         except NotFound:
             chunks = upload_chunks(data, self._settings.upload_chunk_bytes)
-            self._call("UploadModel", chunks, timeout, replica=replica)
+            self._call("UploadModel", chunks, opts, replica=replica)
 
-    def get_model(self, model_id: str, *, timeout: float | None = _UNSET) -> ModelInfo:
+    def get_model(
+        self,
+        model_id: str,
+        *,
+        timeout: float | None = _UNSET,
+        metadata: Metadata = (),
+        compression: grpc.Compression | None = None,
+    ) -> ModelInfo:
         """Metadata of a model: format, methods and their inputs, parameters.
 
         Raises:
@@ -93,19 +110,38 @@ class ModelCalls(SyncTransport):
         >>> info.format, [(p.name, p.shape) for p in info.parameters]
         ('torchscript', [('weight', (2, 3)), ('bias', (2,))])
         """
-        response = self._call("GetModel", pb.GetModelRequest(model_id=model_id), timeout)
+        response = self._call(
+            "GetModel",
+            pb.GetModelRequest(model_id=model_id),
+            self._options(timeout, metadata, compression),
+        )
         return ModelInfo.from_wire(response.model)
 
-    def list_models(self, *, timeout: float | None = _UNSET) -> list[ModelInfo]:
+    def list_models(
+        self,
+        *,
+        timeout: float | None = _UNSET,
+        metadata: Metadata = (),
+        compression: grpc.Compression | None = None,
+    ) -> list[ModelInfo]:
         """Metadata of every model on the server.
 
         >>> model_id in [m.model_id for m in client.list_models()]
         True
         """
-        response = self._call("ListModels", pb.ListModelsRequest(), timeout)
+        response = self._call(
+            "ListModels", pb.ListModelsRequest(), self._options(timeout, metadata, compression)
+        )
         return [ModelInfo.from_wire(m) for m in response.models]
 
-    def delete_model(self, model_id: str, *, timeout: float | None = _UNSET) -> None:
+    def delete_model(
+        self,
+        model_id: str,
+        *,
+        timeout: float | None = _UNSET,
+        metadata: Metadata = (),
+        compression: grpc.Compression | None = None,
+    ) -> None:
         """Remove a model from the server.
 
         Raises:
@@ -116,6 +152,10 @@ class ModelCalls(SyncTransport):
         >>> scratch in [m.model_id for m in client.list_models()]
         False
         """
-        self._call("DeleteModel", pb.DeleteModelRequest(model_id=model_id), timeout)
+        self._call(
+            "DeleteModel",
+            pb.DeleteModelRequest(model_id=model_id),
+            self._options(timeout, metadata, compression),
+        )
         with self._lock:
             self._known_ids.discard(model_id)

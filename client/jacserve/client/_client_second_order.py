@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import grpc
+
 from jacserve.client._analysis import (
     SensitivityResult,
     SingularResult,
@@ -14,6 +16,7 @@ from jacserve.client._analysis import (
 )
 from jacserve.client._calls import prepare_hessian, prepare_hvp
 from jacserve.client._client_transport import _UNSET, Inputs, Model, SyncTransport
+from jacserve.client._connection import Metadata
 from jacserve.client._results import HessianResult, HvpResult
 
 __all__ = ["SecondOrderCalls"]
@@ -36,6 +39,8 @@ class SecondOrderCalls(SyncTransport):
         device: str = "",
         method: str = "forward",
         timeout: float | None = _UNSET,
+        metadata: Metadata = (),
+        compression: grpc.Compression | None = None,
     ) -> HvpResult:
         """Hessian-vector product ``H·v`` of a scalar function (forward-over-reverse: one
         JVP of the gradient, about three evaluations whatever the input size).
@@ -51,6 +56,8 @@ class SecondOrderCalls(SyncTransport):
             device: where to compute; default the server's.
             method: the model method to call.
             timeout: deadline in seconds for this call.
+            metadata: gRPC metadata for this call, after the client's.
+            compression: a ``grpc.Compression`` for this call (default: the client's).
 
         Raises:
             InvalidArgument: the output is not a scalar (without ``gauss_newton``), or the
@@ -63,7 +70,7 @@ class SecondOrderCalls(SyncTransport):
         prepared = prepare_hvp(
             inputs, vectors, wrt=wrt, batched=batched, gauss_newton=gauss_newton, device=device
         )
-        return self._derive(model, method, prepared, timeout)
+        return self._derive(model, method, prepared, self._options(timeout, metadata, compression))
 
     def hessian(
         self,
@@ -75,6 +82,8 @@ class SecondOrderCalls(SyncTransport):
         device: str = "",
         method: str = "forward",
         timeout: float | None = _UNSET,
+        metadata: Metadata = (),
+        compression: grpc.Compression | None = None,
     ) -> HessianResult:
         """The full Hessian of a scalar function: n Hessian-vector products over the
         basis, vectorized (``chunk_size`` caps products per call).
@@ -92,7 +101,7 @@ class SecondOrderCalls(SyncTransport):
                 [8., 2.]])
         """
         prepared = prepare_hessian(inputs, wrt=wrt, chunk_size=chunk_size, device=device)
-        return self._derive(model, method, prepared, timeout)
+        return self._derive(model, method, prepared, self._options(timeout, metadata, compression))
 
     # -- analysis -------------------------------------------------------------------------
 
@@ -107,6 +116,8 @@ class SecondOrderCalls(SyncTransport):
         device: str = "",
         method: str = "forward",
         timeout: float | None = _UNSET,
+        metadata: Metadata = (),
+        compression: grpc.Compression | None = None,
     ) -> SensitivityResult:
         """Normalized sensitivities in one call: elasticities ``(x_j / y_i)·∂y_i/∂x_j``,
         norms per input and per output element, and the ``top_k`` inputs by elasticity.
@@ -119,7 +130,7 @@ class SecondOrderCalls(SyncTransport):
         True
         """
         prepared = prepare_sensitivity(inputs, wrt=wrt, mode=mode, top_k=top_k, device=device)
-        return self._derive(model, method, prepared, timeout)
+        return self._derive(model, method, prepared, self._options(timeout, metadata, compression))
 
     def top_singular(
         self,
@@ -132,6 +143,8 @@ class SecondOrderCalls(SyncTransport):
         device: str = "",
         method: str = "forward",
         timeout: float | None = _UNSET,
+        metadata: Metadata = (),
+        compression: grpc.Compression | None = None,
     ) -> SingularResult:
         """The ``k`` largest singular values of the Jacobian and their directions, without
         forming it (Lanczos bidiagonalization: ``steps`` JVPs and VJPs, default
@@ -144,4 +157,4 @@ class SecondOrderCalls(SyncTransport):
         ([3.0, 2.0], True)
         """
         prepared = prepare_top_singular(inputs, k, wrt=wrt, steps=steps, device=device)
-        return self._derive(model, method, prepared, timeout)
+        return self._derive(model, method, prepared, self._options(timeout, metadata, compression))

@@ -18,13 +18,13 @@ import grpc
 
 from jacserve.client._archive import ModelSource
 from jacserve.client._calls import Prepared
-from jacserve.client._connection import MODEL_ID, ClientBase
+from jacserve.client._connection import MODEL_ID, UNSET, CallOptions, ClientBase
 from jacserve.client.errors import NotFound, from_rpc_error
 from jacserve.v1 import jacobian_service_pb2 as pb
 
 __all__ = ["Inputs", "Model", "SyncTransport"]
 
-_UNSET: Any = object()
+_UNSET: Any = UNSET
 _T = TypeVar("_T")
 
 Model = ModelSource  # an id (64 hex characters) or anything upload() takes
@@ -32,19 +32,23 @@ Inputs = Any  # a tensor / ndarray, or a tuple or list of them (one per model in
 
 
 class SyncTransport(ClientBase):
-    """:class:`ClientBase` with blocking calls (``grpc``); ``upload`` comes from
+    """:class:`ClientBase` with blocking calls (``grpc``); ``_upload`` comes from
     ``_client_models.ModelCalls``."""
+
+    def _upload(self, model: Model, example: Sequence[Any] | None, opts: CallOptions) -> str:
+        raise NotImplementedError  # ModelCalls
 
     def _call(
         self,
         rpc: str,
         request: Any,
-        timeout: float | None,
+        opts: CallOptions,
         *,
         streaming: bool = False,
         replica: int | None = None,
     ) -> Any:
-        """Call ``rpc`` with retries (see :class:`RetryPolicy`) inside one deadline.
+        """Call ``rpc`` with retries (see :class:`RetryPolicy`) inside the deadline of
+        ``opts``, with its metadata and compression.
 
         ``request`` is a message, or a factory of a request stream (made anew per try).
         A ``streaming`` response is returned as an iterator whose first message has
@@ -52,8 +56,7 @@ class SyncTransport(ClientBase):
         targets, calls take turns and a retry goes to the next replica at once (a wait
         only after every replica failed); a ``replica`` given pins one try to it.
         """
-        timeout = self.timeout if timeout is _UNSET else timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if opts.timeout is None else time.monotonic() + opts.timeout
         index = self._take_turn() if replica is None else replica
         attempt = 0
         while True:
@@ -62,7 +65,8 @@ class SyncTransport(ClientBase):
                 response = getattr(self._stubs[index], rpc)(
                     request() if callable(request) else request,
                     timeout=remaining,
-                    metadata=self._settings.metadata,
+                    metadata=opts.metadata,
+                    compression=opts.compression,
                 )
                 if not streaming:
                     return response
@@ -82,14 +86,12 @@ class SyncTransport(ClientBase):
         model: Model,
         method: str,
         call: Callable[[pb.FunctionRef], _T],
-        timeout: float | None,
+        opts: CallOptions,
         example: Sequence[Any] = (),
     ) -> _T:
         """Run ``call`` on a FunctionRef; re-upload once if the server lost an uploaded model."""
         is_id = isinstance(model, str) and MODEL_ID.fullmatch(model) is not None
-        model_id = (
-            model if is_id else self.upload(model, example_inputs=example or None, timeout=timeout)
-        )
+        model_id = model if is_id else self._upload(model, example or None, opts)
         try:
             return call(pb.FunctionRef(model_id=model_id, method=method))
         except NotFound:
@@ -97,17 +99,15 @@ class SyncTransport(ClientBase):
                 raise
             with self._lock:
                 self._known_ids.discard(model_id)
-            model_id = self.upload(model, example_inputs=example or None, timeout=timeout)
+            model_id = self._upload(model, example or None, opts)
             return call(pb.FunctionRef(model_id=model_id, method=method))
 
-    def _derive(
-        self, model: Model, method: str, prepared: Prepared[_T], timeout: float | None
-    ) -> _T:
+    def _derive(self, model: Model, method: str, prepared: Prepared[_T], opts: CallOptions) -> _T:
         def call(ref: pb.FunctionRef) -> _T:
             prepared.function.CopyFrom(ref)
             if not prepared.streaming:
-                return prepared.parse(self._call(prepared.rpc, prepared.request, timeout))
-            messages = self._call(prepared.rpc, prepared.request, timeout, streaming=True)
+                return prepared.parse(self._call(prepared.rpc, prepared.request, opts))
+            messages = self._call(prepared.rpc, prepared.request, opts, streaming=True)
             assembler = prepared.parse(None)
             try:
                 for message in messages:
@@ -116,4 +116,4 @@ class SyncTransport(ClientBase):
                 raise from_rpc_error(exc) from None
             return assembler.result()
 
-        return self._with_model(model, method, call, timeout, prepared.example)
+        return self._with_model(model, method, call, opts, prepared.example)

@@ -5,10 +5,14 @@
 (('authorization', 'Bearer t'),)
 >>> dict(settings.options())["grpc.keepalive_time_ms"]
 60000
+>>> dict(ConnectionSettings("h:1", channel_options=[("grpc.keepalive_time_ms", 5)]).options())[
+...     "grpc.keepalive_time_ms"]
+5
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 import time
@@ -27,9 +31,15 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_TARGET",
     "MODEL_ID",
+    "UNSET",
+    "CallOptions",
     "ClientBase",
     "ConnectionSettings",
+    "Metadata",
 ]
+
+UNSET: Any = object()  # "the client's default" for a per-call argument
+Metadata = Sequence[tuple[str, str]]
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 512 << 20
@@ -49,6 +59,7 @@ class ConnectionSettings:
     private_key: bytes | None = None
     certificate_chain: bytes | None = None
     extra_metadata: Sequence[tuple[str, str]] = field(default_factory=tuple)
+    channel_options: Sequence[tuple[str, Any]] = field(default_factory=tuple)
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -61,10 +72,11 @@ class ConnectionSettings:
         """Size of each upload message, below the message limit."""
         return max(1, min(UPLOAD_CHUNK_BYTES, self.max_message_bytes - 1024))
 
-    def options(self) -> list[tuple[str, int]]:
+    def options(self) -> list[tuple[str, Any]]:
         """Channel options: message limits and keepalive (a ping a minute while idle,
-        so a dead connection behind a load balancer is noticed)."""
-        return [
+        so a dead connection behind a load balancer is noticed), then the caller's
+        ``channel_options``, which replace a default of the same name."""
+        defaults = [
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.keepalive_time_ms", 60_000),
@@ -73,6 +85,8 @@ class ConnectionSettings:
             # a DNS name of several replicas (a headless Service) spreads calls over all
             ("grpc.lb_policy_name", "round_robin"),
         ]
+        own = {name for name, _ in self.channel_options}
+        return [o for o in defaults if o[0] not in own] + list(self.channel_options)
 
     def credentials(self) -> grpc.ChannelCredentials | None:
         """TLS credentials, or ``None`` for a plaintext channel."""
@@ -81,6 +95,24 @@ class ConnectionSettings:
                 self.root_certificates, self.private_key, self.certificate_chain
             )
         return None
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """One call's deadline (seconds, ``None``: none), metadata (the client's, then the
+    call's) and compression (the call's, else the client's, else the channel's).
+
+    >>> CallOptions(5.0, (("x-request-id", "r1"),)).with_timeout(1.0).timeout
+    1.0
+    """
+
+    timeout: float | None
+    metadata: tuple[tuple[str, str], ...] = ()
+    compression: grpc.Compression | None = None
+
+    def with_timeout(self, timeout: float | None) -> CallOptions:
+        """The same options with another deadline (what is left of this one, say)."""
+        return dataclasses.replace(self, timeout=timeout)
 
 
 class ClientBase:
@@ -104,6 +136,8 @@ class ClientBase:
         private_key: bytes | None = None,
         certificate_chain: bytes | None = None,
         retry: RetryPolicy | None = None,
+        compression: grpc.Compression | None = None,
+        channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.targets = (target,) if isinstance(target, str) else tuple(target)
         if not self.targets:
@@ -113,14 +147,15 @@ class ClientBase:
         self.retry = retry or RetryPolicy()
         self._settings = ConnectionSettings(
             self.target, max_message_bytes, token, tls, root_certificates, private_key,
-            certificate_chain, tuple(metadata),
+            certificate_chain, tuple(metadata), tuple(channel_options),
         )  # fmt: skip
+        self.compression = compression
         credentials = self._settings.credentials()
         options = self._settings.options()
         self._channels = [
-            self._grpc.secure_channel(t, credentials, options=options)
+            self._grpc.secure_channel(t, credentials, options=options, compression=compression)
             if credentials is not None
-            else self._grpc.insecure_channel(t, options=options)
+            else self._grpc.insecure_channel(t, options=options, compression=compression)
             for t in self.targets
         ]
         self._stubs = [pb_grpc.JacobianServiceStub(channel) for channel in self._channels]
@@ -132,11 +167,24 @@ class ClientBase:
         self._result_bytes: dict[tuple, int] = {}  # Jacobian sizes seen, by jacobian_key
         self._server_limit: int | None = None  # the server's message limit, once asked
 
+    def _options(
+        self,
+        timeout: float | None = UNSET,
+        metadata: Metadata = (),
+        compression: grpc.Compression | None = None,
+    ) -> CallOptions:
+        """A call's options: its arguments over the client's defaults."""
+        return CallOptions(
+            self.timeout if timeout is UNSET else timeout,
+            (*self._settings.metadata, *((str(k), str(v)) for k, v in metadata)),
+            self.compression if compression is None else compression,
+        )
+
     def _retry_wait(self, error: JacserveError, attempt: int, deadline: float | None) -> float:
         """Seconds to wait before try ``attempt + 1``; raises ``error`` when none is due."""
-        wait = self.retry.backoff(attempt)
+        wait = self.retry.wait(error, attempt)
         late = deadline is not None and time.monotonic() + wait >= deadline
-        if late or not self.retry.should_retry(error.code, attempt, error.message):
+        if late or not self.retry.should_retry(error, attempt):
             raise error
         return wait
 

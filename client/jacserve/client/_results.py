@@ -1,13 +1,16 @@
-"""Typed results of the client's calls, with torch tensors laid out like torch.autograd.functional."""
+"""Typed results of the client's calls, laid out like torch.autograd.functional.
+
+Their arrays are torch tensors, or NumPy arrays on the NumPy path (see
+:func:`jacserve.client._structure.call_inputs`): the type annotations say ``Tensor``
+for either.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
-import torch
-
-from jacserve.codec import dtype_from_wire
+from jacserve.codec import dtype_from_wire, numpy_dtype_from_wire, torch_loaded
 from jacserve.v1 import jacobian_service_pb2 as pb
 
 __all__ = [
@@ -23,8 +26,27 @@ __all__ = [
     "VjpResult",
 ]
 
-TensorOrTuple = Union[torch.Tensor, tuple[torch.Tensor, ...]]  # noqa: UP007 (runtime alias)
-Jacobian = Union[torch.Tensor, tuple[torch.Tensor, ...], tuple[tuple[torch.Tensor, ...], ...]]  # noqa: UP007
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    Tensor = Union[torch.Tensor, np.ndarray]  # noqa: UP007
+else:
+    Tensor = Any  # torch is optional: see NOTE: [Torch is optional here] in jacserve.codec
+
+TensorOrTuple = Union[Tensor, tuple[Tensor, ...]]  # noqa: UP007 (runtime alias)
+Jacobian = Union[Tensor, tuple[Tensor, ...], tuple[tuple[Tensor, ...], ...]]  # noqa: UP007
+
+
+def _dtype(value: int) -> Any:
+    """A wire dtype as a ``torch.dtype`` once torch is imported, else a ``numpy.dtype``
+    (bfloat16, which NumPy lacks, as the string ``"bfloat16"``)."""
+    if torch_loaded():
+        return dtype_from_wire(value)
+    if value == pb.DTYPE_BFLOAT16:
+        return "bfloat16"
+    return numpy_dtype_from_wire(value)
+
 
 _MODES = {pb.DERIVATIVE_MODE_FORWARD: "forward", pb.DERIVATIVE_MODE_REVERSE: "reverse"}
 _FORMATS = {
@@ -199,16 +221,18 @@ class GradientsResult:
     """``output`` and ``gradients``: parameter name → gradient tensor."""
 
     output: TensorOrTuple
-    gradients: dict[str, torch.Tensor]
+    gradients: dict[str, Tensor]
     metrics: DerivativeMetrics
 
 
 @dataclass(frozen=True)
 class InputInfo:
-    """A method input; ``dtype``/``shape`` are ``None`` where the archive does not record them."""
+    """A method input; ``dtype``/``shape`` are ``None`` where the archive does not record
+    them. A dtype is a ``torch.dtype`` once torch is imported, else a ``numpy.dtype`` (or
+    ``"bfloat16"``)."""
 
     name: str
-    dtype: torch.dtype | None
+    dtype: Any
     shape: tuple[int, ...] | None
 
 
@@ -226,7 +250,7 @@ class ParameterInfo:
 
     name: str
     shape: tuple[int, ...]
-    dtype: torch.dtype
+    dtype: Any  # as InputInfo.dtype
 
 
 @dataclass(frozen=True)
@@ -252,7 +276,7 @@ class ModelInfo:
                     inputs=tuple(
                         InputInfo(
                             name=i.name,
-                            dtype=dtype_from_wire(i.dtype) if i.dtype else None,
+                            dtype=_dtype(i.dtype) if i.dtype else None,
                             shape=tuple(i.shape) if i.has_shape else None,
                         )
                         for i in method.inputs
@@ -261,7 +285,6 @@ class ModelInfo:
                 for method in m.methods
             ),
             parameters=tuple(
-                ParameterInfo(p.name, tuple(p.shape), dtype_from_wire(p.dtype))
-                for p in m.parameters
+                ParameterInfo(p.name, tuple(p.shape), _dtype(p.dtype)) for p in m.parameters
             ),
         )

@@ -23,19 +23,21 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
-import torch
+import numpy as np
 
 from jacserve.client._results import DerivativeMetrics, JacobianResult
 from jacserve.client._structure import CallInputs, output_tree
 from jacserve.client.errors import JacserveError
-from jacserve.codec import decode_tensor, decode_tensors
+from jacserve.codec import decode_tensor, decode_tensors, is_torch_tensor
 from jacserve.v1 import jacobian_service_pb2 as pb
 
 __all__ = [
@@ -152,28 +154,27 @@ class ShardedJacobian:
         with ``deadline`` (``time.monotonic()``) for all of them; raises the first error
         that no other replica can help with, or the last one when every lane failed."""
         metrics = DerivativeMetrics.from_wire(plan.metrics)
-        outputs = decode_tensors(plan.outputs)
+        outputs = decode_tensors(plan.outputs, numpy=inputs.numpy)
         tree = output_tree(plan, len(outputs))
         n, m, total = metrics.input_size, metrics.output_size, metrics.passes
         forward = metrics.mode == "forward"
         width = m if forward else n
-        dtype = outputs[0].dtype if outputs else torch.float32
-        itemsize = torch.empty((), dtype=dtype).element_size()
+        matrix = _empty_like_output((m, n), outputs, inputs.numpy)
+        itemsize = matrix.element_size() if is_torch_tensor(matrix) else matrix.itemsize
         max_rows = max(1, (self._max_message_bytes // 2) // max(1, width * itemsize))
         windows = split_passes(total, self._lanes, max_rows)
-        matrix = torch.empty((m, n), dtype=dtype)
         template = pb.JacobianRequest()
         template.CopyFrom(plan_request)
         template.mode = pb.DERIVATIVE_MODE_FORWARD if forward else pb.DERIVATIVE_MODE_REVERSE
 
-        def store(start: int, stop: int, rows: torch.Tensor) -> None:
+        def store(start: int, stop: int, rows: Any) -> None:
             if forward:
                 matrix[:, start:stop] = rows.T
             else:
                 matrix[start:stop, :] = rows
 
         started = time.perf_counter()
-        reports = _Lanes(self, template, windows, store, deadline).run()
+        reports = _Lanes(self, template, windows, store, deadline, inputs.numpy).run()
         blocks = _cut(matrix, outputs, self._wrt_shapes(plan_request, metrics))
         wall = time.perf_counter() - started
         server = sum(r.server_seconds for r in reports)
@@ -191,15 +192,14 @@ class ShardedJacobian:
         )
 
     @staticmethod
-    def _wrt_shapes(request: pb.JacobianRequest, metrics: DerivativeMetrics) -> list[torch.Size]:
-        inputs = [torch.Size(list(t.shape)) for t in request.inputs]
-        wrt = list(request.wrt) or [
-            i
-            for i, t in enumerate(request.inputs)
-            if decode_tensor(t, name="inputs").is_floating_point()
-        ]
+    def _wrt_shapes(
+        request: pb.JacobianRequest, metrics: DerivativeMetrics
+    ) -> list[tuple[int, ...]]:
+        inputs = [tuple(t.shape) for t in request.inputs]
+        floating = (pb.DTYPE_FLOAT16, pb.DTYPE_BFLOAT16, pb.DTYPE_FLOAT32, pb.DTYPE_FLOAT64)
+        wrt = list(request.wrt) or [i for i, t in enumerate(request.inputs) if t.dtype in floating]
         shapes = [inputs[i] for i in wrt]
-        if sum(s.numel() for s in shapes) != metrics.input_size:
+        if sum(math.prod(s) for s in shapes) != metrics.input_size:
             raise JacserveError(
                 "the server's plan does not match the differentiated inputs",
                 code=grpc.StatusCode.INTERNAL,
@@ -207,17 +207,24 @@ class ShardedJacobian:
         return shapes
 
 
-def _cut(
-    matrix: torch.Tensor, outputs: Sequence[torch.Tensor], inputs: Sequence[torch.Size]
-) -> list[torch.Tensor]:
+def _empty_like_output(shape: tuple[int, int], outputs: Sequence[Any], numpy: bool) -> Any:
+    """An uninitialized matrix of the outputs' dtype (float32 without outputs)."""
+    if numpy:
+        return np.empty(shape, dtype=outputs[0].dtype if outputs else np.float32)
+    import torch
+
+    return torch.empty(shape, dtype=outputs[0].dtype if outputs else torch.float32)
+
+
+def _cut(matrix: Any, outputs: Sequence[Any], inputs: Sequence[tuple[int, ...]]) -> list[Any]:
     """Blocks ``[i][j]`` of shape ``outputs[i].shape + inputs[j]``, row-major."""
     blocks, row = [], 0
     for output in outputs:
-        size, column = output.numel(), 0
+        size, column = math.prod(output.shape), 0
         for shape in inputs:
-            part = matrix[row : row + size, column : column + shape.numel()]
+            part = matrix[row : row + size, column : column + math.prod(shape)]
             blocks.append(part.reshape((*output.shape, *shape)))
-            column += shape.numel()
+            column += math.prod(shape)
         row += size
     return blocks
 
@@ -230,11 +237,13 @@ class _Lanes:
         owner: ShardedJacobian,
         template: pb.JacobianRequest,
         windows: list[tuple[int, int]],
-        store: Callable[[int, int, torch.Tensor], None],
+        store: Callable[[int, int, Any], None],
         deadline: float | None,
+        numpy: bool = False,
     ) -> None:
         self._owner, self._template, self._store = owner, template, store
         self._deadline = deadline
+        self._numpy = numpy
         self._pending: collections.deque[tuple[int, int, tuple[str, ...]]] = collections.deque(
             (a, b, ()) for a, b in windows
         )
@@ -284,7 +293,11 @@ class _Lanes:
             began = time.perf_counter()
             try:
                 response = self._owner._call(replica, request, remaining)
-                self._store(start, stop, decode_tensor(response.jacobian[0], name="jacobian"))
+                self._store(
+                    start,
+                    stop,
+                    decode_tensor(response.jacobian[0], name="jacobian", numpy=self._numpy),
+                )
             except JacserveError as exc:
                 self._fail(exc, (start, stop, (*failed_on, target)))
                 return  # this replica is out for the rest of the Jacobian

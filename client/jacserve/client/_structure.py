@@ -21,16 +21,34 @@ over the inputs, as ``torch.func.jacrev(f, argnums)`` returns it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+import numpy as np
 
+from jacserve.codec import as_array, is_torch_tensor, torch_loaded
 from jacserve.pytree import StructureError, Tree, flatten
 from jacserve.v1 import jacobian_service_pb2 as pb
 
 __all__ = ["CallInputs", "call_inputs", "cotangent_leaves", "example_point", "output_tree"]
+
+
+def leaf_converter(numpy: bool) -> Callable[[Any], Any]:
+    """What makes a leaf of a non-tensor input: a NumPy array on the NumPy path (see
+    :func:`call_inputs`), else a torch tensor (``torch.as_tensor``)."""
+    if numpy:
+        return as_array
+    import torch
+
+    return torch.as_tensor
+
+
+def is_floating(leaf: Any) -> bool:
+    """Whether a torch tensor or NumPy array holds floating-point numbers."""
+    if is_torch_tensor(leaf):
+        return bool(leaf.is_floating_point())
+    return bool(np.issubdtype(leaf.dtype, np.floating))
 
 
 def _is_container(value: Any) -> bool:
@@ -60,14 +78,16 @@ def _prune(tree: Tree, keep: list[bool]) -> Tree | None:
 class CallInputs:
     """A call's inputs: ``leaves`` (the tensors sent), ``tree`` (the tuple of arguments),
     ``wrt`` (the differentiated leaves), ``wire_wrt`` (what the request's ``wrt`` holds),
-    ``layout`` (the structure of results over the differentiated leaves)."""
+    ``layout`` (the structure of results over the differentiated leaves), ``numpy``
+    (results come as NumPy arrays: see :func:`call_inputs`)."""
 
-    leaves: tuple[torch.Tensor, ...]
+    leaves: tuple[Any, ...]
     tree: Tree
     as_tuple: bool
     wrt: tuple[int, ...]
     wire_wrt: list[int]
     layout: Tree
+    numpy: bool = False
 
     @property
     def plain(self) -> bool:
@@ -98,6 +118,11 @@ class CallInputs:
             )
         return self.layout.unflatten(list(values))
 
+    @property
+    def convert(self) -> Callable[[Any], Any]:
+        """What makes a leaf of a non-tensor value in this call."""
+        return leaf_converter(self.numpy)
+
     def flatten_like(self, value: Any, what: str) -> list[Any]:
         """Tangents or vectors given in :attr:`layout` (a tuple over the ``wrt``
         arguments, or the one argument's structure) as one tensor per differentiated leaf.
@@ -108,11 +133,11 @@ class CallInputs:
         if self.plain and not any(_is_container(v) for v in _arguments(value)[1]):
             return _arguments(value)[1]  # one per differentiated input, as always
         try:
-            return flatten(value, what=what, like=self.layout, convert=torch.as_tensor)[0]
+            return flatten(value, what=what, like=self.layout, convert=self.convert)[0]
         except StructureError as exc:
             raise ValueError(f"{exc} (structured like the differentiated inputs)") from None
 
-    def jacobian(self, blocks: Sequence[torch.Tensor], outputs: Tree) -> Any:
+    def jacobian(self, blocks: Sequence[Any], outputs: Tree) -> Any:
         """Blocks ``[output leaf][differentiated leaf]`` (row-major) as ``jacrev`` lays
         them out.
 
@@ -130,7 +155,7 @@ class CallInputs:
         ]
         return outputs.unflatten(rows)
 
-    def hessian(self, blocks: Sequence[torch.Tensor], outputs: Tree) -> Any:
+    def hessian(self, blocks: Sequence[Any], outputs: Tree) -> Any:
         """Blocks ``[j][k]`` over the differentiated leaves, nested in :attr:`layout`
         twice; a dict or list output keeps its structure around it (``torch.func.hessian``).
         """
@@ -143,9 +168,16 @@ class CallInputs:
         return matrix if outputs.is_plain() else outputs.unflatten([matrix])
 
 
-def call_inputs(inputs: Any, wrt: Sequence[int] | None = None) -> CallInputs:
+def call_inputs(
+    inputs: Any, wrt: Sequence[int] | None = None, *, numpy: bool | None = None
+) -> CallInputs:
     """Read a call's inputs and ``wrt`` (argument indices; default: every argument with
     a floating-point leaf).
+
+    ``numpy``: whether leaves and results are NumPy arrays rather than torch tensors; by
+    default they are exactly when torch has not been imported (NumPy in, NumPy out, with
+    no torch needed; torch tensors in, torch tensors out; a process that uses torch gets
+    torch tensors for NumPy inputs too, as before torch was optional).
 
     Raises:
         TypeError: a leaf that is not a tensor or array, or a dict key that is not a string.
@@ -156,16 +188,19 @@ def call_inputs(inputs: Any, wrt: Sequence[int] | None = None) -> CallInputs:
     >>> call.plain, call.wire_wrt, call.layout.describe()
     (True, [1], '(*,)')
     """
+    numpy = not torch_loaded() if numpy is None else numpy
     as_tuple, arguments = _arguments(inputs)
     try:
-        leaves, tree = flatten(tuple(arguments), what="inputs", convert=torch.as_tensor)
+        leaves, tree = flatten(tuple(arguments), what="inputs", convert=leaf_converter(numpy))
     except StructureError as exc:
         raise TypeError(str(exc)) from None
-    floating = [t.is_floating_point() for t in leaves]
+    floating = [is_floating(t) for t in leaves]
     if tree.is_plain():  # every argument a tensor: the server resolves wrt itself
         chosen = list(wrt) if wrt else [i for i, f in enumerate(floating) if f]
         layout = Tree.of_args(len(chosen)) if as_tuple else Tree.leaf()
-        return CallInputs(tuple(leaves), tree, as_tuple, tuple(chosen), list(wrt or ()), layout)
+        return CallInputs(
+            tuple(leaves), tree, as_tuple, tuple(chosen), list(wrt or ()), layout, numpy
+        )
     starts = [0]
     for argument in tree.children:
         starts.append(starts[-1] + argument.num_leaves)
@@ -187,12 +222,15 @@ def call_inputs(inputs: Any, wrt: Sequence[int] | None = None) -> CallInputs:
         chosen += [starts[a] + i for i, f in enumerate(flags) if f]
     # no floating leaf at all: the server says so where a derivative needs one
     layout = Tree("tuple", tuple(parts)) if as_tuple or not parts else parts[0]
-    return CallInputs(tuple(leaves), tree, as_tuple, tuple(chosen), chosen, layout)
+    return CallInputs(tuple(leaves), tree, as_tuple, tuple(chosen), chosen, layout, numpy)
 
 
-def cotangent_leaves(value: Any) -> tuple[list[Any], pb.Tree | None]:
+def cotangent_leaves(
+    value: Any, convert: Callable[[Any], Any] | None = None
+) -> tuple[list[Any], pb.Tree | None]:
     """Cotangents as sent: one per output leaf, and their ``cotangent_tree`` when they
-    nest (a dict or nested sequences: matched with the output's structure by the server).
+    nest (a dict or nested sequences: matched with the output's structure by the server);
+    ``convert`` makes leaves of non-tensors (default: as :func:`call_inputs` would).
 
     >>> leaves, tree = cotangent_leaves({"y": torch.ones(1)})
     >>> len(leaves), tree.keys
@@ -202,7 +240,8 @@ def cotangent_leaves(value: Any) -> tuple[list[Any], pb.Tree | None]:
     if not any(_is_container(v) for v in items) and not isinstance(value, dict):
         return items, None
     try:
-        leaves, tree = flatten(value, what="cotangents", convert=torch.as_tensor)
+        convert = convert or leaf_converter(not torch_loaded())
+        leaves, tree = flatten(value, what="cotangents", convert=convert)
     except StructureError as exc:
         raise TypeError(str(exc)) from None
     return leaves, tree.to_wire()
@@ -228,5 +267,5 @@ def example_point(inputs: Any, batched: bool) -> tuple[Any, ...]:
     ({'x': tensor([1., 1.])},)
     """
     call = call_inputs(inputs)
-    point = [t[0] if batched and t.dim() > 0 else t for t in call.leaves]
+    point = [t[0] if batched and t.ndim > 0 else t for t in call.leaves]
     return tuple(call.tree.unflatten(point))
