@@ -176,7 +176,8 @@ def test_retry_policy_backoff_grows_and_is_capped():
     policy = RetryPolicy(initial_backoff=0.1, multiplier=3, max_backoff=1.0, jitter=0.5)
     waits = [policy.backoff(a) for a in range(6) for _ in range(20)]
     assert min(waits) >= 0.05 and max(waits) <= 1.5
-    assert not policy.should_retry(InvalidArgument("x").code, 0)
-    assert not RetryPolicy.off().should_retry(Unavailable("x").code, 0)
-    assert policy.should_retry(ResourceExhausted("x").code, 0, "3 requests are already queued")
-    assert not policy.should_retry(ResourceExhausted("x").code, 0, "archive is too large")
+    assert not policy.should_retry(InvalidArgument("x", reason="INVALID_TENSOR"), 0)
+    assert not RetryPolicy.off().should_retry(Unavailable("x"), 0)
+    assert policy.should_retry(ResourceExhausted("x", reason="QUEUE_FULL"), 0)
+    assert not policy.should_retry(ResourceExhausted("x", reason="ARCHIVE_TOO_LARGE"), 0)
+    assert not policy.should_retry(ResourceExhausted("3 requests are already queued"), 0)

@@ -1,10 +1,21 @@
 """When and how long to wait before trying a failed call again.
 
+Whether to retry is read from the error's details (its ``ErrorInfo`` reason and
+``RetryInfo``), never from its message.
+
+>>> from jacserve.client.errors import ResourceExhausted, Unavailable
 >>> policy = RetryPolicy(initial_backoff=0.1, multiplier=2.0, max_backoff=0.3, jitter=0.0)
 >>> [policy.backoff(attempt) for attempt in range(4)]
 [0.1, 0.2, 0.3, 0.3]
 >>> RetryPolicy.off().max_attempts
 1
+>>> full = ResourceExhausted("busy", reason="QUEUE_FULL", retry_delay=0.25)
+>>> policy.should_retry(full, 0), policy.wait(full, 0)
+(True, 0.25)
+>>> policy.should_retry(ResourceExhausted("too big", reason="MESSAGE_TOO_LARGE"), 0)
+False
+>>> policy.should_retry(Unavailable("no server"), 0)
+True
 """
 
 from __future__ import annotations
@@ -14,7 +25,14 @@ from dataclasses import dataclass
 
 import grpc
 
-__all__ = ["RetryPolicy"]
+from jacserve.client.errors import JacserveError
+
+__all__ = ["RETRYABLE_REASONS", "RetryPolicy"]
+
+RETRYABLE_REASONS = frozenset(
+    {"QUEUE_FULL", "UPLOADS_BUSY", "SERVER_SHUTTING_DOWN", "WORKER_UNAVAILABLE"}
+)
+"""Reasons worth another try even without a ``RetryInfo``: the server was busy or restarting."""
 
 
 @dataclass(frozen=True)
@@ -31,8 +49,12 @@ class RetryPolicy:
         multiplier: growth of the wait per try.
         max_backoff: longest single wait.
         jitter: each wait is drawn from ``backoff × [1 - jitter, 1 + jitter]``.
-        codes: status codes worth another try: the server was unreachable or restarting
-            (UNAVAILABLE) or full (RESOURCE_EXHAUSTED from a full queue).
+        codes: status codes worth another try when the error carries no details (gRPC
+            itself raised it): UNAVAILABLE (no server, or it is restarting). Add
+            RESOURCE_EXHAUSTED to also retry gRPC's own concurrency limit, which sends
+            no details (as do its message-size refusals).
+        reasons: ``ErrorInfo`` reasons worth another try; any error with a
+            ``RetryInfo`` is retried as well, after at least its delay.
     """
 
     max_attempts: int = 5
@@ -40,9 +62,8 @@ class RetryPolicy:
     multiplier: float = 2.0
     max_backoff: float = 5.0
     jitter: float = 0.2
-    codes: frozenset[grpc.StatusCode] = frozenset(
-        {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
-    )
+    codes: frozenset[grpc.StatusCode] = frozenset({grpc.StatusCode.UNAVAILABLE})
+    reasons: frozenset[str] = RETRYABLE_REASONS
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -60,14 +81,24 @@ class RetryPolicy:
         base = min(self.max_backoff, self.initial_backoff * self.multiplier**attempt)
         return base * random.uniform(1 - self.jitter, 1 + self.jitter)
 
-    def should_retry(self, code: grpc.StatusCode, attempt: int, message: str = "") -> bool:
-        """Whether failed try ``attempt`` (0-based) with ``code`` deserves another.
+    def wait(self, error: JacserveError, attempt: int) -> float:
+        """Seconds to wait after failed try ``attempt`` (0-based) failed with ``error``:
+        the backoff, but no less than the server's ``RetryInfo`` delay (capped at
+        ``max_backoff``)."""
+        wait = self.backoff(attempt)
+        if error.retry_delay is not None:
+            wait = max(wait, min(error.retry_delay, self.max_backoff))
+        return wait
 
-        RESOURCE_EXHAUSTED is retried only when the server was busy (a full queue or too
-        many calls), not when the request itself is too large.
+    def should_retry(self, error: JacserveError, attempt: int) -> bool:
+        """Whether failed try ``attempt`` (0-based) that raised ``error`` deserves another.
+
+        An error with details is retried when its reason is one of ``reasons`` or it
+        carries a ``RetryInfo``; one without (raised by gRPC, not the server) when its
+        code is one of ``codes``.
         """
-        if attempt + 1 >= self.max_attempts or code not in self.codes:
+        if attempt + 1 >= self.max_attempts:
             return False
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            return "queued" in message or "Concurrent RPC limit" in message
-        return True
+        if error.retry_delay is not None or error.reason in self.reasons:
+            return True
+        return not error.reason and error.code in self.codes

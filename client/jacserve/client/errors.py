@@ -1,6 +1,7 @@
 """Errors raised by the jacserve client, one class per gRPC status code::
 
-    JacserveError                 .code, .message, .request_id
+    JacserveError                 .code, .message, .request_id, .reason, .metadata,
+                                  .retry_delay, .field_violations
     ├── InvalidArgument           INVALID_ARGUMENT: fix the request (shapes, dtypes, wrt, archive)
     ├── NotFound                  NOT_FOUND: unknown model id
     ├── ResourceExhausted         RESOURCE_EXHAUSTED: a size cap or the server's concurrency limit
@@ -11,14 +12,29 @@
     ├── Unavailable               UNAVAILABLE: no server at the target, or it is shutting down
     └── Internal                  INTERNAL and every other code: quote the request id
 
+The server sends each error's ``google.rpc.Status`` details (the
+``grpc-status-details-bin`` trailer); :func:`from_rpc_error` reads them into ``reason``
+(the ``ErrorInfo`` reason, for example ``"MODEL_NOT_FOUND"`` or ``"QUEUE_FULL"``; ``""``
+when the error came without details, as errors raised by gRPC itself do), ``metadata``
+(``ErrorInfo.metadata``), ``retry_delay`` (seconds from ``RetryInfo``, ``None`` when the
+server does not suggest retrying) and ``field_violations`` (``BadRequest``: field →
+description). Programs should branch on these, never on the message text.
+
 >>> err = NotFound("model abc is not registered", request_id="7f3a")
 >>> err.code.name, str(err)
 ('NOT_FOUND', 'model abc is not registered (request id 7f3a)')
+>>> err.reason, err.metadata, err.retry_delay, err.field_violations
+('', {}, None, {})
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 
 __all__ = [
     "DeadlineExceeded",
@@ -32,9 +48,12 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "from_rpc_error",
+    "parse_status_details",
 ]
 
 REQUEST_ID_KEY = "x-request-id"
+DETAILS_KEY = "grpc-status-details-bin"
+DOMAIN = "jacserve.dev"
 
 
 class JacserveError(Exception):
@@ -43,13 +62,29 @@ class JacserveError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
     def __init__(
-        self, message: str, *, request_id: str = "", code: grpc.StatusCode | None = None
+        self,
+        message: str,
+        *,
+        request_id: str = "",
+        code: grpc.StatusCode | None = None,
+        reason: str = "",
+        metadata: Mapping[str, str] | None = None,
+        retry_delay: float | None = None,
+        field_violations: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.request_id = request_id
         if code is not None:
             self.code = code
+        self.reason = reason
+        """``ErrorInfo.reason``: stable, UPPER_SNAKE_CASE; ``""`` without details."""
+        self.metadata: dict[str, str] = dict(metadata or {})
+        """``ErrorInfo.metadata``: for example ``operator``, ``bytes_needed``, ``model_id``."""
+        self.retry_delay = retry_delay
+        """Seconds the server suggests waiting before a retry (``RetryInfo``), or ``None``."""
+        self.field_violations: dict[str, str] = dict(field_violations or {})
+        """Request fields at fault (``BadRequest``): field path → description."""
 
     def __str__(self) -> str:
         return f"{self.message} (request id {self.request_id})" if self.request_id else self.message
@@ -125,8 +160,41 @@ _BY_CODE: dict[grpc.StatusCode, type[JacserveError]] = {
 }
 
 
+def parse_status_details(trailing: Iterable[tuple[str, Any]] | None) -> dict[str, Any]:
+    """The details in a ``grpc-status-details-bin`` trailer, as keyword arguments of
+    :class:`JacserveError` (empty when there are none or they do not decode).
+
+    >>> status = status_pb2.Status(code=8, message="full")
+    >>> _ = status.details.add().Pack(error_details_pb2.ErrorInfo(reason="QUEUE_FULL"))
+    >>> parse_status_details([(DETAILS_KEY, status.SerializeToString())])["reason"]
+    'QUEUE_FULL'
+    """
+    raw = next((v for k, v in trailing or () if k == DETAILS_KEY), None)
+    if not isinstance(raw, bytes):
+        return {}
+    try:
+        status = status_pb2.Status.FromString(raw)
+    except DecodeError:
+        return {}
+    found: dict[str, Any] = {}
+    info, retry, bad = (
+        error_details_pb2.ErrorInfo(),
+        error_details_pb2.RetryInfo(),
+        error_details_pb2.BadRequest(),
+    )
+    for detail in status.details:
+        if detail.Is(info.DESCRIPTOR) and detail.Unpack(info):
+            found.update(reason=info.reason, metadata=dict(info.metadata))
+        elif detail.Is(retry.DESCRIPTOR) and detail.Unpack(retry):
+            found["retry_delay"] = retry.retry_delay.ToNanoseconds() / 1e9
+        elif detail.Is(bad.DESCRIPTOR) and detail.Unpack(bad):
+            found["field_violations"] = {v.field: v.description for v in bad.field_violations}
+    return found
+
+
 def from_rpc_error(error: grpc.RpcError) -> JacserveError:
-    """Translate a ``grpc.RpcError`` into the matching :class:`JacserveError` subclass.
+    """Translate a ``grpc.RpcError`` into the matching :class:`JacserveError` subclass,
+    with the details the server sent.
 
     >>> class Fake(grpc.RpcError):
     ...     def code(self): return grpc.StatusCode.NOT_FOUND
@@ -140,6 +208,12 @@ def from_rpc_error(error: grpc.RpcError) -> JacserveError:
     trailing = (
         error.trailing_metadata() if callable(getattr(error, "trailing_metadata", None)) else ()
     )
-    request_id = dict(trailing or ()).get(REQUEST_ID_KEY, "")
+    pairs = [(str(k), v) for k, v in trailing or ()]
+    request_id = dict(pairs).get(REQUEST_ID_KEY, "")
     cls = _BY_CODE.get(code, Internal)
-    return cls(details or code.name, request_id=str(request_id), code=code)
+    return cls(
+        details or code.name,
+        request_id=str(request_id),
+        code=code,
+        **parse_status_details(pairs),
+    )

@@ -27,6 +27,64 @@ if _version_not_supported:
 
 class JacobianServiceStub:
     """JacobianService differentiates uploaded TorchScript and torch.export programs.
+
+    Authentication: a server started with tokens (--auth-token-file or
+    JACSERVE_AUTH_TOKEN) wants every call but grpc.health.v1.Health to carry the
+    metadata `authorization: Bearer TOKEN`; a call without it, or with a wrong
+    token, fails with UNAUTHENTICATED, reason UNAUTHENTICATED.
+
+    Request id: a call may send metadata `x-request-id` (at most 64 characters are
+    kept); the server sends it back, or a new one, as the `x-request-id` trailer of
+    every call, successful or not, and logs it. Quote it when reporting a failure.
+
+    Errors: the status code and message are as listed per RPC below; every error
+    the server itself returns also carries a google.rpc.Status in the
+    `grpc-status-details-bin` trailer (its code is the call's; its message the
+    call's, cut at 1024 characters) with these details:
+    - google.rpc.ErrorInfo, always: domain "jacserve.dev", a stable `reason`
+    (UPPER_SNAKE_CASE; new reasons may be added, so treat unknown ones by their
+    status code) and string `metadata` (for example `model_id`, `operator`,
+    `bytes_needed`, `budget_bytes`, `seconds_left`, `max_queue`);
+    - google.rpc.RequestInfo: `request_id`, the same as the trailer;
+    - google.rpc.RetryInfo, only when the same call may succeed later: wait at
+    least `retry_delay`, then retry (reasons QUEUE_FULL, UPLOADS_BUSY,
+    SERVER_SHUTTING_DOWN, WORKER_UNAVAILABLE);
+    - google.rpc.BadRequest, when a request field is at fault: `field` is its path
+    (for example `inputs[0]`, `tangents[1]`, `options.max_memory_bytes`).
+    Errors raised by gRPC itself carry no details: DEADLINE_EXCEEDED when the
+    caller's own deadline passes, UNAVAILABLE when no server answers, and
+    RESOURCE_EXHAUSTED when a message is above a side's limit or the server has
+    --max-concurrent-rpcs calls in flight.
+
+    Reasons by status code (the RPCs below list which apply to them):
+    INVALID_ARGUMENT: INVALID_ARGUMENT (a field, named in BadRequest where known),
+    INVALID_TENSOR (a Tensor that does not decode; BadRequest names it),
+    INVALID_MODEL_ID, ARCHIVE_REJECTED (not an archive torch can load, or it fails
+    the server's checks), OPERATOR_NOT_ALLOWED (metadata `operator`, the first,
+    and `operators`, all of them, comma-separated), MODEL_EXECUTION_FAILED (the
+    program raised on the given inputs).
+    NOT_FOUND: MODEL_NOT_FOUND (metadata `model_id`): an id that is unknown or not
+    visible to the caller; upload the archive again.
+    RESOURCE_EXHAUSTED: QUEUE_FULL (retryable; metadata `computing`, `queued`,
+    `max_queue`), UPLOADS_BUSY (retryable), BUDGET_TOO_SMALL
+    (options.max_memory_bytes is below one pass; metadata `bytes_needed`,
+    `budget_bytes`, `mode`), MESSAGE_TOO_LARGE (metadata `bytes_needed`,
+    `limit_bytes`), TENSOR_TOO_LARGE (metadata `elements`, `limit_elements`),
+    ARCHIVE_TOO_LARGE, OUT_OF_MEMORY, CPU_LIMIT_EXCEEDED, LIMIT_EXCEEDED (other
+    caps).
+    FAILED_PRECONDITION: MODEL_QUARANTINED (metadata `model_id`: its archive
+    crashed, hung or was refused while loading; delete it and upload a fixed
+    one), SERVER_SHUTTING_DOWN (retryable, on another replica),
+    FAILED_PRECONDITION (the model cannot serve this request).
+    DEADLINE_EXCEEDED: DEADLINE_TOO_SHORT (refused before starting: earlier
+    requests of the model ran past deadlines longer than this one's; metadata
+    `seconds_left`, `seconds_needed`), CALL_TOO_LONG (past the server's
+    --max-call-seconds; metadata `max_call_seconds`), DEADLINE_EXCEEDED.
+    UNAUTHENTICATED: UNAUTHENTICATED.
+    PERMISSION_DENIED: UPLOADS_DISABLED (the server serves preloaded models only).
+    INTERNAL: WORKER_CRASHED (the model's worker died on these inputs),
+    WORKER_UNAVAILABLE (retryable: a worker could not start), INTERNAL (a bug;
+    quote the request id).
     """
 
     def __init__(self, channel):
@@ -114,10 +172,79 @@ class JacobianServiceStub:
 
 class JacobianServiceServicer:
     """JacobianService differentiates uploaded TorchScript and torch.export programs.
+
+    Authentication: a server started with tokens (--auth-token-file or
+    JACSERVE_AUTH_TOKEN) wants every call but grpc.health.v1.Health to carry the
+    metadata `authorization: Bearer TOKEN`; a call without it, or with a wrong
+    token, fails with UNAUTHENTICATED, reason UNAUTHENTICATED.
+
+    Request id: a call may send metadata `x-request-id` (at most 64 characters are
+    kept); the server sends it back, or a new one, as the `x-request-id` trailer of
+    every call, successful or not, and logs it. Quote it when reporting a failure.
+
+    Errors: the status code and message are as listed per RPC below; every error
+    the server itself returns also carries a google.rpc.Status in the
+    `grpc-status-details-bin` trailer (its code is the call's; its message the
+    call's, cut at 1024 characters) with these details:
+    - google.rpc.ErrorInfo, always: domain "jacserve.dev", a stable `reason`
+    (UPPER_SNAKE_CASE; new reasons may be added, so treat unknown ones by their
+    status code) and string `metadata` (for example `model_id`, `operator`,
+    `bytes_needed`, `budget_bytes`, `seconds_left`, `max_queue`);
+    - google.rpc.RequestInfo: `request_id`, the same as the trailer;
+    - google.rpc.RetryInfo, only when the same call may succeed later: wait at
+    least `retry_delay`, then retry (reasons QUEUE_FULL, UPLOADS_BUSY,
+    SERVER_SHUTTING_DOWN, WORKER_UNAVAILABLE);
+    - google.rpc.BadRequest, when a request field is at fault: `field` is its path
+    (for example `inputs[0]`, `tangents[1]`, `options.max_memory_bytes`).
+    Errors raised by gRPC itself carry no details: DEADLINE_EXCEEDED when the
+    caller's own deadline passes, UNAVAILABLE when no server answers, and
+    RESOURCE_EXHAUSTED when a message is above a side's limit or the server has
+    --max-concurrent-rpcs calls in flight.
+
+    Reasons by status code (the RPCs below list which apply to them):
+    INVALID_ARGUMENT: INVALID_ARGUMENT (a field, named in BadRequest where known),
+    INVALID_TENSOR (a Tensor that does not decode; BadRequest names it),
+    INVALID_MODEL_ID, ARCHIVE_REJECTED (not an archive torch can load, or it fails
+    the server's checks), OPERATOR_NOT_ALLOWED (metadata `operator`, the first,
+    and `operators`, all of them, comma-separated), MODEL_EXECUTION_FAILED (the
+    program raised on the given inputs).
+    NOT_FOUND: MODEL_NOT_FOUND (metadata `model_id`): an id that is unknown or not
+    visible to the caller; upload the archive again.
+    RESOURCE_EXHAUSTED: QUEUE_FULL (retryable; metadata `computing`, `queued`,
+    `max_queue`), UPLOADS_BUSY (retryable), BUDGET_TOO_SMALL
+    (options.max_memory_bytes is below one pass; metadata `bytes_needed`,
+    `budget_bytes`, `mode`), MESSAGE_TOO_LARGE (metadata `bytes_needed`,
+    `limit_bytes`), TENSOR_TOO_LARGE (metadata `elements`, `limit_elements`),
+    ARCHIVE_TOO_LARGE, OUT_OF_MEMORY, CPU_LIMIT_EXCEEDED, LIMIT_EXCEEDED (other
+    caps).
+    FAILED_PRECONDITION: MODEL_QUARANTINED (metadata `model_id`: its archive
+    crashed, hung or was refused while loading; delete it and upload a fixed
+    one), SERVER_SHUTTING_DOWN (retryable, on another replica),
+    FAILED_PRECONDITION (the model cannot serve this request).
+    DEADLINE_EXCEEDED: DEADLINE_TOO_SHORT (refused before starting: earlier
+    requests of the model ran past deadlines longer than this one's; metadata
+    `seconds_left`, `seconds_needed`), CALL_TOO_LONG (past the server's
+    --max-call-seconds; metadata `max_call_seconds`), DEADLINE_EXCEEDED.
+    UNAUTHENTICATED: UNAUTHENTICATED.
+    PERMISSION_DENIED: UPLOADS_DISABLED (the server serves preloaded models only).
+    INTERNAL: WORKER_CRASHED (the model's worker died on these inputs),
+    WORKER_UNAVAILABLE (retryable: a worker could not start), INTERNAL (a bug;
+    quote the request id).
     """
 
     def UploadModel(self, request_iterator, context):
         """UploadModel streams an archive in chunks; the model id is the SHA-256 of its bytes.
+        Chunks: every message, chunk and all, must fit the server's message limit
+        (GetServerInfo.max_message_bytes, 512 MiB by default; the SDK sends 1 MiB
+        chunks), the whole archive its archive limit (--max-archive-bytes, 1 GiB by
+        default), and the stream must not stall for --upload-idle-seconds (30 s by
+        default). expected_model_id, when sent, goes on the first message.
+        Errors: INVALID_ARGUMENT (ARCHIVE_REJECTED, OPERATOR_NOT_ALLOWED,
+        INVALID_ARGUMENT with BadRequest field `expected_model_id`), RESOURCE_EXHAUSTED
+        (ARCHIVE_TOO_LARGE, UPLOADS_BUSY, QUEUE_FULL, OUT_OF_MEMORY, LIMIT_EXCEEDED),
+        FAILED_PRECONDITION (MODEL_QUARANTINED, SERVER_SHUTTING_DOWN), DEADLINE_EXCEEDED
+        (DEADLINE_EXCEEDED: stalled or cancelled; ARCHIVE_REJECTED: it did not load in
+        time), PERMISSION_DENIED (UPLOADS_DISABLED), UNAUTHENTICATED, INTERNAL.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,6 +252,9 @@ class JacobianServiceServicer:
 
     def GetModel(self, request, context):
         """GetModel returns the metadata of one uploaded model.
+        Errors: INVALID_ARGUMENT (INVALID_MODEL_ID, ARCHIVE_REJECTED), NOT_FOUND
+        (MODEL_NOT_FOUND), FAILED_PRECONDITION (MODEL_QUARANTINED), RESOURCE_EXHAUSTED
+        (QUEUE_FULL), DEADLINE_EXCEEDED, UNAUTHENTICATED, INTERNAL.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -132,6 +262,7 @@ class JacobianServiceServicer:
 
     def ListModels(self, request, context):
         """ListModels returns the metadata of every uploaded model.
+        Errors: UNAUTHENTICATED, INTERNAL.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -139,6 +270,8 @@ class JacobianServiceServicer:
 
     def DeleteModel(self, request, context):
         """DeleteModel removes a model and its archive.
+        Errors: INVALID_ARGUMENT (INVALID_MODEL_ID), NOT_FOUND (MODEL_NOT_FOUND),
+        PERMISSION_DENIED (UPLOADS_DISABLED), UNAUTHENTICATED, INTERNAL.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -146,6 +279,14 @@ class JacobianServiceServicer:
 
     def Jvp(self, request, context):
         """Jvp computes the Jacobian-vector product J·v (forward mode).
+        Errors: INVALID_ARGUMENT (INVALID_ARGUMENT, INVALID_TENSOR, INVALID_MODEL_ID,
+        ARCHIVE_REJECTED, OPERATOR_NOT_ALLOWED, MODEL_EXECUTION_FAILED), NOT_FOUND
+        (MODEL_NOT_FOUND), RESOURCE_EXHAUSTED (QUEUE_FULL, BUDGET_TOO_SMALL,
+        MESSAGE_TOO_LARGE, TENSOR_TOO_LARGE, OUT_OF_MEMORY, CPU_LIMIT_EXCEEDED),
+        FAILED_PRECONDITION (MODEL_QUARANTINED, SERVER_SHUTTING_DOWN,
+        FAILED_PRECONDITION), DEADLINE_EXCEEDED (DEADLINE_TOO_SHORT, CALL_TOO_LONG,
+        DEADLINE_EXCEEDED), UNAUTHENTICATED, INTERNAL (WORKER_CRASHED,
+        WORKER_UNAVAILABLE, INTERNAL).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -153,6 +294,14 @@ class JacobianServiceServicer:
 
     def Vjp(self, request, context):
         """Vjp computes the vector-Jacobian product uᵀ·J (reverse mode).
+        Errors: INVALID_ARGUMENT (INVALID_ARGUMENT, INVALID_TENSOR, INVALID_MODEL_ID,
+        ARCHIVE_REJECTED, OPERATOR_NOT_ALLOWED, MODEL_EXECUTION_FAILED), NOT_FOUND
+        (MODEL_NOT_FOUND), RESOURCE_EXHAUSTED (QUEUE_FULL, BUDGET_TOO_SMALL,
+        MESSAGE_TOO_LARGE, TENSOR_TOO_LARGE, OUT_OF_MEMORY, CPU_LIMIT_EXCEEDED),
+        FAILED_PRECONDITION (MODEL_QUARANTINED, SERVER_SHUTTING_DOWN,
+        FAILED_PRECONDITION), DEADLINE_EXCEEDED (DEADLINE_TOO_SHORT, CALL_TOO_LONG,
+        DEADLINE_EXCEEDED), UNAUTHENTICATED, INTERNAL (WORKER_CRASHED,
+        WORKER_UNAVAILABLE, INTERNAL).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -160,6 +309,14 @@ class JacobianServiceServicer:
 
     def Jacobian(self, request, context):
         """Jacobian computes the full Jacobian in forward, reverse or automatically chosen mode.
+        Errors: INVALID_ARGUMENT (INVALID_ARGUMENT, INVALID_TENSOR, INVALID_MODEL_ID,
+        ARCHIVE_REJECTED, OPERATOR_NOT_ALLOWED, MODEL_EXECUTION_FAILED), NOT_FOUND
+        (MODEL_NOT_FOUND), RESOURCE_EXHAUSTED (QUEUE_FULL, BUDGET_TOO_SMALL,
+        MESSAGE_TOO_LARGE, TENSOR_TOO_LARGE, OUT_OF_MEMORY, CPU_LIMIT_EXCEEDED),
+        FAILED_PRECONDITION (MODEL_QUARANTINED, SERVER_SHUTTING_DOWN,
+        FAILED_PRECONDITION), DEADLINE_EXCEEDED (DEADLINE_TOO_SHORT, CALL_TOO_LONG,
+        DEADLINE_EXCEEDED), UNAUTHENTICATED, INTERNAL (WORKER_CRASHED,
+        WORKER_UNAVAILABLE, INTERNAL).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -169,6 +326,14 @@ class JacobianServiceServicer:
         """StreamJacobian returns the same Jacobian as a stream of messages, none larger than
         max_block_bytes or the server's message limit: a header (outputs and block shapes),
         then slices of each block in order, then the metrics. For results of any size.
+        Errors: INVALID_ARGUMENT (INVALID_ARGUMENT, INVALID_TENSOR, INVALID_MODEL_ID,
+        ARCHIVE_REJECTED, OPERATOR_NOT_ALLOWED, MODEL_EXECUTION_FAILED), NOT_FOUND
+        (MODEL_NOT_FOUND), RESOURCE_EXHAUSTED (QUEUE_FULL, BUDGET_TOO_SMALL,
+        MESSAGE_TOO_LARGE, TENSOR_TOO_LARGE, OUT_OF_MEMORY, CPU_LIMIT_EXCEEDED),
+        FAILED_PRECONDITION (MODEL_QUARANTINED, SERVER_SHUTTING_DOWN,
+        FAILED_PRECONDITION), DEADLINE_EXCEEDED (DEADLINE_TOO_SHORT, CALL_TOO_LONG,
+        DEADLINE_EXCEEDED), UNAUTHENTICATED, INTERNAL (WORKER_CRASHED,
+        WORKER_UNAVAILABLE, INTERNAL).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -176,6 +341,7 @@ class JacobianServiceServicer:
 
     def GetServerInfo(self, request, context):
         """GetServerInfo says what the server accepts, so that clients can adapt (message limit).
+        Errors: UNAUTHENTICATED, INTERNAL.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -183,6 +349,14 @@ class JacobianServiceServicer:
 
     def ParameterGradients(self, request, context):
         """ParameterGradients computes gradients with respect to the model's named parameters.
+        Errors: INVALID_ARGUMENT (INVALID_ARGUMENT, INVALID_TENSOR, INVALID_MODEL_ID,
+        ARCHIVE_REJECTED, OPERATOR_NOT_ALLOWED, MODEL_EXECUTION_FAILED), NOT_FOUND
+        (MODEL_NOT_FOUND), RESOURCE_EXHAUSTED (QUEUE_FULL, BUDGET_TOO_SMALL,
+        MESSAGE_TOO_LARGE, TENSOR_TOO_LARGE, OUT_OF_MEMORY, CPU_LIMIT_EXCEEDED),
+        FAILED_PRECONDITION (MODEL_QUARANTINED, SERVER_SHUTTING_DOWN,
+        FAILED_PRECONDITION), DEADLINE_EXCEEDED (DEADLINE_TOO_SHORT, CALL_TOO_LONG,
+        DEADLINE_EXCEEDED), UNAUTHENTICATED, INTERNAL (WORKER_CRASHED,
+        WORKER_UNAVAILABLE, INTERNAL).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -191,6 +365,14 @@ class JacobianServiceServicer:
     def Hvp(self, request, context):
         """Hessian-vector products H·v of a scalar function (forward-over-reverse), or
         Gauss–Newton products Jᵀ·J·v of any function.
+        Errors: INVALID_ARGUMENT (INVALID_ARGUMENT, INVALID_TENSOR, INVALID_MODEL_ID,
+        ARCHIVE_REJECTED, OPERATOR_NOT_ALLOWED, MODEL_EXECUTION_FAILED), NOT_FOUND
+        (MODEL_NOT_FOUND), RESOURCE_EXHAUSTED (QUEUE_FULL, BUDGET_TOO_SMALL,
+        MESSAGE_TOO_LARGE, TENSOR_TOO_LARGE, OUT_OF_MEMORY, CPU_LIMIT_EXCEEDED),
+        FAILED_PRECONDITION (MODEL_QUARANTINED, SERVER_SHUTTING_DOWN,
+        FAILED_PRECONDITION), DEADLINE_EXCEEDED (DEADLINE_TOO_SHORT, CALL_TOO_LONG,
+        DEADLINE_EXCEEDED), UNAUTHENTICATED, INTERNAL (WORKER_CRASHED,
+        WORKER_UNAVAILABLE, INTERNAL).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -198,6 +380,14 @@ class JacobianServiceServicer:
 
     def Hessian(self, request, context):
         """The full Hessian of a scalar function: n Hessian-vector products over the basis.
+        Errors: INVALID_ARGUMENT (INVALID_ARGUMENT, INVALID_TENSOR, INVALID_MODEL_ID,
+        ARCHIVE_REJECTED, OPERATOR_NOT_ALLOWED, MODEL_EXECUTION_FAILED), NOT_FOUND
+        (MODEL_NOT_FOUND), RESOURCE_EXHAUSTED (QUEUE_FULL, BUDGET_TOO_SMALL,
+        MESSAGE_TOO_LARGE, TENSOR_TOO_LARGE, OUT_OF_MEMORY, CPU_LIMIT_EXCEEDED),
+        FAILED_PRECONDITION (MODEL_QUARANTINED, SERVER_SHUTTING_DOWN,
+        FAILED_PRECONDITION), DEADLINE_EXCEEDED (DEADLINE_TOO_SHORT, CALL_TOO_LONG,
+        DEADLINE_EXCEEDED), UNAUTHENTICATED, INTERNAL (WORKER_CRASHED,
+        WORKER_UNAVAILABLE, INTERNAL).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -206,6 +396,14 @@ class JacobianServiceServicer:
     def Sensitivity(self, request, context):
         """Normalized sensitivities (elasticities), per-input and per-output norms and the
         ranked top inputs, from one Jacobian.
+        Errors: INVALID_ARGUMENT (INVALID_ARGUMENT, INVALID_TENSOR, INVALID_MODEL_ID,
+        ARCHIVE_REJECTED, OPERATOR_NOT_ALLOWED, MODEL_EXECUTION_FAILED), NOT_FOUND
+        (MODEL_NOT_FOUND), RESOURCE_EXHAUSTED (QUEUE_FULL, BUDGET_TOO_SMALL,
+        MESSAGE_TOO_LARGE, TENSOR_TOO_LARGE, OUT_OF_MEMORY, CPU_LIMIT_EXCEEDED),
+        FAILED_PRECONDITION (MODEL_QUARANTINED, SERVER_SHUTTING_DOWN,
+        FAILED_PRECONDITION), DEADLINE_EXCEEDED (DEADLINE_TOO_SHORT, CALL_TOO_LONG,
+        DEADLINE_EXCEEDED), UNAUTHENTICATED, INTERNAL (WORKER_CRASHED,
+        WORKER_UNAVAILABLE, INTERNAL).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -214,6 +412,14 @@ class JacobianServiceServicer:
     def TopSingular(self, request, context):
         """The top-k singular values and vectors of the Jacobian without forming it
         (Golub–Kahan–Lanczos bidiagonalization from JVPs and VJPs), with residuals.
+        Errors: INVALID_ARGUMENT (INVALID_ARGUMENT, INVALID_TENSOR, INVALID_MODEL_ID,
+        ARCHIVE_REJECTED, OPERATOR_NOT_ALLOWED, MODEL_EXECUTION_FAILED), NOT_FOUND
+        (MODEL_NOT_FOUND), RESOURCE_EXHAUSTED (QUEUE_FULL, BUDGET_TOO_SMALL,
+        MESSAGE_TOO_LARGE, TENSOR_TOO_LARGE, OUT_OF_MEMORY, CPU_LIMIT_EXCEEDED),
+        FAILED_PRECONDITION (MODEL_QUARANTINED, SERVER_SHUTTING_DOWN,
+        FAILED_PRECONDITION), DEADLINE_EXCEEDED (DEADLINE_TOO_SHORT, CALL_TOO_LONG,
+        DEADLINE_EXCEEDED), UNAUTHENTICATED, INTERNAL (WORKER_CRASHED,
+        WORKER_UNAVAILABLE, INTERNAL).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -222,6 +428,14 @@ class JacobianServiceServicer:
     def SparseJacobian(self, request, context):
         """A sparse Jacobian from compressed passes: one pass per colour of the sparsity
         pattern (given, or detected by probing) instead of one per input or output.
+        Errors: INVALID_ARGUMENT (INVALID_ARGUMENT, INVALID_TENSOR, INVALID_MODEL_ID,
+        ARCHIVE_REJECTED, OPERATOR_NOT_ALLOWED, MODEL_EXECUTION_FAILED), NOT_FOUND
+        (MODEL_NOT_FOUND), RESOURCE_EXHAUSTED (QUEUE_FULL, BUDGET_TOO_SMALL,
+        MESSAGE_TOO_LARGE, TENSOR_TOO_LARGE, OUT_OF_MEMORY, CPU_LIMIT_EXCEEDED),
+        FAILED_PRECONDITION (MODEL_QUARANTINED, SERVER_SHUTTING_DOWN,
+        FAILED_PRECONDITION), DEADLINE_EXCEEDED (DEADLINE_TOO_SHORT, CALL_TOO_LONG,
+        DEADLINE_EXCEEDED), UNAUTHENTICATED, INTERNAL (WORKER_CRASHED,
+        WORKER_UNAVAILABLE, INTERNAL).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -315,6 +529,64 @@ def add_JacobianServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class JacobianService:
     """JacobianService differentiates uploaded TorchScript and torch.export programs.
+
+    Authentication: a server started with tokens (--auth-token-file or
+    JACSERVE_AUTH_TOKEN) wants every call but grpc.health.v1.Health to carry the
+    metadata `authorization: Bearer TOKEN`; a call without it, or with a wrong
+    token, fails with UNAUTHENTICATED, reason UNAUTHENTICATED.
+
+    Request id: a call may send metadata `x-request-id` (at most 64 characters are
+    kept); the server sends it back, or a new one, as the `x-request-id` trailer of
+    every call, successful or not, and logs it. Quote it when reporting a failure.
+
+    Errors: the status code and message are as listed per RPC below; every error
+    the server itself returns also carries a google.rpc.Status in the
+    `grpc-status-details-bin` trailer (its code is the call's; its message the
+    call's, cut at 1024 characters) with these details:
+    - google.rpc.ErrorInfo, always: domain "jacserve.dev", a stable `reason`
+    (UPPER_SNAKE_CASE; new reasons may be added, so treat unknown ones by their
+    status code) and string `metadata` (for example `model_id`, `operator`,
+    `bytes_needed`, `budget_bytes`, `seconds_left`, `max_queue`);
+    - google.rpc.RequestInfo: `request_id`, the same as the trailer;
+    - google.rpc.RetryInfo, only when the same call may succeed later: wait at
+    least `retry_delay`, then retry (reasons QUEUE_FULL, UPLOADS_BUSY,
+    SERVER_SHUTTING_DOWN, WORKER_UNAVAILABLE);
+    - google.rpc.BadRequest, when a request field is at fault: `field` is its path
+    (for example `inputs[0]`, `tangents[1]`, `options.max_memory_bytes`).
+    Errors raised by gRPC itself carry no details: DEADLINE_EXCEEDED when the
+    caller's own deadline passes, UNAVAILABLE when no server answers, and
+    RESOURCE_EXHAUSTED when a message is above a side's limit or the server has
+    --max-concurrent-rpcs calls in flight.
+
+    Reasons by status code (the RPCs below list which apply to them):
+    INVALID_ARGUMENT: INVALID_ARGUMENT (a field, named in BadRequest where known),
+    INVALID_TENSOR (a Tensor that does not decode; BadRequest names it),
+    INVALID_MODEL_ID, ARCHIVE_REJECTED (not an archive torch can load, or it fails
+    the server's checks), OPERATOR_NOT_ALLOWED (metadata `operator`, the first,
+    and `operators`, all of them, comma-separated), MODEL_EXECUTION_FAILED (the
+    program raised on the given inputs).
+    NOT_FOUND: MODEL_NOT_FOUND (metadata `model_id`): an id that is unknown or not
+    visible to the caller; upload the archive again.
+    RESOURCE_EXHAUSTED: QUEUE_FULL (retryable; metadata `computing`, `queued`,
+    `max_queue`), UPLOADS_BUSY (retryable), BUDGET_TOO_SMALL
+    (options.max_memory_bytes is below one pass; metadata `bytes_needed`,
+    `budget_bytes`, `mode`), MESSAGE_TOO_LARGE (metadata `bytes_needed`,
+    `limit_bytes`), TENSOR_TOO_LARGE (metadata `elements`, `limit_elements`),
+    ARCHIVE_TOO_LARGE, OUT_OF_MEMORY, CPU_LIMIT_EXCEEDED, LIMIT_EXCEEDED (other
+    caps).
+    FAILED_PRECONDITION: MODEL_QUARANTINED (metadata `model_id`: its archive
+    crashed, hung or was refused while loading; delete it and upload a fixed
+    one), SERVER_SHUTTING_DOWN (retryable, on another replica),
+    FAILED_PRECONDITION (the model cannot serve this request).
+    DEADLINE_EXCEEDED: DEADLINE_TOO_SHORT (refused before starting: earlier
+    requests of the model ran past deadlines longer than this one's; metadata
+    `seconds_left`, `seconds_needed`), CALL_TOO_LONG (past the server's
+    --max-call-seconds; metadata `max_call_seconds`), DEADLINE_EXCEEDED.
+    UNAUTHENTICATED: UNAUTHENTICATED.
+    PERMISSION_DENIED: UPLOADS_DISABLED (the server serves preloaded models only).
+    INTERNAL: WORKER_CRASHED (the model's worker died on these inputs),
+    WORKER_UNAVAILABLE (retryable: a worker could not start), INTERNAL (a bug;
+    quote the request id).
     """
 
     @staticmethod

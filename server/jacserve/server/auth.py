@@ -18,6 +18,9 @@ from typing import Any
 
 import grpc
 
+from jacserve.server.errors import Reason, Unauthenticated
+from jacserve.server.rpc import abort_with_details
+
 __all__ = ["TokenAuthInterceptor", "load_tokens", "server_credentials"]
 
 _OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
@@ -94,7 +97,8 @@ def _refusal(handler: grpc.RpcMethodHandler, what: str) -> grpc.RpcMethodHandler
     )
 
     def abort(_request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        error = Unauthenticated(message, reason=Reason.UNAUTHENTICATED)
+        abort_with_details(context, grpc.StatusCode.UNAUTHENTICATED, message, error)
 
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(abort)

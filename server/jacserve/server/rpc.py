@@ -1,8 +1,17 @@
-"""One RPC's plumbing: its request id, the status code of its error, its log line and
-its Prometheus record.
+"""One RPC's plumbing: its request id, the status code and details of its error, its log
+line and its Prometheus record.
+
+Every error leaves with ``google.rpc.Status`` details in the ``grpc-status-details-bin``
+trailer: an ``ErrorInfo`` (domain ``jacserve.dev``, a stable reason, metadata), a
+``RequestInfo`` (the request id), a ``RetryInfo`` when trying again later can succeed and
+a ``BadRequest`` when a request field is at fault.
 
 >>> status_for(NotFound("no such model"))
 <StatusCode.NOT_FOUND: (5, 'not found')>
+>>> status = rich_status(NotFound("gone", model_id="ab"), grpc.StatusCode.NOT_FOUND, "gone", "7")
+>>> info = error_details_pb2.ErrorInfo()
+>>> status.details[0].Unpack(info), info.reason, dict(info.metadata)
+(True, 'MODEL_NOT_FOUND', {'model_id': 'ab'})
 """
 
 from __future__ import annotations
@@ -18,11 +27,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from jacserve.server.errors import (
+    DOMAIN,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
+    JacserveError,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
@@ -31,7 +44,15 @@ from jacserve.server.errors import (
 )
 from jacserve.server.metrics import ServiceMetrics
 
-__all__ = ["REQUEST_ID_KEY", "Observed", "recorded", "rpc", "status_for"]
+__all__ = [
+    "REQUEST_ID_KEY",
+    "Observed",
+    "abort_with_details",
+    "recorded",
+    "rich_status",
+    "rpc",
+    "status_for",
+]
 
 _LOG = logging.getLogger("jacserve.server.rpc")
 REQUEST_ID_KEY = "x-request-id"
@@ -55,6 +76,53 @@ def status_for(exc: Exception) -> grpc.StatusCode | None:
         if isinstance(exc, error_type):
             return code
     return None
+
+
+_MAX_STATUS_MESSAGE = 1024  # the trailers must stay well below the peers' 8 KiB metadata limit
+_MAX_DESCRIPTION = 200
+
+
+def rich_status(
+    error: Exception, code: grpc.StatusCode, message: str, request_id: str = ""
+) -> status_pb2.Status:
+    """The ``google.rpc.Status`` sent with ``error``: any exception that is not a
+    :class:`JacserveError` has reason ``INTERNAL``. Its message is the status message
+    (cut at 1024 characters)."""
+    details = error if isinstance(error, JacserveError) else JacserveError()
+    status = status_pb2.Status(code=code.value[0], message=message[:_MAX_STATUS_MESSAGE])
+    status.details.add().Pack(
+        error_details_pb2.ErrorInfo(reason=details.reason, domain=DOMAIN, metadata=details.metadata)
+    )
+    if request_id:
+        status.details.add().Pack(error_details_pb2.RequestInfo(request_id=request_id))
+    if details.retry_after is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromNanoseconds(int(details.retry_after * 1e9))
+        status.details.add().Pack(retry)
+    if details.field:
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=details.field,
+            description=str(details)[:_MAX_DESCRIPTION],
+            reason=details.reason,
+        )
+        status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    return status
+
+
+def abort_with_details(
+    context: grpc.ServicerContext,
+    code: grpc.StatusCode,
+    message: str,
+    error: Exception,
+    request_id: str = "",
+) -> None:
+    """End the call with ``code`` and ``message`` (as without details) and ``error``'s
+    ``google.rpc.Status`` details; the ``x-request-id`` trailer stays. Raises, as
+    ``context.abort`` does."""
+    status = rpc_status.to_status(rich_status(error, code, message, request_id))
+    trailers = ((REQUEST_ID_KEY, request_id),) if request_id else ()
+    context.set_trailing_metadata(trailers + tuple(status.trailing_metadata))
+    context.abort(code, message)
 
 
 @dataclass
@@ -96,7 +164,7 @@ def recorded(
             )
         else:
             code, message = mapped, f"{name}: {exc}"
-        context.abort(code, message)
+        abort_with_details(context, code, message, exc, request_id)
     except GeneratorExit:
         code = grpc.StatusCode.CANCELLED  # a stream whose caller went away
         raise

@@ -37,8 +37,10 @@ from jacserve.server.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    Reason,
     ResourceExhausted,
     WorkerFailed,
+    archive_checks,
 )
 from jacserve.server.metrics import ServiceMetrics
 from jacserve.server.registry.catalog import ModelCatalog
@@ -116,7 +118,9 @@ class JacobianServicer:
                 raise DeadlineExceeded(
                     f"the call ran past the server's maximum call length of {limit:g} s "
                     "(--max-call-seconds), whatever the caller's deadline; its worker was "
-                    "stopped. Use a smaller problem or ask the operator for a longer maximum"
+                    "stopped. Use a smaller problem or ask the operator for a longer maximum",
+                    reason=Reason.CALL_TOO_LONG,
+                    max_call_seconds=f"{limit:g}",
                 ) from None
 
         return explain
@@ -171,11 +175,14 @@ class JacobianServicer:
         if reason is not None:
             raise FailedPrecondition(
                 f"model {model_id} is quarantined: its archive crashed, hung or was refused "
-                f"while loading ({reason[:300]}); delete it (DeleteModel) and upload a fixed one"
+                f"while loading ({reason[:300]}); delete it (DeleteModel) and upload a fixed one",
+                reason=Reason.MODEL_QUARANTINED,
+                model_id=model_id,
             )
         if not self._store.path(model_id).exists():
             raise NotFound(
-                f"model {model_id} is not registered; upload it first (UploadModel / Client.upload)"
+                f"model {model_id} is not registered; upload it first (UploadModel / Client.upload)",
+                model_id=model_id,
             )
         return self._describe(model_id, context)
 
@@ -183,7 +190,8 @@ class JacobianServicer:
         if not self._settings.allow_uploads:
             raise PermissionDenied(
                 "this server serves only the models preloaded in its model directory "
-                "(uploads are off: --allow-uploads false); ask its operator to add the model"
+                "(uploads are off: --allow-uploads false); ask its operator to add the model",
+                reason=Reason.UPLOADS_DISABLED,
             )
 
     def register(
@@ -194,7 +202,8 @@ class JacobianServicer:
         known = self._catalog.get(hashlib.sha256(data).hexdigest())
         if known is not None and not expected_id:
             return known, True  # an inline archive sent again: nothing to stage or check
-        staged = self._store.receive([data], expected_id=expected_id)
+        with archive_checks():
+            staged = self._store.receive([data], expected_id=expected_id)
         try:
             return self.register_staged(staged, context)
         finally:
@@ -292,7 +301,8 @@ class JacobianServicer:
             self.info(ref.model_id, context)
         else:
             raise InvalidArgument(
-                "function: expected model_id (from UploadModel) or an inline archive; got neither"
+                "function: expected model_id (from UploadModel) or an inline archive; got neither",
+                field="function",
             )
 
     def _call(self, model_id: str, call: Callable[[], Any]) -> Any:

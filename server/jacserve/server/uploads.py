@@ -31,7 +31,13 @@ from typing import Generic, TypeVar
 
 import grpc
 
-from jacserve.server.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
+from jacserve.server.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    Reason,
+    ResourceExhausted,
+    archive_checks,
+)
 from jacserve.server.registry.store import ArchiveStore, StagedArchive
 from jacserve.v1 import jacobian_service_pb2 as pb
 
@@ -99,14 +105,18 @@ class UploadSlots:
                 raise ResourceExhausted(
                     f"the server is receiving {in_progress} uploads, its limit (a quarter of "
                     "--max-workers, so that other calls keep their threads); retry when one "
-                    "has finished"
+                    "has finished",
+                    reason=Reason.UPLOADS_BUSY,
+                    retry_after=1.0,
                 )
             mine = self._by_host.get(host, 0)
             if mine >= self.per_peer:
                 raise ResourceExhausted(
                     f"{host} has {mine} upload{'s' * (mine != 1)} in progress, the server's "
                     f"limit per client address (--max-uploads-per-peer {self.per_peer}); "
-                    "wait for one to finish, then retry"
+                    "wait for one to finish, then retry",
+                    reason=Reason.UPLOADS_BUSY,
+                    retry_after=1.0,
                 )
             self._by_host[host] = mine + 1
         try:
@@ -201,7 +211,8 @@ def _chunks(first: pb.UploadModelRequest, rest: Iterator[pb.UploadModelRequest])
             raise InvalidArgument(
                 "expected_model_id: expected it on the first message (or the same one on "
                 f"every message); got {message.expected_model_id[:80]!r} on a later message "
-                f"after {first.expected_model_id[:80]!r}"
+                f"after {first.expected_model_id[:80]!r}",
+                field="expected_model_id",
             )
         yield message.chunk
 
@@ -227,6 +238,7 @@ def receive_upload(
     messages = idle_limited(requests, idle_seconds=idle_seconds)
     try:
         first = next(messages, pb.UploadModelRequest())
-        return store.receive(_chunks(first, messages), expected_id=first.expected_model_id)
+        with archive_checks():
+            return store.receive(_chunks(first, messages), expected_id=first.expected_model_id)
     finally:
         messages.close()

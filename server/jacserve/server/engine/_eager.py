@@ -38,7 +38,7 @@ from jacserve.server.engine._run import (
 )
 from jacserve.server.engine.cache import DerivativeCache
 from jacserve.server.engine.planner import Mode, ModePlan, RequestedMode
-from jacserve.server.errors import InvalidArgument, JacserveError, ResourceExhausted
+from jacserve.server.errors import InvalidArgument, JacserveError, Reason, ResourceExhausted
 
 __all__ = ["eager_run"]
 
@@ -149,7 +149,12 @@ def _chunking(
             f"the Jacobian needs at least {profile.needed_bytes(reserved)} bytes in {chosen.mode} "
             f"mode with one pass per chunk ({reserved} for the result, {profile.fixed_bytes} fixed, "
             f"{profile.per_pass_bytes} per pass), above the memory budget of {max_memory_bytes} "
-            "bytes (max_memory_bytes); raise the budget or differentiate fewer inputs (wrt)"
+            "bytes (max_memory_bytes); raise the budget or differentiate fewer inputs (wrt)",
+            reason=Reason.BUDGET_TOO_SMALL,
+            field="options.max_memory_bytes",
+            bytes_needed=profile.needed_bytes(reserved),
+            budget_bytes=max_memory_bytes,
+            mode=chosen.mode,
         )
     chunk = max(1, min(chunk, fitting))
     run.estimated_peak_bytes = profile.needed_bytes(reserved, chunk)
@@ -202,7 +207,10 @@ def eager_run(
             raise ResourceExhausted(
                 f"the window of passes would have {_window_width(options.passes, mode, n, m)} "
                 f"elements, above the limit of {max_elements} (--max-tensor-elements); ask "
-                "for fewer passes per request"
+                "for fewer passes per request",
+                reason=Reason.TENSOR_TOO_LARGE,
+                elements=_window_width(options.passes, mode, n, m),
+                limit_elements=max_elements,
             )
         total = n if mode == "forward" else m
         if mode != "auto" and options.passes[1] > total:
@@ -215,7 +223,10 @@ def eager_run(
             f"the Jacobian would have {'B*' if batched else ''}n*m = "
             f"{f'{batch}*' if batched else ''}{n}*{m} = {(batch or 1) * n * m} elements, "
             f"above the limit of {max_elements} (--max-tensor-elements); differentiate "
-            "fewer inputs (wrt)"
+            "fewer inputs (wrt)",
+            reason=Reason.TENSOR_TOO_LARGE,
+            elements=(batch or 1) * n * m,
+            limit_elements=max_elements,
         )
     signature = call_signature(method, inputs, chosen, batched)
     modes = {

@@ -30,6 +30,7 @@ from jacserve.server.errors import (
     InvalidArgument,
     JacserveError,
     ModelExecutionError,
+    Reason,
     ResourceExhausted,
 )
 
@@ -114,7 +115,8 @@ def user_code(what: str, hint: str = _CALL_HINT) -> Iterator[None]:
             raise ResourceExhausted(
                 f"{what} ran out of memory ({summarize_error(exc)}); the worker's memory is capped "
                 "(--worker-memory-bytes). Use smaller inputs or a memory budget "
-                "(options.max_memory_bytes)"
+                "(options.max_memory_bytes)",
+                reason=Reason.OUT_OF_MEMORY,
             ) from exc
         raise ModelExecutionError(
             f"{what} raised {type(exc).__name__}: {summarize_error(exc)}. {hint}"

@@ -114,7 +114,10 @@ def jacobian(
     if chunk_size is not None and chunk_size < 1:
         raise InvalidArgument(f"chunk_size must be >= 1 or unset; got {chunk_size}")
     if max_memory_bytes is not None and max_memory_bytes < 1:
-        raise InvalidArgument(f"max_memory_bytes must be >= 1 or unset; got {max_memory_bytes}")
+        raise InvalidArgument(
+            f"max_memory_bytes must be >= 1 or unset; got {max_memory_bytes}",
+            field="options.max_memory_bytes",
+        )
     if mode not in ("auto", "forward", "reverse"):
         raise InvalidArgument(
             f"plan_mode: expected mode 'auto', 'forward' or 'reverse'; got {mode!r}"

@@ -44,7 +44,7 @@ from jacserve.server.engine._run import (
 )
 from jacserve.server.engine.planner import ModePlan
 from jacserve.server.engine.products import batch_size_of
-from jacserve.server.errors import InvalidArgument, ResourceExhausted
+from jacserve.server.errors import InvalidArgument, Reason, ResourceExhausted
 
 __all__ = ["gauss_newton_vector_products", "hessian", "hessian_vector_products"]
 
@@ -218,7 +218,10 @@ def hessian(
         raise ResourceExhausted(
             f"the Hessian would have n*n = {n}*{n} = {n * n} entries, above the limit of "
             f"{max_elements} (--max-tensor-elements); differentiate fewer inputs (wrt) or "
-            "ask for Hessian-vector products"
+            "ask for Hessian-vector products",
+            reason=Reason.TENSOR_TOO_LARGE,
+            elements=n * n,
+            limit_elements=max_elements,
         )
     g = BoundMethod(fn, inputs, chosen, method)
     with engine_call(inputs, memory_meter) as run:

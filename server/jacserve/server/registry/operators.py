@@ -36,7 +36,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from jacserve.server.errors import InvalidArgument
+from jacserve.server.errors import InvalidArgument, Reason
 
 __all__ = [
     "DEFAULT_ALLOWLIST_PATH",
@@ -237,7 +237,10 @@ class OperatorAllowlist:
             raise InvalidArgument(
                 f"the model calls {count} the server does not allow: {listed}. "
                 f"{_REFUSAL_HINT}. A server whose operator trusts the model's authors can "
-                f"allow them with --allow-ops {','.join(names)}"
+                f"allow them with --allow-ops {','.join(names)}",
+                reason=Reason.OPERATOR_NOT_ALLOWED,
+                operator=names[0],
+                operators=",".join(names)[:500],
             )
         return tuple(
             f"the model uses {what} (in {where}): derivatives through it are zero"

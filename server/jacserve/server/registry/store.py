@@ -29,7 +29,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from jacserve.server.errors import InvalidArgument, NotFound, ResourceExhausted
+from jacserve.server.errors import InvalidArgument, NotFound, Reason, ResourceExhausted
 from jacserve.server.registry.archive import ArchiveFormat, detect_format
 
 __all__ = ["ArchiveStore", "StagedArchive", "check_model_id"]
@@ -55,7 +55,8 @@ def check_model_id(model_id: str) -> str:
     if not _MODEL_ID.fullmatch(model_id):
         raise InvalidArgument(
             f"model_id must be the 64 lowercase hex characters returned by UploadModel; "
-            f"got {model_id[:80]!r}"
+            f"got {model_id[:80]!r}",
+            reason=Reason.INVALID_MODEL_ID,
         )
     return model_id
 

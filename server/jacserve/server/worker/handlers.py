@@ -15,10 +15,16 @@ from typing import Any, TypeVar
 
 import torch
 
-from jacserve.codec import decode_tensors, dtype_to_wire, encode_tensor, encode_tensors
+from jacserve.codec import (
+    TensorCodecError,
+    decode_tensor,
+    dtype_to_wire,
+    encode_tensor,
+    encode_tensors,
+)
 from jacserve.server import engine
 from jacserve.server.engine.compiled import CompiledPrograms
-from jacserve.server.errors import InvalidArgument, ResourceExhausted
+from jacserve.server.errors import InvalidArgument, Reason, ResourceExhausted
 from jacserve.server.registry import ArchiveRegistry, LoadedModel, MethodInfo, ModelInfo
 from jacserve.server.worker import structure, verify
 from jacserve.server.worker.analysis import AnalysisHandlers
@@ -83,6 +89,22 @@ def model_info_to_wire(info: ModelInfo) -> pb.ModelInfo:
         methods=methods,
         parameters=parameters,
     )
+
+
+def _decode_field(
+    name: str, messages: Sequence[pb.Tensor], max_elements: int, device: str
+) -> tuple[torch.Tensor, ...]:
+    """Decode the repeated Tensor field ``name``; a bad tensor is INVALID_TENSOR naming it."""
+    decoded = []
+    for i, message in enumerate(messages):
+        try:
+            tensor = decode_tensor(message, name=f"{name}[{i}]", max_elements=max_elements)
+        except TensorCodecError as exc:
+            raise InvalidArgument(
+                str(exc), reason=Reason.INVALID_TENSOR, field=f"{name}[{i}]"
+            ) from None
+        decoded.append(tensor.to(device))
+    return tuple(decoded)
 
 
 def _refuse_verification(options: pb.ComputeOptions, rpc: str) -> None:
@@ -150,13 +172,9 @@ class DerivativeHandlers(AnalysisHandlers):
         """Decode the request's tensors and load its model, both on the request's device."""
         device = self._device(options)
         with phases.phase("decode"):
+            limit = self._settings.max_tensor_elements
             tensors = {
-                name: tuple(
-                    t.to(device)
-                    for t in decode_tensors(
-                        messages, name=name, max_elements=self._settings.max_tensor_elements
-                    )
-                )
+                name: _decode_field(name, messages, limit, device)
                 for name, messages in fields.items()
             }
         with phases.phase("load"):
@@ -175,7 +193,10 @@ class DerivativeHandlers(AnalysisHandlers):
             raise ResourceExhausted(
                 f"the response would carry {size} bytes of tensors, above the message limit of "
                 f"{limit} (--max-message-bytes); differentiate fewer inputs "
-                "(wrt) or raise the limit on both server and client"
+                "(wrt) or raise the limit on both server and client",
+                reason=Reason.MESSAGE_TOO_LARGE,
+                bytes_needed=size,
+                limit_bytes=limit,
             )
 
     def _encode(

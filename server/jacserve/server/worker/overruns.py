@@ -69,5 +69,8 @@ class Overruns:
                 f"the last {count} requests for this model ran past their deadlines (after "
                 f"{needed:.2f}s) and this one has {left:.2f}s left, so it was not started; "
                 "nothing was computed. Call with a longer deadline (a request that finishes "
-                "clears this)"
+                "clears this)",
+                reason=errors.Reason.DEADLINE_TOO_SHORT,
+                seconds_left=f"{left:.3f}",
+                seconds_needed=f"{needed:.3f}",
             )

@@ -307,7 +307,12 @@ class WorkerPool(RunsOperations):
             if self._waiting >= self._max_queue:
                 raise errors.ResourceExhausted(
                     f"{self._busy} requests are computing and {self._waiting} are already "
-                    "queued (--max-queue); retry with backoff or add replicas"
+                    "queued (--max-queue); retry with backoff or add replicas",
+                    reason=errors.Reason.QUEUE_FULL,
+                    retry_after=0.2,
+                    computing=self._busy,
+                    queued=self._waiting,
+                    max_queue=self._max_queue,
                 )
             self._waiting += 1
             condition, count = self._waiters.get(model_id, (threading.Condition(self._lock), 0))
@@ -316,7 +321,9 @@ class WorkerPool(RunsOperations):
                 while True:
                     if self._closed.is_set():
                         raise errors.FailedPrecondition(
-                            "the server is shutting down; retry on another replica"
+                            "the server is shutting down; retry on another replica",
+                            reason=errors.Reason.SERVER_SHUTTING_DOWN,
+                            retry_after=0.1,
                         )
                     if joined is not None and joined.done and joined.error is not None:
                         raise joined.error

@@ -76,13 +76,16 @@ def _build(settings: WorkerSettings, compile_after: int, archive: bytes) -> Deri
 
 
 def _error(exc: BaseException) -> dict[str, Any]:
-    """The reply for a failed operation; its text is cut so that the header always fits."""
+    """The reply for a failed operation, with the error's details; its text is cut so
+    that the header always fits."""
     if isinstance(exc, errors.JacserveError):
-        kind, text = type(exc).__name__, str(exc)
+        error, kind, text = exc, type(exc).__name__, str(exc)
     elif isinstance(exc, TensorCodecError):
+        error = errors.InvalidArgument(reason=errors.Reason.INVALID_TENSOR, field=exc.field)
         kind, text = "InvalidArgument", str(exc)
     elif is_allocation_failure(exc):  # outside model calls too (loading, encoding)
         first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        error = errors.ResourceExhausted(reason=errors.Reason.OUT_OF_MEMORY)
         kind, text = (
             "ResourceExhausted",
             "the model ran out of memory in its worker (the per-worker memory limit is "
@@ -91,10 +94,11 @@ def _error(exc: BaseException) -> dict[str, Any]:
         )
     else:
         _LOG.exception("request failed unexpectedly")
+        error = errors.JacserveError()
         kind, text = "Internal", f"{type(exc).__name__} in the worker"
     if len(text) > MAX_ERROR_CHARS:
         text = text[: MAX_ERROR_CHARS - 20] + " … (message cut)"
-    return {"ok": False, "error": kind, "message": text}
+    return errors.error_reply(error, kind, text)
 
 
 def _answer(handlers: DerivativeHandlers, header: dict[str, Any], payload: bytes | None) -> Any:
@@ -113,7 +117,11 @@ def _read_archive(fd: int, limit: int) -> bytes:
     with os.fdopen(fd, "rb") as archive:
         data = archive.read(limit + 1)
     if len(data) > limit:
-        raise errors.ResourceExhausted(f"archive is above the server's limit of {limit} bytes")
+        raise errors.ResourceExhausted(
+            f"archive is above the server's limit of {limit} bytes",
+            reason=errors.Reason.ARCHIVE_TOO_LARGE,
+            limit_bytes=limit,
+        )
     return data
 
 
@@ -130,9 +138,10 @@ def _load(
         raise EOFError(f"expected the archive first; got {str(header.get('op'))[:80]!r}")
     with budget.request():
         try:
-            archive = _read_archive(int(header["file_fd"]), settings.max_archive_bytes)
-            handlers = _build(settings, compile_after, archive)
-            info = handlers.describe()
+            with errors.archive_checks():
+                archive = _read_archive(int(header["file_fd"]), settings.max_archive_bytes)
+                handlers = _build(settings, compile_after, archive)
+                info = handlers.describe()
         except Exception as exc:
             channel.send(_error(exc))
             raise EOFError("the archive was refused") from exc

@@ -145,7 +145,8 @@ class RunsOperations:
             self._release(worker)
         if not reply.get("ok"):
             error = ERRORS.get(str(reply.get("error")), errors.WorkerFailed)
-            raise error(str(reply.get("message", "the worker failed without a message"))[:4000])
+            message = str(reply.get("message", "the worker failed without a message"))[:4000]
+            raise errors.error_from_reply(error, reply, message)
         yield reply, body
 
     def _await_reply(

@@ -117,13 +117,16 @@ def death_error(
     if code == -signal.SIGXCPU:
         return errors.ResourceExhausted(
             f"the request used more than {cpu_seconds:g} CPU seconds, the per-request limit "
-            "(--worker-cpu-seconds); its worker was stopped"
+            "(--worker-cpu-seconds); its worker was stopped",
+            reason=errors.Reason.CPU_LIMIT_EXCEEDED,
+            cpu_seconds=f"{cpu_seconds:g}",
         )
     if code == -signal.SIGKILL:
         return errors.ResourceExhausted(
             "the worker running this request was killed (SIGKILL), most likely by the "
             "kernel for using too much memory; use smaller inputs or a memory budget "
-            "(options.max_memory_bytes)"
+            "(options.max_memory_bytes)",
+            reason=errors.Reason.OUT_OF_MEMORY,
         )
     how = describe_exit(code) if code is not None else f"protocol error: {exc}"
     return errors.WorkerFailed(
@@ -141,7 +144,8 @@ def _reply(channel: Channel, process: WorkerProcess, until: float) -> tuple[dict
             raise LoadFailure(
                 errors.DeadlineExceeded(
                     "loading the archive did not finish within the server's load limit "
-                    "(--load-timeout); the archive was not registered"
+                    "(--load-timeout); the archive was not registered",
+                    reason=errors.Reason.ARCHIVE_REJECTED,
                 ),
                 crashed=True,
             )
@@ -158,7 +162,8 @@ def _reply(channel: Channel, process: WorkerProcess, until: float) -> tuple[dict
                 raise LoadFailure(
                     errors.InvalidArgument(
                         f"loading the archive crashed its worker ({describe_exit(code)}); the "
-                        "archive is malformed or hostile and was not registered"
+                        "archive is malformed or hostile and was not registered",
+                        reason=errors.Reason.ARCHIVE_REJECTED,
                     ),
                     crashed=True,
                 ) from None
@@ -200,11 +205,22 @@ def start_worker(
             header, _ = _reply(channel, process, until)
         except LoadFailure as failure:  # before it saw the archive: not the archive's fault
             raise LoadFailure(
-                errors.WorkerFailed(f"a worker could not start ({failure}); see the server log"),
+                errors.WorkerFailed(
+                    f"a worker could not start ({failure}); see the server log",
+                    reason=errors.Reason.WORKER_UNAVAILABLE,
+                    retry_after=1.0,
+                ),
                 crashed=False,
             ) from None
         if not header.get("ready"):
-            raise LoadFailure(errors.WorkerFailed("the worker did not start"), crashed=False)
+            raise LoadFailure(
+                errors.WorkerFailed(
+                    "the worker did not start",
+                    reason=errors.Reason.WORKER_UNAVAILABLE,
+                    retry_after=1.0,
+                ),
+                crashed=False,
+            )
         try:
             with open(archive_path, "rb") as archive:
                 channel.send({"op": "load"}, file_fd=archive.fileno())
@@ -212,14 +228,16 @@ def start_worker(
             raise LoadFailure(
                 errors.NotFound(
                     f"model {model_id} is not registered; upload it first "
-                    "(UploadModel / Client.upload)"
+                    "(UploadModel / Client.upload)",
+                    model_id=model_id,
                 ),
                 crashed=False,
             ) from None
         reply, body = _reply(channel, process, until)
         if not reply.get("ok"):
             error = ERRORS.get(str(reply.get("error")), errors.WorkerFailed)
-            raise LoadFailure(error(str(reply.get("message", "refused"))[:4000]), crashed=False)
+            message = str(reply.get("message", "refused"))[:4000]
+            raise LoadFailure(errors.error_from_reply(error, reply, message), crashed=False)
         worker.info = bytes(body or b"")
         return worker
     except BaseException:
