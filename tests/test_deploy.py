@@ -73,19 +73,31 @@ def test_deployment_settings_are_the_servers_and_match_the_resources():
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volume = next(v for v in pod["volumes"] if v["name"] == mounts[str(token_file.parent)])
     assert volume["secret"]["secretName"] == "jacserve-tokens"
-    assert token_file.name in _by_kind("Secret")["stringData"]
+    assert token_file.name in _by_kind("Secret", "jacserve-tokens")["stringData"]
     assert config.model_dir in mounts, "uploads go to a writable volume"
 
 
-def test_the_store_quota_fits_the_models_volume():
-    pod = _by_kind("Deployment")["spec"]["template"]["spec"]
+def test_the_local_cache_fits_the_models_volume_and_the_store_is_shared():
+    deployment = _by_kind("Deployment")
+    pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     env = _jacserve_env({e["name"]: e["value"] for e in container["env"] if "value" in e})
-    config = parse_config([], environ=env)
+    store = _by_kind("ConfigMap", "jacserve-model-store")["data"]
+    config = parse_config([], environ={**env, **_jacserve_env(store)})
+    assert config.model_store.startswith("s3://"), "replicas share one object store"
+    sources = {s.get("configMapRef", s.get("secretRef"))["name"] for s in container["envFrom"]}
+    assert sources == {"jacserve-model-store"}
+    assert set(_by_kind("Secret", "jacserve-model-store")["stringData"]) == {
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    }
+    assert "replicas" not in deployment["spec"], "the HorizontalPodAutoscaler owns the count"
     mount = next(m for m in container["volumeMounts"] if m["mountPath"] == config.model_dir)
     volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
     size = int(re.fullmatch(r"(\d+)Gi", volume["emptyDir"]["sizeLimit"]).group(1)) << 30
-    assert config.max_store_bytes < size, "room is left for uploads being staged"
+    assert config.model_cache_bytes + config.max_archive_bytes <= size, (
+        "the cache leaves room for an upload being staged"
+    )
 
 
 def test_pods_run_unprivileged_on_a_read_only_root():

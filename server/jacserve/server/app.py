@@ -37,6 +37,8 @@ from jacserve.server.config import (
 from jacserve.server.logs import configure_logging
 from jacserve.server.metrics import ServiceMetrics
 from jacserve.server.reflection import enable_reflection
+from jacserve.server.registry.objects import parse_store_url
+from jacserve.server.registry.shared_store import SharedArchiveStore, open_store
 from jacserve.server.registry.store import ArchiveStore
 from jacserve.server.resources import available_cpus, available_memory_bytes
 from jacserve.server.service import SERVICE_NAME, FrontendSettings, JacobianServicer
@@ -133,17 +135,25 @@ def serve(config: ServerConfig, environ: dict[str, str] | None = None) -> Runnin
     return_large_blocks()  # upload chunks go back to the kernel (NOTE: [Returning upload chunks])
     temporary = []
     model_dir = config.model_dir
+    scheme, location = parse_store_url(config.model_store) if config.model_store else ("", "")
+    if scheme == "file":
+        model_dir = location
     if model_dir is None:
         model_dir = tempfile.mkdtemp(prefix="jacserve-models-")
         temporary.append(model_dir)
     scratch_dir = tempfile.mkdtemp(prefix="jacserve-scratch-")
     temporary.append(scratch_dir)
-    store = ArchiveStore(
+    store = open_store(
+        config.model_store,
         model_dir,
         max_archive_bytes=config.max_archive_bytes,
         max_store_bytes=config.max_store_bytes,
         max_models=config.max_models,
+        cache_bytes=config.model_cache_bytes,
+        ttl_seconds=config.model_store_ttl,
+        environ=environ,
     )
+    shared = isinstance(store, SharedArchiveStore)
     metrics = ServiceMetrics()
     settings = worker_settings(config, scratch_dir)
     if sys.platform == "linux":
@@ -152,7 +162,7 @@ def serve(config: ServerConfig, environ: dict[str, str] | None = None) -> Runnin
         settings,
         config.workers or available_cpus(),
         max_queue=config.max_queue,
-        archive_path=lambda model_id: str(store.path(model_id)),
+        archive_path=store.worker_path,
         max_warm=config.warm_workers,
         load_seconds=config.load_timeout,
         compile_seconds=config.compile_timeout,
@@ -218,7 +228,7 @@ def serve(config: ServerConfig, environ: dict[str, str] | None = None) -> Runnin
     except RuntimeError:
         server.stop(0)
         raise
-    failed = servicer.preload()
+    failed = [] if shared else servicer.preload()  # a shared store's are described on use
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     _LOG.info(
@@ -227,6 +237,7 @@ def serve(config: ServerConfig, environ: dict[str, str] | None = None) -> Runnin
             "address": address.replace(str(config.port), str(port)),
             "metrics_port": metrics_port,
             "model_dir": model_dir,
+            "model_store": store.bucket.url if shared else f"file://{model_dir}",
             "workers": pool.size,
             "auth": "bearer token" if tokens else "none",
             "tls": "mutual" if config.tls_client_ca_file else bool(config.tls_cert_file),

@@ -15,6 +15,8 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
+from jacserve.server.registry.objects import parse_store_url
+
 __all__ = [
     "MIN_CLIENT_PING_INTERVAL_MS",
     "ServerConfig",
@@ -62,6 +64,9 @@ class ServerConfig:
     torch_threads: int = 0  # 0: the cores shared among the requests computing at once
     allocator: str = "keep"  # "keep": glibc keeps freed memory (see NOTE: [Keeping freed memory])
     model_dir: str | None = None  # None: a temporary folder removed at shutdown
+    model_store: str | None = None  # None: file:// --model-dir; or s3://BUCKET/PREFIX
+    model_cache_bytes: int = 2 * GiB  # local copies of a shared store's archives (LRU)
+    model_store_ttl: float = 2.0  # seconds a shared store's answer "still held" is trusted
     request_timeout: float = 300.0
     max_call_seconds: float = 0.0  # 0: no server maximum; else caps every call's deadline
     min_client_ping_interval_ms: int = MIN_CLIENT_PING_INTERVAL_MS
@@ -112,6 +117,17 @@ class ServerConfig:
         for name in ("request_timeout", "upload_idle_seconds", "load_timeout", "compile_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0; got {getattr(self, name)}")
+        if self.model_store is not None:
+            scheme, location = parse_store_url(self.model_store)
+            if scheme == "file" and self.model_dir not in (None, location):
+                raise ValueError(
+                    f"model_store {self.model_store!r} and model_dir {self.model_dir!r} name "
+                    "different folders; give one of them"
+                )
+        if self.model_cache_bytes < 1:
+            raise ValueError(f"model_cache_bytes must be >= 1; got {self.model_cache_bytes}")
+        if self.model_store_ttl < 0:
+            raise ValueError(f"model_store_ttl must be >= 0; got {self.model_store_ttl}")
         if self.max_call_seconds < 0:
             raise ValueError(
                 f"max_call_seconds must be >= 0 (0: none); got {self.max_call_seconds}"
@@ -163,6 +179,9 @@ _HELP = {
     "allocator": "keep (reuse freed memory: fewer page faults) or default (glibc's own)",
     "memory_meter": "CPU peak-memory meter: rss (page high-water, nearly free) or tensors (exact, per-op cost)",
     "model_dir": "folder that keeps uploaded archives across restarts (default: temporary)",
+    "model_store": "where archives are kept: file:///PATH (like --model-dir) or s3://BUCKET/PREFIX, shared by replicas (endpoint and keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION; --model-dir is then the local cache)",
+    "model_cache_bytes": "most bytes of a shared store's archives a replica keeps locally (least recently used go first)",
+    "model_store_ttl": "seconds a replica trusts that a shared store still holds a model; a delete elsewhere is seen within this time (0: asked on every request)",
     "grace_seconds": "seconds in-flight RPCs get to finish on SIGTERM",
     "request_timeout": "longest a request may run when its caller sets no deadline (seconds)",
     "max_call_seconds": "longest any call may run, whatever deadline its caller set (seconds; 0: no maximum)",

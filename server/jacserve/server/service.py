@@ -43,7 +43,6 @@ from jacserve.server.errors import (
     archive_checks,
 )
 from jacserve.server.metrics import ServiceMetrics
-from jacserve.server.registry.catalog import ModelCatalog
 from jacserve.server.registry.store import ArchiveStore, StagedArchive, check_model_id
 from jacserve.server.rpc import REQUEST_ID_KEY, Observed, rpc
 from jacserve.server.uploads import UploadSlots, receive_upload
@@ -89,7 +88,7 @@ class JacobianServicer:
         self._pool = pool
         self._metrics = metrics
         self._settings = settings
-        self._catalog = ModelCatalog(store.directory)
+        self._catalog = store.catalog()  # a shared store's catalog is shared too
         self._uploads = UploadSlots(
             per_peer=settings.max_uploads_per_peer, total=settings.max_uploads
         )

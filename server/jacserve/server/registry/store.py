@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from jacserve.server.errors import InvalidArgument, NotFound, Reason, ResourceExhausted
 from jacserve.server.registry.archive import ArchiveFormat, detect_format
+from jacserve.server.registry.catalog import ModelCatalog
 
 __all__ = ["ArchiveStore", "StagedArchive", "check_model_id"]
 
@@ -148,7 +149,7 @@ class ArchiveStore:
                 file.seek(0)
                 fmt = detect_format(file, max_uncompressed_bytes=self.max_archive_bytes)
             with self._lock:
-                already = self.path(model_id).exists()
+                already = self._holds(model_id)
                 if not already:
                     self._check_quota(size)
                     self._reserved[path] = size
@@ -167,6 +168,18 @@ class ArchiveStore:
                 staged.path.unlink(missing_ok=True)
             else:
                 staged.path.replace(target)
+
+    def _holds(self, model_id: str) -> bool:
+        """Whether the store keeps ``model_id`` already (caller holds the lock)."""
+        return self.path(model_id).exists()
+
+    def worker_path(self, model_id: str) -> str:
+        """Where a worker reads the archive of ``model_id`` (for the worker pool)."""
+        return str(self.path(model_id))
+
+    def catalog(self) -> ModelCatalog:
+        """The catalog (descriptions, quarantine) that goes with this store."""
+        return ModelCatalog(self.directory)
 
     def discard(self, staged: StagedArchive) -> None:
         """Drop a staged archive and its reservation (nothing happens once committed)."""
