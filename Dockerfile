@@ -35,7 +35,7 @@ COPY deploy/constraints.txt ./
 COPY client ./client
 COPY server ./server
 # Every dependency at the version deploy/constraints.txt pins (scripts/gen_constraints.py)
-RUN pip install -c constraints.txt . && python -c "import jacserve.server.app, jacserve.client"
+RUN pip install -c constraints.txt ".[server]" && python -c "import jacserve.server.app, jacserve.client"
 
 # ---- runtime: the environment, a non-root user, nothing else ------------------------
 FROM ${BASE_IMAGE}

@@ -5,7 +5,7 @@ PYTHON ?= python3
 
 install:
 	$(PYTHON) -m pip install torch==2.13.0
-	$(PYTHON) -m pip install -e .
+	$(PYTHON) -m pip install -e '.[server]'
 
 dev:
 	$(PYTHON) -m pip install torch==2.13.0

@@ -4,7 +4,7 @@ Usage:
     python scripts/gen_constraints.py           # resolve and rewrite deploy/constraints.txt
     python scripts/gen_constraints.py --check   # exit 1 if a runtime dependency is unpinned
 
-pip resolves jacserve's runtime dependencies (``pip install --dry-run --report``, nothing
+pip resolves the dependencies of ``jacserve[server]`` (``pip install --dry-run --report``, nothing
 installed) with the pinned CPU torch, and every resolved distribution except jacserve is
 written as ``name==version``. The Dockerfile installs with ``-c deploy/constraints.txt``,
 so two builds of one commit get the same packages; rerun this after changing
@@ -47,9 +47,11 @@ def pinned_names(text: str) -> set[str]:
 
 
 def runtime_dependencies() -> set[str]:
-    """The names in ``pyproject.toml``'s ``[project] dependencies``."""
+    """The names of what the image installs: ``[project] dependencies`` and the
+    ``server`` extra."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return {_canonical(re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0]) for d in project["dependencies"]}
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["server"]]
+    return {_canonical(re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0]) for d in wanted}
 
 
 def resolve() -> list[str]:
@@ -57,7 +59,7 @@ def resolve() -> list[str]:
     with tempfile.TemporaryDirectory() as folder:
         report = pathlib.Path(folder) / "report.json"
         command = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed"]
-        command += ["--quiet", "--report", str(report), TORCH, str(ROOT)]
+        command += ["--quiet", "--report", str(report), TORCH, f"{ROOT}[server]"]
         subprocess.run(command, check=True)
         installed = json.loads(report.read_text())["install"]
     pins = {

@@ -24,7 +24,7 @@ def test_every_runtime_dependency_is_pinned_for_the_image():
 def test_the_dockerfile_installs_with_the_constraints_and_keeps_its_health_check():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "COPY deploy/constraints.txt" in dockerfile
-    assert "pip install -c constraints.txt ." in dockerfile
+    assert 'pip install -c constraints.txt ".[server]"' in dockerfile
     assert "HEALTHCHECK" in dockerfile and '"jacserve", "health"' in dockerfile
     assert "--format docker" in (ROOT / "deploy" / "test-image.sh").read_text()
 

@@ -180,3 +180,15 @@ def test_channel_options_pass_through(server: str, archive: pathlib.Path) -> Non
         pytest.raises(ResourceExhausted, match="larger than max"),
     ):
         client.get_model(model_id)  # a ModelInfo is above 64 bytes
+
+
+def test_serve_without_the_server_extra_says_what_to_install() -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "client"), str(ROOT)])}
+    script = BLOCK_TORCH + "import sys\nfrom jacserve.cli import main\nsys.exit(main(['serve']))"
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()  # one line, no traceback
+    assert line.startswith("jacserve serve: ") and "torch" in line
+    assert line.endswith("the server extra: pip install torch==2.13.0 'jacserve[server]'")

@@ -14,6 +14,7 @@ printed); 4 no server reachable, or no answer before the deadline (``--timeout``
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from collections.abc import Sequence
@@ -67,8 +68,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return check_health(argv, os.environ)
     if argv[:1] == ["serve"]:
-        from jacserve.server.app import main as serve_main  # the server only when serving
-
+        try:  # a client-only install has neither torch (the workers') nor the server's packages
+            if importlib.util.find_spec("torch") is None:
+                raise ImportError("torch", name="torch")
+            from jacserve.server.app import main as serve_main  # the server only when serving
+        except ImportError as missing:
+            print(
+                f"jacserve serve: {missing.name or missing} is not installed; the server needs "
+                "the server extra: pip install torch==2.13.0 'jacserve[server]'",
+                file=sys.stderr,
+            )
+            return 2
         return serve_main(argv)
     args = build_parser().parse_args(argv)
     from jacserve.cli._commands import COMMANDS
