@@ -9,7 +9,7 @@ frontend to map to status codes. They run inside a worker process, never in the 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -29,12 +29,13 @@ from jacserve.server.registry import ArchiveRegistry, LoadedModel, MethodInfo, M
 from jacserve.server.worker import structure, verify
 from jacserve.server.worker.analysis import AnalysisHandlers
 from jacserve.server.worker.phases import Phases, check_deadline
+from jacserve.server.worker.second_order_handlers import SecondOrderHandlers
+from jacserve.server.worker.streaming_handlers import STREAM_BLOCK_BYTES, StreamingHandlers
 from jacserve.v1 import jacobian_service_pb2 as pb
 
 _Message = TypeVar("_Message")
 __all__ = ["STREAM_BLOCK_BYTES", "DerivativeHandlers", "HandlerSettings", "model_info_to_wire"]
 
-STREAM_BLOCK_BYTES = 4 << 20
 """Default tensor bytes per StreamJacobian message."""
 
 _MODE_FROM_WIRE = {
@@ -107,15 +108,7 @@ def _decode_field(
     return tuple(decoded)
 
 
-def _refuse_verification(options: pb.ComputeOptions, rpc: str) -> None:
-    if options.verify_directions:
-        raise InvalidArgument(
-            f"options.verify_directions is not available for {rpc}; verify the gradient "
-            "(a VJP of the scalar output) instead"
-        )
-
-
-class DerivativeHandlers(AnalysisHandlers):
+class DerivativeHandlers(AnalysisHandlers, SecondOrderHandlers, StreamingHandlers):
     """The derivative RPCs over a registry of loaded models and the engine.
 
     Args:
@@ -354,111 +347,6 @@ class DerivativeHandlers(AnalysisHandlers):
             **structure.output_fields(fn, len(result.outputs), result.tuple_output)
         )
         self._encode(phases, response, outputs=result.outputs, jacobian=result.values)
-        return self._with_metrics(response, result, phases, model)
-
-    def stream_jacobian(
-        self, request: pb.StreamJacobianRequest, deadline: float
-    ) -> Iterator[pb.StreamJacobianResponse]:
-        """The Jacobian as a header, slices of at most ``max_block_bytes`` each, metrics;
-        or as one complete response when it fits in one block."""
-        if request.max_block_bytes < 0:
-            raise InvalidArgument(
-                f"max_block_bytes must be >= 0 (0: the server's choice); got {request.max_block_bytes}"
-            )
-        limit = self._settings.max_message_bytes - (64 << 10)
-        block_bytes = min(request.max_block_bytes or STREAM_BLOCK_BYTES, limit)
-        model, result, phases, _, fn = self._compute_jacobian(request.request, deadline)
-        output_fields = structure.output_fields(fn, len(result.outputs), result.tuple_output)
-        size = sum(v.numel() * v.element_size() for v in (*result.outputs, *result.values))
-        if size <= block_bytes:  # one message: no header, slices and metrics to exchange
-            whole = pb.StreamJacobianResponse()
-            whole.complete.CopyFrom(pb.JacobianResponse(**output_fields))
-            self._encode(phases, whole.complete, outputs=result.outputs, jacobian=result.values)
-            self._with_metrics(whole.complete, result, phases, model)
-            yield whole
-            return
-        outputs = self._encode(phases, pb.JacobianResponse(), outputs=result.outputs).outputs
-        with phases.phase("encode"):
-            blocks = [v.detach().to("cpu").contiguous().reshape(-1) for v in result.values]
-        plan = []
-        for k, block in enumerate(blocks):
-            step = max(1, block_bytes // block.element_size())
-            plan += [(k, a, min(a + step, block.numel())) for a in range(0, block.numel(), step)]
-        yield pb.StreamJacobianResponse(
-            header=pb.JacobianStreamHeader(
-                outputs=outputs,
-                **output_fields,
-                block_shapes=[
-                    pb.BlockShape(dims=list(v.shape), dtype=dtype_to_wire(v.dtype))
-                    for v in result.values
-                ],
-                slices=len(plan),
-            )
-        )
-        for k, start, stop in plan:
-            with phases.phase("encode"):
-                values = encode_tensors([blocks[k][start:stop]])[0]
-            yield pb.StreamJacobianResponse(
-                slice=pb.JacobianSlice(block=k, start=start, values=values)
-            )
-        yield pb.StreamJacobianResponse(metrics=self._wire_metrics(result, phases, model))
-
-    def _Hvp(self, request: pb.HvpRequest, deadline: float) -> pb.HvpResponse:
-        phases = Phases()
-        model, fn, method, t = self._prepare(
-            phases, request.function, request.options,
-            inputs=request.inputs, vectors=request.vectors,
-        )  # fmt: skip
-        fn = structure.bind(model, fn, method, request, len(t["inputs"]))
-        structure.check_inputs(model, method, fn, t["inputs"])
-        _refuse_verification(request.options, "Hvp")
-        check_deadline(deadline)
-        product = (
-            engine.gauss_newton_vector_products
-            if request.gauss_newton
-            else engine.hessian_vector_products
-        )
-        result = product(
-            fn,
-            t["inputs"],
-            t["vectors"],
-            wrt=list(request.wrt),
-            batched=request.batched,
-            memory_meter=self._settings.memory_meter,
-            method=structure.label(fn, method),
-        )
-        response = pb.HvpResponse(
-            **structure.output_fields(fn, len(result.outputs), result.tuple_output)
-        )
-        self._encode(phases, response, outputs=result.outputs, hvp=result.values)
-        return self._with_metrics(response, result, phases, model)
-
-    def _Hessian(self, request: pb.HessianRequest, deadline: float) -> pb.HessianResponse:
-        phases = Phases()
-        model, fn, method, t = self._prepare(
-            phases, request.function, request.options, inputs=request.inputs
-        )
-        fn = structure.bind(model, fn, method, request, len(t["inputs"]))
-        structure.check_inputs(model, method, fn, t["inputs"])
-        _refuse_verification(request.options, "Hessian")
-        if request.options.chunk_size < 0:
-            raise InvalidArgument(
-                f"options.chunk_size must be >= 0; got {request.options.chunk_size}"
-            )
-        check_deadline(deadline)
-        result = engine.hessian(
-            fn,
-            t["inputs"],
-            wrt=list(request.wrt),
-            chunk_size=request.options.chunk_size or None,
-            max_elements=self._settings.max_tensor_elements,
-            memory_meter=self._settings.memory_meter,
-            method=structure.label(fn, method),
-        )
-        response = pb.HessianResponse(
-            **structure.output_fields(fn, len(result.outputs), result.tuple_output)
-        )
-        self._encode(phases, response, outputs=result.outputs, hessian=result.values)
         return self._with_metrics(response, result, phases, model)
 
     def _ParameterGradients(
