@@ -31,10 +31,10 @@ from typing import Any
 
 import grpc
 
+from jacserve.server.derivative_rpcs import DerivativeRpcs
 from jacserve.server.errors import (
     DeadlineExceeded,
     FailedPrecondition,
-    InvalidArgument,
     NotFound,
     PermissionDenied,
     Reason,
@@ -70,7 +70,7 @@ class FrontendSettings:
     max_uploads: int = 8  # in all: jacserve.server.uploads.total_upload_slots(max_workers)
 
 
-class JacobianServicer:
+class JacobianServicer(DerivativeRpcs):
     """Implements ``jacserve.v1.JacobianService`` over an archive store and a worker pool.
 
     Register it with :meth:`add_to_server`: derivative responses are passed through as
@@ -287,118 +287,6 @@ class JacobianServicer:
         self._catalog.forget(model_id)
         self._pool.forget(model_id)
         return pb.DeleteModelResponse()
-
-    # -- derivatives ----------------------------------------------------------------------
-
-    def _resolve(self, ref: pb.FunctionRef, context: Any) -> None:
-        """Make ``ref`` name a stored, described model (storing an inline archive)."""
-        source = ref.WhichOneof("source")
-        if source == "archive":
-            model_id = self.register(ref.archive, context)[0].model_id
-            ref.model_id = model_id  # the worker loads it from the store
-        elif source == "model_id":
-            self.info(ref.model_id, context)
-        else:
-            raise InvalidArgument(
-                "function: expected model_id (from UploadModel) or an inline archive; got neither",
-                field="function",
-            )
-
-    def _call(self, model_id: str, call: Callable[[], Any]) -> Any:
-        """Run a pool call; an archive whose loader fails now is quarantined."""
-        try:
-            return call()
-        except LoadFailure as failure:
-            raise self._refused(model_id, failure, checked=True) from None
-
-    def _derive(self, name: str, request: Any, context: Any, observed: Observed) -> bytes:
-        ref = request.function
-        self._resolve(ref, context)
-        explain = self._capped(context)
-        try:
-            reply, body = self._call(
-                ref.model_id,
-                lambda: self._pool.call(
-                    {"op": name, "model_id": ref.model_id},
-                    request.SerializeToString(),
-                    deadline=self._deadline(context),
-                    cancelled=self._cancelled(context),
-                ),
-            )
-        except DeadlineExceeded:
-            explain()
-            raise
-        observed.report(reply)
-        return body or b""
-
-    @rpc("Jvp")
-    def Jvp(self, request: pb.JvpRequest, context: Any, observed: Observed) -> bytes:
-        return self._derive("Jvp", request, context, observed)
-
-    @rpc("Vjp")
-    def Vjp(self, request: pb.VjpRequest, context: Any, observed: Observed) -> bytes:
-        return self._derive("Vjp", request, context, observed)
-
-    @rpc("Jacobian")
-    def Jacobian(self, request: pb.JacobianRequest, context: Any, observed: Observed) -> bytes:
-        return self._derive("Jacobian", request, context, observed)
-
-    @rpc("ParameterGradients")
-    def ParameterGradients(
-        self, request: pb.ParameterGradientsRequest, context: Any, observed: Observed
-    ) -> bytes:
-        return self._derive("ParameterGradients", request, context, observed)
-
-    @rpc("Hvp")
-    def Hvp(self, request: pb.HvpRequest, context: Any, observed: Observed) -> bytes:
-        return self._derive("Hvp", request, context, observed)
-
-    @rpc("Hessian")
-    def Hessian(self, request: pb.HessianRequest, context: Any, observed: Observed) -> bytes:
-        return self._derive("Hessian", request, context, observed)
-
-    @rpc("Sensitivity")
-    def Sensitivity(
-        self, request: pb.SensitivityRequest, context: Any, observed: Observed
-    ) -> bytes:
-        return self._derive("Sensitivity", request, context, observed)
-
-    @rpc("TopSingular")
-    def TopSingular(
-        self, request: pb.TopSingularRequest, context: Any, observed: Observed
-    ) -> bytes:
-        return self._derive("TopSingular", request, context, observed)
-
-    @rpc("SparseJacobian")
-    def SparseJacobian(
-        self, request: pb.SparseJacobianRequest, context: Any, observed: Observed
-    ) -> bytes:
-        return self._derive("SparseJacobian", request, context, observed)
-
-    @rpc("StreamJacobian")
-    def StreamJacobian(
-        self, request: pb.StreamJacobianRequest, context: Any, observed: Observed
-    ) -> Iterator[bytes]:
-        self._resolve(request.request.function, context)
-        summary: dict[str, Any] = {}
-        model_id = request.request.function.model_id
-        parts = self._pool.stream(
-            {"op": "StreamJacobian", "model_id": model_id},
-            request.SerializeToString(),
-            deadline=self._deadline(context),
-            cancelled=self._cancelled(context),
-            summary=summary,
-        )
-        explain = self._capped(context)
-        try:
-            first = self._call(model_id, lambda: next(parts, None))
-            if first is not None:
-                yield first
-                yield from parts
-        except DeadlineExceeded:
-            explain()
-            raise
-        observed.report(summary)
 
     @rpc("GetServerInfo")
     def GetServerInfo(
