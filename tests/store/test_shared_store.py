@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from jacserve.client import Client
-from jacserve.client.errors import FailedPrecondition, NotFound
+from jacserve.client import Client, RetryPolicy
+from jacserve.client.errors import FailedPrecondition, NotFound, Unavailable
 from jacserve.server.app import RunningServer, serve
 from jacserve.server.config import ServerConfig
 from jacserve.server.registry.shared_store import SharedArchiveStore
@@ -157,3 +157,23 @@ def test_local_copies_stay_within_the_cache_bound(replicas, clients) -> None:
             files = sum(p.stat().st_size for p in store.directory.glob("*.archive"))
             assert store.cache.size_bytes <= CACHE_BYTES and files <= CACHE_BYTES
     assert len(store.cache.ids()) == 2
+
+
+def test_an_unreachable_store_is_unavailable_and_retryable(object_store):
+    """A replica whose object store does not answer says so: UNAVAILABLE, reason
+    MODEL_STORE_UNAVAILABLE, with a retry delay (not INTERNAL, which reads as a bug)."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    environ = {**object_store.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{closed}"}
+    replica = _replica(f"s3://{object_store.bucket}/unreachable", environ)
+    try:
+        client = Client(replica.target, timeout=60, retry=RetryPolicy(max_attempts=1))
+        with client, pytest.raises(Unavailable) as refused:
+            client.get_model("0" * 64)
+    finally:
+        replica.stop(grace=0)
+    assert refused.value.reason == "MODEL_STORE_UNAVAILABLE"
+    assert refused.value.retry_delay is not None and refused.value.retry_delay > 0

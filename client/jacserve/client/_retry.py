@@ -30,7 +30,13 @@ from jacserve.client.errors import JacserveError
 __all__ = ["RETRYABLE_REASONS", "RetryPolicy"]
 
 RETRYABLE_REASONS = frozenset(
-    {"QUEUE_FULL", "UPLOADS_BUSY", "SERVER_SHUTTING_DOWN", "WORKER_UNAVAILABLE"}
+    {
+        "QUEUE_FULL",
+        "UPLOADS_BUSY",
+        "SERVER_SHUTTING_DOWN",
+        "WORKER_UNAVAILABLE",
+        "MODEL_STORE_UNAVAILABLE",
+    }
 )
 """Reasons worth another try even without a ``RetryInfo``: the server was busy or restarting."""
 

@@ -48,7 +48,7 @@ class JacobianServiceStub:
     - google.rpc.RequestInfo: `request_id`, the same as the trailer;
     - google.rpc.RetryInfo, only when the same call may succeed later: wait at
     least `retry_delay`, then retry (reasons QUEUE_FULL, UPLOADS_BUSY,
-    SERVER_SHUTTING_DOWN, WORKER_UNAVAILABLE);
+    SERVER_SHUTTING_DOWN, WORKER_UNAVAILABLE, MODEL_STORE_UNAVAILABLE);
     - google.rpc.BadRequest, when a request field is at fault: `field` is its path
     (for example `inputs[0]`, `tangents[1]`, `options.max_memory_bytes`).
     Errors raised by gRPC itself carry no details: DEADLINE_EXCEEDED when the
@@ -75,7 +75,9 @@ class JacobianServiceStub:
     FAILED_PRECONDITION: MODEL_QUARANTINED (metadata `model_id`: its archive
     crashed, hung or was refused while loading; delete it and upload a fixed
     one), SERVER_SHUTTING_DOWN (retryable, on another replica),
-    FAILED_PRECONDITION (the model cannot serve this request).
+    ARCHIVE_CORRUPTED (the shared store's object does not hash to its id; it was
+    set aside: upload the archive again), FAILED_PRECONDITION (the model cannot
+    serve this request).
     DEADLINE_EXCEEDED: DEADLINE_TOO_SHORT (refused before starting: earlier
     requests of the model ran past deadlines longer than this one's; metadata
     `seconds_left`, `seconds_needed`), CALL_TOO_LONG (past the server's
@@ -85,6 +87,8 @@ class JacobianServiceStub:
     INTERNAL: WORKER_CRASHED (the model's worker died on these inputs),
     WORKER_UNAVAILABLE (retryable: a worker could not start), INTERNAL (a bug;
     quote the request id).
+    UNAVAILABLE: MODEL_STORE_UNAVAILABLE (retryable: the shared model store did not
+    answer; models this replica holds keep being served).
     """
 
     def __init__(self, channel):
@@ -193,7 +197,7 @@ class JacobianServiceServicer:
     - google.rpc.RequestInfo: `request_id`, the same as the trailer;
     - google.rpc.RetryInfo, only when the same call may succeed later: wait at
     least `retry_delay`, then retry (reasons QUEUE_FULL, UPLOADS_BUSY,
-    SERVER_SHUTTING_DOWN, WORKER_UNAVAILABLE);
+    SERVER_SHUTTING_DOWN, WORKER_UNAVAILABLE, MODEL_STORE_UNAVAILABLE);
     - google.rpc.BadRequest, when a request field is at fault: `field` is its path
     (for example `inputs[0]`, `tangents[1]`, `options.max_memory_bytes`).
     Errors raised by gRPC itself carry no details: DEADLINE_EXCEEDED when the
@@ -220,7 +224,9 @@ class JacobianServiceServicer:
     FAILED_PRECONDITION: MODEL_QUARANTINED (metadata `model_id`: its archive
     crashed, hung or was refused while loading; delete it and upload a fixed
     one), SERVER_SHUTTING_DOWN (retryable, on another replica),
-    FAILED_PRECONDITION (the model cannot serve this request).
+    ARCHIVE_CORRUPTED (the shared store's object does not hash to its id; it was
+    set aside: upload the archive again), FAILED_PRECONDITION (the model cannot
+    serve this request).
     DEADLINE_EXCEEDED: DEADLINE_TOO_SHORT (refused before starting: earlier
     requests of the model ran past deadlines longer than this one's; metadata
     `seconds_left`, `seconds_needed`), CALL_TOO_LONG (past the server's
@@ -230,6 +236,8 @@ class JacobianServiceServicer:
     INTERNAL: WORKER_CRASHED (the model's worker died on these inputs),
     WORKER_UNAVAILABLE (retryable: a worker could not start), INTERNAL (a bug;
     quote the request id).
+    UNAVAILABLE: MODEL_STORE_UNAVAILABLE (retryable: the shared model store did not
+    answer; models this replica holds keep being served).
     """
 
     def UploadModel(self, request_iterator, context):
@@ -550,7 +558,7 @@ class JacobianService:
     - google.rpc.RequestInfo: `request_id`, the same as the trailer;
     - google.rpc.RetryInfo, only when the same call may succeed later: wait at
     least `retry_delay`, then retry (reasons QUEUE_FULL, UPLOADS_BUSY,
-    SERVER_SHUTTING_DOWN, WORKER_UNAVAILABLE);
+    SERVER_SHUTTING_DOWN, WORKER_UNAVAILABLE, MODEL_STORE_UNAVAILABLE);
     - google.rpc.BadRequest, when a request field is at fault: `field` is its path
     (for example `inputs[0]`, `tangents[1]`, `options.max_memory_bytes`).
     Errors raised by gRPC itself carry no details: DEADLINE_EXCEEDED when the
@@ -577,7 +585,9 @@ class JacobianService:
     FAILED_PRECONDITION: MODEL_QUARANTINED (metadata `model_id`: its archive
     crashed, hung or was refused while loading; delete it and upload a fixed
     one), SERVER_SHUTTING_DOWN (retryable, on another replica),
-    FAILED_PRECONDITION (the model cannot serve this request).
+    ARCHIVE_CORRUPTED (the shared store's object does not hash to its id; it was
+    set aside: upload the archive again), FAILED_PRECONDITION (the model cannot
+    serve this request).
     DEADLINE_EXCEEDED: DEADLINE_TOO_SHORT (refused before starting: earlier
     requests of the model ran past deadlines longer than this one's; metadata
     `seconds_left`, `seconds_needed`), CALL_TOO_LONG (past the server's
@@ -587,6 +597,8 @@ class JacobianService:
     INTERNAL: WORKER_CRASHED (the model's worker died on these inputs),
     WORKER_UNAVAILABLE (retryable: a worker could not start), INTERNAL (a bug;
     quote the request id).
+    UNAVAILABLE: MODEL_STORE_UNAVAILABLE (retryable: the shared model store did not
+    answer; models this replica holds keep being served).
     """
 
     @staticmethod

@@ -85,6 +85,8 @@ class Reason:
     UPLOADS_DISABLED = "UPLOADS_DISABLED"  # --allow-uploads false
     WORKER_CRASHED = "WORKER_CRASHED"  # the model's worker died on this request
     WORKER_UNAVAILABLE = "WORKER_UNAVAILABLE"  # retryable: a worker could not start
+    MODEL_STORE_UNAVAILABLE = "MODEL_STORE_UNAVAILABLE"  # retryable: the object store is down
+    ARCHIVE_CORRUPTED = "ARCHIVE_CORRUPTED"  # the stored object's hash is not its id
     INTERNAL = "INTERNAL"  # a bug: the server log has the details
 
 
@@ -171,6 +173,13 @@ class PermissionDenied(JacserveError):
     """The server does not allow this call (for example uploads are switched off)."""
 
     reason = Reason.PERMISSION_DENIED
+
+
+class Unavailable(JacserveError):
+    """A service the server depends on (the shared model store) did not answer; retryable."""
+
+    reason = Reason.MODEL_STORE_UNAVAILABLE
+    retry_after = 1.0
 
 
 class WorkerFailed(JacserveError):

@@ -40,6 +40,7 @@ from jacserve.server.errors import (
     PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
+    Unavailable,
     WorkerFailed,
 )
 from jacserve.server.metrics import ServiceMetrics
@@ -66,6 +67,7 @@ _STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (WorkerFailed, grpc.StatusCode.INTERNAL),
 )
 

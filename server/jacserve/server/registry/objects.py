@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from jacserve.server.errors import WorkerFailed
+from jacserve.server.errors import Reason, Unavailable
 
 __all__ = [
     "ARCHIVES",
@@ -37,16 +37,13 @@ __all__ = [
     "parse_store_url",
 ]
 
-STORE_UNAVAILABLE = "MODEL_STORE_UNAVAILABLE"
+STORE_UNAVAILABLE = Reason.MODEL_STORE_UNAVAILABLE
 ARCHIVES, INFOS, QUARANTINE = "archives/", "infos/", "quarantine/"  # folders in the bucket
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 
 
-class StoreUnavailable(WorkerFailed):
+class StoreUnavailable(Unavailable):
     """The object store did not answer (or refused our credentials); retryable (UNAVAILABLE)."""
-
-    reason = STORE_UNAVAILABLE
-    retry_after = 1.0
 
 
 def parse_store_url(url: str) -> tuple[str, str]:

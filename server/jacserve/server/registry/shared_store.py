@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Mapping
 
-from jacserve.server.errors import FailedPrecondition
+from jacserve.server.errors import FailedPrecondition, Reason
 from jacserve.server.registry.cache import ArchiveCache
 from jacserve.server.registry.objects import ARCHIVES, Bucket, StoreUnavailable, parse_store_url
 from jacserve.server.registry.shared_catalog import SharedCatalog
@@ -42,7 +42,7 @@ from jacserve.server.registry.store import ArchiveStore, StagedArchive, check_mo
 __all__ = ["ARCHIVE_CORRUPTED", "SharedArchiveStore", "open_store"]
 
 _LOG = logging.getLogger("jacserve.server.registry")
-ARCHIVE_CORRUPTED = "ARCHIVE_CORRUPTED"
+ARCHIVE_CORRUPTED = Reason.ARCHIVE_CORRUPTED
 CORRUPTED = "corrupted/"  # archives that did not hash to their id, set aside
 
 
