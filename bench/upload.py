@@ -38,8 +38,8 @@ import torch
 
 import jacserve._pt2_decoding as decoding
 from jacserve.client import Client
-from jacserve.client._serialize import _export, _load
 from jacserve.client._pt2_saving import fast_canonical_check
+from jacserve.client._serialize import _export, _load
 from jacserve.server.app import serve
 from jacserve.server.config import ServerConfig
 from jacserve.server.registry.archive import ArchiveFormat, detect_format
