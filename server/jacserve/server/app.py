@@ -132,6 +132,7 @@ def serve(config: ServerConfig, environ: dict[str, str] | None = None) -> Runnin
         RuntimeError: when the port cannot be bound or workers cannot start.
     """
     environ = dict(os.environ if environ is None else environ)
+    tokens = load_tokens(config.auth_token_file, environ)  # a bad token file stops us first
     return_large_blocks()  # upload chunks go back to the kernel (NOTE: [Returning upload chunks])
     temporary = []
     model_dir = config.model_dir
@@ -181,9 +182,11 @@ def serve(config: ServerConfig, environ: dict[str, str] | None = None) -> Runnin
             upload_idle_seconds=config.upload_idle_seconds,
             max_uploads_per_peer=config.max_uploads_per_peer,
             max_uploads=total_upload_slots(config.max_workers),
+            tenant_max_models=config.tenant_max_models or None,
+            tenant_max_bytes=config.tenant_max_bytes or None,
         ),
+        tokens,
     )
-    tokens = load_tokens(config.auth_token_file, environ)
     server = grpc.server(
         futures.ThreadPoolExecutor(
             max_workers=config.max_workers, thread_name_prefix="jacserve-rpc"
@@ -240,6 +243,7 @@ def serve(config: ServerConfig, environ: dict[str, str] | None = None) -> Runnin
             "model_store": store.bucket.url if shared else f"file://{model_dir}",
             "workers": pool.size,
             "auth": "bearer token" if tokens else "none",
+            "tenants": list(tokens.tenants) if tokens else ["default"],
             "tls": "mutual" if config.tls_client_ca_file else bool(config.tls_cert_file),
             "preloaded_models_failed": len(failed),
         },

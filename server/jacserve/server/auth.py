@@ -1,42 +1,50 @@
 """Bearer-token authentication and TLS credentials of the server.
 
-Tokens come from ``--auth-token-file`` (one per line, so a new token can be added before
-the old one is removed) or ``JACSERVE_AUTH_TOKEN``. Every RPC but the health check must
-carry ``authorization: Bearer <token>``; tokens are compared in constant time.
+Tokens come from ``--auth-token-file`` (one per line, ``TENANT:TOKEN`` or a bare token of
+tenant ``default``, so a new token can be added before the old one is removed) or
+``JACSERVE_AUTH_TOKEN``. Every RPC but the health check must carry
+``authorization: Bearer <token>``; tokens are compared in constant time
+(:class:`~jacserve.server.tenants.TokenTable`).
 
->>> interceptor = TokenAuthInterceptor(["s3cret"])
+>>> interceptor = TokenAuthInterceptor(TokenTable.parse(["team-a:s3cret"]))
 >>> interceptor.accepts("Bearer s3cret"), interceptor.accepts("Bearer guess")
 (True, False)
 """
 
 from __future__ import annotations
 
-import hmac
 import pathlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
 
 from jacserve.server.errors import Reason, Unauthenticated
 from jacserve.server.rpc import abort_with_details
+from jacserve.server.tenants import TokenTable
 
 __all__ = ["TokenAuthInterceptor", "load_tokens", "server_credentials"]
 
 _OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
-def load_tokens(token_file: str | None, environ: Mapping[str, str]) -> list[str]:
-    """The accepted tokens: the file's non-empty lines, plus ``JACSERVE_AUTH_TOKEN``.
+def load_tokens(token_file: str | None, environ: Mapping[str, str]) -> TokenTable | None:
+    """The accepted tokens and their tenants: the file's lines, plus
+    ``JACSERVE_AUTH_TOKEN`` (either may be ``TENANT:TOKEN``); ``None`` when there are none.
 
-    >>> load_tokens(None, {"JACSERVE_AUTH_TOKEN": " t1 "})
-    ['t1']
+    >>> load_tokens(None, {"JACSERVE_AUTH_TOKEN": " t1 "}).tenant_of("Bearer t1")
+    'default'
+    >>> load_tokens(None, {}) is None
+    True
+
+    Raises:
+        ValueError: a bad tenant name, or one token given to two tenants.
     """
-    tokens = []
-    if token_file:
-        tokens += [line.strip() for line in pathlib.Path(token_file).read_text().splitlines()]
-    tokens.append(environ.get("JACSERVE_AUTH_TOKEN", "").strip())
-    return [t for t in tokens if t and not t.startswith("#")]
+    lines = pathlib.Path(token_file).read_text().splitlines() if token_file else []
+    lines.append(environ.get("JACSERVE_AUTH_TOKEN", ""))
+    if not any(line.strip() and not line.strip().startswith("#") for line in lines):
+        return None
+    return TokenTable.parse(lines)
 
 
 def server_credentials(
@@ -55,24 +63,15 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
     """Refuse calls without an accepted bearer token with UNAUTHENTICATED.
 
     Args:
-        tokens: the accepted tokens (at least one).
+        tokens: the accepted tokens and their tenants.
     """
 
-    def __init__(self, tokens: Iterable[str]) -> None:
-        self._tokens = [t.encode() for t in tokens]
-        if not self._tokens:
-            raise ValueError("token authentication needs at least one token")
+    def __init__(self, tokens: TokenTable) -> None:
+        self._tokens = tokens
 
     def accepts(self, header: str) -> bool:
         """Whether an ``authorization`` header value carries an accepted token."""
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer":
-            return False
-        given = token.strip().encode()
-        matched = False
-        for accepted in self._tokens:  # no early exit: the time does not depend on which
-            matched |= hmac.compare_digest(given, accepted)
-        return matched
+        return self._tokens.tenant_of(header) is not None
 
     def intercept_service(
         self,

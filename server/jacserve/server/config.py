@@ -51,6 +51,8 @@ class ServerConfig:
     max_archive_bytes: int = 1024 * MiB
     max_store_bytes: int = 20 * GiB
     max_models: int = 1000
+    tenant_max_models: int = 0  # 0: no per-tenant cap
+    tenant_max_bytes: int = 0  # 0: no per-tenant cap
     upload_idle_seconds: float = 30.0
     max_uploads_per_peer: int = 4
     max_loaded_bytes: int = 4096 * MiB
@@ -109,7 +111,13 @@ class ServerConfig:
             raise ValueError(f"torch_threads must be >= 0; got {self.torch_threads}")
         if self.allocator not in ("keep", "default"):
             raise ValueError(f"allocator must be 'keep' or 'default'; got {self.allocator!r}")
-        for name in ("workers", "worker_memory_bytes", "worker_cpu_seconds"):
+        for name in (
+            "workers",
+            "worker_memory_bytes",
+            "worker_cpu_seconds",
+            "tenant_max_models",
+            "tenant_max_bytes",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}")
         if self.warm_workers < 0:
@@ -166,6 +174,8 @@ _HELP = {
     "max_archive_bytes": "largest model archive, compressed or uncompressed",
     "max_store_bytes": "most bytes all stored archives may take; more uploads get RESOURCE_EXHAUSTED",
     "max_models": "most stored archives; more uploads get RESOURCE_EXHAUSTED",
+    "tenant_max_models": "most models one tenant may own (0: no cap); more get QUOTA_EXCEEDED",
+    "tenant_max_bytes": "most archive bytes one tenant may own (0: no cap)",
     "upload_idle_seconds": "an upload stream that sends nothing for this long is cut (DEADLINE_EXCEEDED)",
     "max_uploads_per_peer": "concurrent uploads from one client IP address (a quarter of --max-workers in all)",
     "max_loaded_bytes": "memory budget of the loaded-model cache",
@@ -193,7 +203,10 @@ _HELP = {
     "op_allowlist": "file of allowed operators, one per line (default: the built-in list)",
     "allow_ops": "operators to allow beyond the list, comma-separated (e.g. prim::Print,aten::empty)",
     "allow_uploads": "accept uploads and inline archives (false: serve only --model-dir)",
-    "auth_token_file": "file of accepted bearer tokens, one per line (or env JACSERVE_AUTH_TOKEN)",
+    "auth_token_file": (
+        "file of accepted bearer tokens, one per line: TENANT:TOKEN, or TOKEN for tenant "
+        "'default' (or env JACSERVE_AUTH_TOKEN)"
+    ),
     "tls_cert_file": "PEM certificate chain of the server (enables TLS)",
     "tls_key_file": "PEM private key of the server",
     "tls_client_ca_file": "PEM CA bundle; clients must present a certificate it signed (mutual TLS)",

@@ -1,7 +1,8 @@
 """The derivative RPCs of the frontend (:class:`DerivativeRpcs`, a part of
 :class:`~jacserve.server.service.JacobianServicer`): resolve the model, hand the
 serialized request to a worker of that model, and pass the worker's serialized answer
-back unparsed (streamed slice by slice for StreamJacobian)."""
+back unparsed (streamed slice by slice for StreamJacobian). A request runs in a worker
+of its model *and* its caller's tenant."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ class DerivativeRpcs:
             reply, body = self._call(
                 ref.model_id,
                 lambda: self._pool.call(
-                    {"op": name, "model_id": ref.model_id},
+                    {"op": name, "model_id": ref.model_id, "tenant": observed.tenant},
                     request.SerializeToString(),
                     deadline=self._deadline(context),
                     cancelled=self._cancelled(context),
@@ -122,7 +123,7 @@ class DerivativeRpcs:
         summary: dict[str, Any] = {}
         model_id = request.request.function.model_id
         parts = self._pool.stream(
-            {"op": "StreamJacobian", "model_id": model_id},
+            {"op": "StreamJacobian", "model_id": model_id, "tenant": observed.tenant},
             request.SerializeToString(),
             deadline=self._deadline(context),
             cancelled=self._cancelled(context),

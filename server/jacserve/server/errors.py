@@ -66,6 +66,7 @@ class Reason:
     MODEL_EXECUTION_FAILED = "MODEL_EXECUTION_FAILED"  # the program raised on the inputs
     MODEL_NOT_FOUND = "MODEL_NOT_FOUND"  # unknown (or, for this caller, invisible) model id
     LIMIT_EXCEEDED = "LIMIT_EXCEEDED"  # a size cap of the server
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"  # the tenant's --tenant-max-models / --tenant-max-bytes
     MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"  # the response would exceed the message limit
     ARCHIVE_TOO_LARGE = "ARCHIVE_TOO_LARGE"
     TENSOR_TOO_LARGE = "TENSOR_TOO_LARGE"  # above --max-tensor-elements

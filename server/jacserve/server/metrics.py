@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from jacserve.server.tenants import TenantLabels
+
 __all__ = ["ServiceMetrics"]
 
 _LATENCY_BUCKETS = (
@@ -99,6 +101,14 @@ class ServiceMetrics:
             buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
             registry=self.registry,
         )
+        self._tenant_labels = TenantLabels(limit=32)
+        self._tenant_requests = Counter(
+            "jacserve_tenant_requests",
+            "RPCs by the caller's tenant (the first 32 tenants seen; later ones count as "
+            "'other') and status code.",
+            ("tenant", "code"),
+            registry=self.registry,
+        )
         self._catalog_lookups = Counter(
             "jacserve_model_cache_lookups",
             "Model lookups by result: hit (described already) or miss (loaded in a worker).",
@@ -107,10 +117,13 @@ class ServiceMetrics:
         )
 
     def observe_rpc(
-        self, method: str, *, mode: str, code: str, seconds: float, passes: int
+        self, method: str, *, mode: str, code: str, seconds: float, passes: int, tenant: str = ""
     ) -> None:
-        """Record one finished RPC. ``mode`` is ``forward``, ``reverse`` or ``none``."""
+        """Record one finished RPC. ``mode`` is ``forward``, ``reverse`` or ``none``;
+        ``tenant`` is counted under a bounded label (:class:`TenantLabels`)."""
         self._requests.labels(method, mode, code).inc()
+        if tenant:
+            self._tenant_requests.labels(self._tenant_labels.label(tenant), code).inc()
         self._duration.labels(method).observe(seconds)
         if passes:
             self._passes.labels(method, mode).inc(passes)

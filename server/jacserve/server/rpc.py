@@ -133,6 +133,7 @@ class Observed:
 
     mode: str = "none"
     passes: int = 0
+    tenant: str = ""  # the caller's (see jacserve.server.tenants)
 
     def report(self, reply: dict[str, Any]) -> None:
         """Take mode and passes from a worker's reply, which a compromised worker writes:
@@ -145,14 +146,14 @@ class Observed:
 
 @contextlib.contextmanager
 def recorded(
-    metrics: ServiceMetrics, name: str, context: grpc.ServicerContext
+    metrics: ServiceMetrics, name: str, context: grpc.ServicerContext, tenant: str = ""
 ) -> Iterator[Observed]:
     """One RPC's request id, error mapping, log line and Prometheus record."""
     metadata = dict(context.invocation_metadata() or ())
     request_id = str(metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex)[:64]
     context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
     started = time.perf_counter()
-    observed, code = Observed(), grpc.StatusCode.OK
+    observed, code = Observed(tenant=tenant), grpc.StatusCode.OK
     metrics.in_flight(+1)
     try:
         yield observed
@@ -178,6 +179,7 @@ def recorded(
             extra={
                 "rpc": name,
                 "request_id": request_id,
+                "tenant": tenant,
                 "code": code.name,
                 "mode": observed.mode,
                 "passes": observed.passes,
@@ -185,27 +187,32 @@ def recorded(
             },
         )
         metrics.observe_rpc(
-            name, mode=observed.mode, code=code.name, seconds=seconds, passes=observed.passes
+            name,
+            mode=observed.mode,
+            code=code.name,
+            seconds=seconds,
+            passes=observed.passes,
+            tenant=tenant,
         )
 
 
 def rpc(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Wrap a servicer's handler (plain or generator) in :func:`recorded`; the servicer
-    has ``_metrics``."""
+    has ``_metrics`` and ``_tenant(context)``."""
 
     def decorate(handler: Callable[..., Any]) -> Callable[..., Any]:
         if inspect.isgeneratorfunction(handler):
 
             @functools.wraps(handler)
             def streaming(self: Any, request: Any, context: Any) -> Iterator[Any]:
-                with recorded(self._metrics, name, context) as observed:
+                with recorded(self._metrics, name, context, self._tenant(context)) as observed:
                     yield from handler(self, request, context, observed)
 
             return streaming
 
         @functools.wraps(handler)
         def unary(self: Any, request: Any, context: Any) -> Any:
-            with recorded(self._metrics, name, context) as observed:
+            with recorded(self._metrics, name, context, self._tenant(context)) as observed:
                 return handler(self, request, context, observed)
 
         return unary

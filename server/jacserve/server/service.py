@@ -31,10 +31,12 @@ from typing import Any
 
 import grpc
 
+from jacserve.server.access import ModelAccess, not_registered
 from jacserve.server.derivative_rpcs import DerivativeRpcs
 from jacserve.server.errors import (
     DeadlineExceeded,
     FailedPrecondition,
+    InvalidArgument,
     NotFound,
     PermissionDenied,
     Reason,
@@ -45,9 +47,10 @@ from jacserve.server.errors import (
 from jacserve.server.metrics import ServiceMetrics
 from jacserve.server.registry.store import ArchiveStore, StagedArchive, check_model_id
 from jacserve.server.rpc import REQUEST_ID_KEY, Observed, rpc
+from jacserve.server.tenants import DEFAULT_TENANT, TokenTable, tenant_of
 from jacserve.server.uploads import UploadSlots, receive_upload
 from jacserve.server.worker.operations import DERIVATIVE_REQUESTS, STREAMING_REQUESTS
-from jacserve.server.worker.pool import LoadFailure, WorkerPool
+from jacserve.server.worker.pool import LoadFailure, WorkerPool, worker_key
 from jacserve.v1 import jacobian_service_pb2 as pb
 
 __all__ = ["REQUEST_ID_KEY", "SERVICE_NAME", "FrontendSettings", "JacobianServicer"]
@@ -68,13 +71,17 @@ class FrontendSettings:
     upload_idle_seconds: float = 30.0
     max_uploads_per_peer: int = 4
     max_uploads: int = 8  # in all: jacserve.server.uploads.total_upload_slots(max_workers)
+    tenant_max_models: int | None = None  # None: no per-tenant cap
+    tenant_max_bytes: int | None = None
 
 
 class JacobianServicer(DerivativeRpcs):
     """Implements ``jacserve.v1.JacobianService`` over an archive store and a worker pool.
 
     Register it with :meth:`add_to_server`: derivative responses are passed through as
-    the bytes the worker serialized.
+    the bytes the worker serialized. With ``tokens``, each caller is the tenant of its
+    token (:mod:`~jacserve.server.tenants`) and sees only its own models
+    (:mod:`~jacserve.server.access`).
     """
 
     def __init__(
@@ -83,18 +90,30 @@ class JacobianServicer(DerivativeRpcs):
         pool: WorkerPool,
         metrics: ServiceMetrics,
         settings: FrontendSettings,
+        tokens: TokenTable | None = None,
     ) -> None:
         self._store = store
         self._pool = pool
         self._metrics = metrics
         self._settings = settings
+        self._tokens = tokens
         self._catalog = store.catalog()  # a shared store's catalog is shared too
+        self._access = ModelAccess(
+            store,
+            self._catalog,
+            max_models=settings.tenant_max_models,
+            max_bytes=settings.tenant_max_bytes,
+        )
         self._uploads = UploadSlots(
             per_peer=settings.max_uploads_per_peer, total=settings.max_uploads
         )
         metrics.track_models(lambda: len(self._catalog), pool.size)
 
     # -- models ---------------------------------------------------------------------------
+
+    def _tenant(self, context: grpc.ServicerContext | None) -> str:
+        """The caller's tenant (``default`` without tokens or a caller)."""
+        return DEFAULT_TENANT if context is None else tenant_of(context, self._tokens)
 
     def _deadline(self, context: grpc.ServicerContext | None) -> float:
         """The caller's deadline; ``--request-timeout`` only when the caller set none; never
@@ -130,12 +149,14 @@ class JacobianServicer(DerivativeRpcs):
 
     def _refused(self, model_id: str, failure: LoadFailure, *, checked: bool) -> Exception:
         """Forget an archive that could not be loaded. One that never passed its check is
-        removed; one whose loader crashed or hung is also marked bad (an archive that had
-        passed is kept in quarantine for its operator), so it is never loaded again."""
-        if checked or failure.crashed:
+        removed. One whose loader crashed or hung, or that the worker refused, is also
+        marked bad (an archive that had passed is kept in quarantine for its operator), so
+        it is never loaded again; a failure that is not the archive's (no worker could
+        start, its file or the shared store was briefly missing) quarantines nothing."""
+        if failure.crashed or isinstance(failure.error, InvalidArgument):
             _LOG.error("quarantined model %s: %s", model_id, failure.error)
             self._catalog.quarantine(model_id, str(failure.error), keep_archive=checked)
-            self._pool.forget(model_id)
+            self._pool.forget(model_id, every_tenant=True)
         if not checked:  # (a checked one was moved to quarantine)
             with contextlib.suppress(NotFound):
                 self._store.remove(model_id)
@@ -150,7 +171,9 @@ class JacobianServicer(DerivativeRpcs):
         checked = keep or self._catalog.get(model_id) is not None
         try:
             body = self._pool.describe(
-                model_id, deadline=self._deadline(context), cancelled=self._cancelled(context)
+                worker_key(model_id, self._tenant(context)),
+                deadline=self._deadline(context),
+                cancelled=self._cancelled(context),
             )
         except LoadFailure as failure:
             raise self._refused(model_id, failure, checked=checked) from None
@@ -163,26 +186,21 @@ class JacobianServicer(DerivativeRpcs):
 
         Raises:
             InvalidArgument: malformed id or an archive that does not load.
-            NotFound: unknown id. FailedPrecondition: a quarantined archive.
+            NotFound: unknown id, or another tenant's. FailedPrecondition: a quarantined
+                archive.
         """
         check_model_id(model_id)
+        if not self._access.may_use(model_id, self._tenant(context)):
+            raise not_registered(model_id)
         info = self._catalog.get(model_id)
         self._metrics.model_lookup(info is not None)
         if info is not None:
             return info
         reason = self._catalog.quarantined(model_id)
         if reason is not None:
-            raise FailedPrecondition(
-                f"model {model_id} is quarantined: its archive crashed, hung or was refused "
-                f"while loading ({reason[:300]}); delete it (DeleteModel) and upload a fixed one",
-                reason=Reason.MODEL_QUARANTINED,
-                model_id=model_id,
-            )
+            raise _quarantined(model_id, reason)
         if not self._store.path(model_id).exists():
-            raise NotFound(
-                f"model {model_id} is not registered; upload it first (UploadModel / Client.upload)",
-                model_id=model_id,
-            )
+            raise not_registered(model_id)
         return self._describe(model_id, context)
 
     def _check_uploads(self) -> None:
@@ -198,8 +216,13 @@ class JacobianServicer(DerivativeRpcs):
     ) -> tuple[pb.ModelInfo, bool]:
         """Check, store and describe an inline archive; a refused one leaves nothing."""
         self._check_uploads()
-        known = self._catalog.get(hashlib.sha256(data).hexdigest())
-        if known is not None and not expected_id:
+        model_id = hashlib.sha256(data).hexdigest()
+        known = self._catalog.get(model_id)
+        if (
+            known is not None
+            and not expected_id
+            and self._access.may_use(model_id, self._tenant(context))
+        ):
             return known, True  # an inline archive sent again: nothing to stage or check
         with archive_checks():
             staged = self._store.receive([data], expected_id=expected_id)
@@ -226,20 +249,27 @@ class JacobianServicer(DerivativeRpcs):
     def register_staged(
         self, staged: StagedArchive, context: grpc.ServicerContext | None = None
     ) -> tuple[pb.ModelInfo, bool]:
-        """Keep and describe a received archive; a refused one leaves nothing behind."""
-        model_id = staged.model_id
+        """Keep and describe a received archive, granted to the caller's tenant (within
+        its quota); returns (description, whether the tenant owned it already). A refused
+        one leaves nothing behind."""
+        model_id, tenant = staged.model_id, self._tenant(context)
+        reason = self._catalog.quarantined(model_id)
+        if reason is not None:
+            raise _quarantined(model_id, reason)
+        owned = self._access.claim(model_id, tenant, staged.size_bytes)  # before it is stored
         known = self._catalog.get(model_id)
         if known is not None:
-            return known, True
-        if self._catalog.quarantined(model_id) is not None:
-            return self.info(model_id), False  # raises: quarantined
+            return known, owned
         self._store.commit(staged)  # the worker is handed the stored file
         try:
-            return self._describe(model_id, context), staged.already_present
-        except (ResourceExhausted, WorkerFailed, DeadlineExceeded):
+            return self._describe(model_id, context), owned
+        except Exception as exc:
             if self._catalog.get(model_id) is None and self._catalog.quarantined(model_id) is None:
-                with contextlib.suppress(NotFound):
-                    self._store.remove(model_id)  # not checked: nothing stays behind
+                if isinstance(exc, (ResourceExhausted, WorkerFailed, DeadlineExceeded)):
+                    with contextlib.suppress(NotFound):
+                        self._store.remove(model_id)  # not checked: nothing stays behind
+                if not owned:
+                    self._access.release(model_id, tenant)
             raise
 
     @rpc("UploadModel")
@@ -267,9 +297,9 @@ class JacobianServicer(DerivativeRpcs):
     def ListModels(
         self, request: pb.ListModelsRequest, context: Any, observed: Observed
     ) -> pb.ListModelsResponse:
-        stored = set(self._store.ids())
+        visible = self._access.visible(observed.tenant, self._store.ids())
         return pb.ListModelsResponse(
-            models=[m for m in self._catalog.all() if m.model_id in stored]
+            models=[m for m in self._catalog.all() if m.model_id in visible]
         )
 
     @rpc("DeleteModel")
@@ -278,14 +308,17 @@ class JacobianServicer(DerivativeRpcs):
     ) -> pb.DeleteModelResponse:
         self._check_uploads()
         model_id = check_model_id(request.model_id)
-        if self._catalog.quarantined(model_id) is not None:
-            self._catalog.release(model_id)
-            with contextlib.suppress(NotFound):
+        grant, last = self._access.deletion(model_id, observed.tenant)
+        if last:  # the archive goes before the last grant (see jacserve.server.access)
+            if self._catalog.quarantined(model_id) is not None:
+                self._catalog.release(model_id)
+            with contextlib.suppress(NotFound):  # a grant left by an interrupted upload
                 self._store.remove(model_id)
+            self._catalog.forget(model_id)
+            self._pool.forget(model_id, every_tenant=True)
         else:
-            self._store.remove(model_id)
-        self._catalog.forget(model_id)
-        self._pool.forget(model_id)
+            self._pool.forget(worker_key(model_id, observed.tenant))
+        self._access.release(model_id, grant)
         return pb.DeleteModelResponse()
 
     @rpc("GetServerInfo")
@@ -324,3 +357,12 @@ class JacobianServicer(DerivativeRpcs):
 
 def _serialize(message: Any) -> bytes:
     return message.SerializeToString()
+
+
+def _quarantined(model_id: str, reason: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"model {model_id} is quarantined: its archive crashed, hung or was refused "
+        f"while loading ({reason[:300]}); delete it (DeleteModel) and upload a fixed one",
+        reason=Reason.MODEL_QUARANTINED,
+        model_id=model_id,
+    )

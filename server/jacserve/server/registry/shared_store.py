@@ -8,6 +8,8 @@ archives' SHA-256, so no two replicas ever write different bytes under one name)
     quarantine/<id>.reason   why it was quarantined (every replica refuses it)
     quarantine/<id>.archive  a quarantined archive kept for its operator
     corrupted/<id>           an object found not to hash to its id, set aside
+    owners/<id>/<tenant>     a tenant's grant of the archive (see .ownership)
+    tenants/<tenant>/<id>    the same grant, listed by tenant
 
 An upload is staged, checked and kept in the local cache like in the file store; it is
 published (``archives/<id>``, then ``infos/<id>``) when its worker has described it, so
@@ -36,6 +38,7 @@ from collections.abc import Mapping
 from jacserve.server.errors import FailedPrecondition, Reason
 from jacserve.server.registry.cache import ArchiveCache
 from jacserve.server.registry.objects import ARCHIVES, Bucket, StoreUnavailable, parse_store_url
+from jacserve.server.registry.ownership import Ownership
 from jacserve.server.registry.shared_catalog import SharedCatalog
 from jacserve.server.registry.store import ArchiveStore, StagedArchive, check_model_id
 
@@ -118,6 +121,14 @@ class SharedArchiveStore(ArchiveStore):
 
     def _holds(self, model_id: str) -> bool:
         return model_id in self._pending or self.bucket.exists(ARCHIVES + model_id)
+
+    def holds(self, model_id: str) -> bool:
+        """:meth:`present`."""
+        return self.present(model_id)
+
+    def ownership(self) -> Ownership:
+        """The tenants' grants, in the bucket (re-read at most every ``ttl_seconds``)."""
+        return Ownership(self.bucket, ttl_seconds=self.ttl_seconds)
 
     # -- local copies -------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from jacserve.server.errors import InvalidArgument, NotFound, Reason, ResourceExhausted
 from jacserve.server.registry.archive import ArchiveFormat, detect_format
 from jacserve.server.registry.catalog import ModelCatalog
+from jacserve.server.registry.ownership import FolderObjects, Ownership
 
 __all__ = ["ArchiveStore", "StagedArchive", "check_model_id"]
 
@@ -172,6 +173,14 @@ class ArchiveStore:
     def _holds(self, model_id: str) -> bool:
         """Whether the store keeps ``model_id`` already (caller holds the lock)."""
         return self.path(model_id).exists()
+
+    def holds(self, model_id: str) -> bool:
+        """Whether the store keeps ``model_id``."""
+        return self.path(model_id).exists()
+
+    def ownership(self) -> Ownership:
+        """The tenants' grants of this store's archives (files beside them)."""
+        return Ownership(FolderObjects(self.directory))
 
     def worker_path(self, model_id: str) -> str:
         """Where a worker reads the archive of ``model_id`` (for the worker pool)."""

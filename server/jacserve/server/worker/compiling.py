@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 from jacserve.server.worker.protocol import ProtocolError
 from jacserve.server.worker.starting import LoadFailure, RunningWorker
+from jacserve.server.worker.worker_keys import belongs
 
 __all__ = ["CompileQueue", "CompileWorkers"]
 
@@ -167,13 +168,17 @@ class CompileQueue:
             archive = self._archives.get(model_id)
             return dict(archive.unserved) if archive is not None else {}
 
-    def forget(self, model_id: str) -> None:
-        """Drop what is known of a deleted archive, its caches included."""
+    def forget(self, key: str, *, every_tenant: bool = False) -> None:
+        """Drop what is known of a deleted archive (a worker key; with ``every_tenant``,
+        every tenant's of its archive), its caches included."""
         with self._lock:
-            self._archives.pop(model_id, None)
-            if model_id in self._order:
-                self._order.remove(model_id)
-        shutil.rmtree(self._folder(model_id), ignore_errors=True)
+            keys = [k for k in self._archives if belongs(k, key, every_tenant=every_tenant)]
+            for gone in {key, *keys}:
+                self._archives.pop(gone, None)
+                if gone in self._order:
+                    self._order.remove(gone)
+        for gone in {key, *keys}:
+            shutil.rmtree(self._folder(gone), ignore_errors=True)
 
     def close(self) -> None:
         """Stop after the current compile worker (which the pool's close kills)."""

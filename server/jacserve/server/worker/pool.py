@@ -1,7 +1,8 @@
 """The frontend's pool of workers: one confined process per archive, forked on demand.
 
 A worker serves exactly one archive for its whole life — it is assumed compromised once
-it has loaded it — so a request goes to an idle worker of its own model, or a new one is
+it has loaded it — and one tenant (:mod:`.worker_keys`), so a request goes to an idle
+worker of its own model and tenant, or a new one is
 forked from the zygote (:mod:`~jacserve.server.worker.zygote`, milliseconds) and handed
 the archive. At most ``size`` requests compute at once; at most ``max_warm`` workers live,
 idle ones of other models evicted least recently used first. A worker that overruns its
@@ -34,8 +35,9 @@ from jacserve.server.worker.starting import (
     RunningWorker,
     start_worker,
 )
+from jacserve.server.worker.worker_keys import belongs, model_of, worker_key
 
-__all__ = ["LoadFailure", "WorkerPool"]
+__all__ = ["LoadFailure", "WorkerPool", "worker_key"]
 
 _LOG = logging.getLogger("jacserve.server.workers")
 _POLL_SECONDS = 0.05
@@ -113,12 +115,14 @@ class WorkerPool(RunsOperations):
         return self._size
 
     def pids(self, model_id: str | None = None) -> list[int]:
-        """Process ids of the live workers (of ``model_id`` only, if given)."""
+        """Process ids of the live workers (of ``model_id`` only, if given: an archive's
+        id for every tenant's, a :func:`worker_key` for one tenant's)."""
         with self._lock:
             return [
                 w.process.pid
                 for _, w in sorted(self._live.items())
-                if model_id is None or w.model_id == model_id
+                if model_id is None
+                or belongs(w.model_id, model_id, every_tenant="@" not in model_id)
             ]
 
     def start(self) -> None:
@@ -180,19 +184,22 @@ class WorkerPool(RunsOperations):
         elif worker is not None:
             _LOG.info("worker for model %s ready (pid %d)", start.model_id, worker.process.pid)
 
-    def _fork(self, model_id: str, slot: int, compile_dir: str | None = None) -> RunningWorker:
+    def _fork(self, key: str, slot: int, compile_dir: str | None = None) -> RunningWorker:
+        """A loaded worker for a :func:`worker_key` (told only the archive's id)."""
         for attempt in range(2):
             try:
-                return start_worker(
+                worker = start_worker(
                     self._zygote,
-                    model_id=model_id,
-                    archive_path=self._archive_path(model_id),
+                    model_id=model_of(key),
+                    archive_path=self._archive_path(model_of(key)),
                     serial=next(self._serials),
                     slot=slot,
                     scratch_root=self._settings.scratch_dir,
                     load_seconds=self._load_seconds,
                     compile_dir=compile_dir,
                 )
+                worker.model_id = key  # routed by archive and tenant
+                return worker
             except ZygoteError as exc:
                 if attempt or self._closed.is_set():
                     raise LoadFailure(
@@ -277,12 +284,13 @@ class WorkerPool(RunsOperations):
             self._free_slots.append(worker.slot)
             self._wake(None)
 
-    def forget(self, model_id: str) -> None:
-        """Stop the idle workers of a deleted model and drop its compiled programs."""
-        self._compile_queue.forget(model_id)
+    def forget(self, key: str, *, every_tenant: bool = False) -> None:
+        """Stop the idle workers of a deleted model (a :func:`worker_key`; with
+        ``every_tenant``, every tenant's of its archive) and drop its compiled programs."""
+        self._compile_queue.forget(key, every_tenant=every_tenant)
         with self._lock:
-            idle = [w for w in self._idle if w.model_id == model_id]
-            self._idle = [w for w in self._idle if w.model_id != model_id]
+            idle = [w for w in self._idle if belongs(w.model_id, key, every_tenant=every_tenant)]
+            self._idle = [w for w in self._idle if w not in idle]
         for worker in idle:
             self._retire(worker, reason=None)
 

@@ -19,6 +19,7 @@ from jacserve.server.worker.overruns import Overruns
 from jacserve.server.worker.protocol import ProtocolError
 from jacserve.server.worker.settings import WorkerSettings
 from jacserve.server.worker.starting import ERRORS, RunningWorker, death_error
+from jacserve.server.worker.worker_keys import worker_key
 
 __all__ = ["RunsOperations"]
 
@@ -110,15 +111,17 @@ class RunsOperations:
         deadline: float,
         cancelled: Callable[[], bool],
     ) -> Iterator[tuple[dict[str, Any], bytes | None]]:
-        """Every reply of one operation, the last one without ``more``; raises its error."""
-        model_id = str(header["model_id"])
-        self._overruns.refuse_hopeless(model_id, deadline)
-        worker = self._acquire(model_id, deadline, cancelled)
+        """Every reply of one operation, the last one without ``more``; raises its error.
+        ``header["tenant"]`` picks the tenant's workers and is not sent to the worker."""
+        header = dict(header)
+        key = worker_key(str(header["model_id"]), str(header.pop("tenant", "")))
+        self._overruns.refuse_hopeless(key, deadline)
+        worker = self._acquire(key, deadline, cancelled)
         began, done = time.monotonic(), False
         try:
             threads = self._threads_now()
             extra = {"deadline": deadline, "threads": threads}
-            if unserved := self._compile_queue.unserved(model_id):
+            if unserved := self._compile_queue.unserved(key):
                 extra["unserved"] = unserved  # the worker's status says how they ended
             worker.channel.send({**header, **extra}, payload)
             while True:
@@ -129,12 +132,12 @@ class RunsOperations:
                 if not reply.get("last"):
                     worker.channel.send({"op": "next"})  # the arena is free for the next part
             done = True
-            self._overruns.finished(model_id)
+            self._overruns.finished(key)
             wanted = reply.get("compile")
             if wanted and isinstance(wanted, list) and self._settings.compile == "on":
                 keys = [str(k) for k in wanted][:8]
                 self._compile_queue.requested(
-                    model_id, keys, str(header.get("op")), payload, worker.serial
+                    key, keys, str(header.get("op")), payload, worker.serial
                 )
         except (OSError, EOFError, ProtocolError) as exc:
             done = True
