@@ -180,4 +180,6 @@ def test_retry_policy_backoff_grows_and_is_capped():
     assert not RetryPolicy.off().should_retry(Unavailable("x"), 0)
     assert policy.should_retry(ResourceExhausted("x", reason="QUEUE_FULL"), 0)
     assert not policy.should_retry(ResourceExhausted("x", reason="ARCHIVE_TOO_LARGE"), 0)
-    assert not policy.should_retry(ResourceExhausted("3 requests are already queued"), 0)
+    assert not policy.should_retry(ResourceExhausted("x", reason="MESSAGE_TOO_LARGE"), 0)
+    # without details: gRPC's --max-concurrent-rpcs refusal (the SDK labels size refusals)
+    assert policy.should_retry(ResourceExhausted("3 requests are already queued"), 0)

@@ -95,6 +95,19 @@ def cmd_upload(client: Client, args: argparse.Namespace) -> None:
     _print(client.upload(_archive(args.archive, "archive")))
 
 
+def _input_signature(spec: Any) -> str:
+    """One input as ``jacserve models show`` prints it: ``x: torch.float64[3]`` where the
+    archive records dtype and shape, else its declared type and what it does not record
+    (``x: Tensor (dtype and shape unknown)``, as for every TorchScript input)."""
+    dtype = "" if spec.dtype is None else str(spec.dtype)
+    shape = "" if spec.shape is None else str(list(spec.shape))
+    unknown = " and ".join(
+        what for what, known in (("dtype", dtype), ("shape", shape)) if not known
+    )
+    text = f"{spec.name}: {dtype or spec.type or 'any'}{shape}"
+    return f"{text} ({unknown} unknown)" if unknown else text
+
+
 def cmd_models(client: Client, args: argparse.Namespace) -> None:
     if args.action == "list":
         for info in client.list_models():
@@ -112,10 +125,7 @@ def cmd_models(client: Client, args: argparse.Namespace) -> None:
     info = client.get_model(args.model_id)
     _print(f"model {info.model_id} ({info.format}, {info.archive_size_bytes} bytes)")
     for method in info.methods:
-        signature = ", ".join(
-            f"{i.name}: {i.dtype or 'any'}{list(i.shape) if i.shape is not None else ''}"
-            for i in method.inputs
-        )
+        signature = ", ".join(_input_signature(i) for i in method.inputs)
         _print(f"  {method.name}({signature})")
     for parameter in info.parameters:
         _print(f"  parameter {parameter.name}: {parameter.dtype}{list(parameter.shape)}")

@@ -109,11 +109,29 @@ class AsyncClient(ClientBase):
                 return await call.read(), call
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc)
+            size = self._unlabelled_size_refusal(error, request)
+            if size is not None:
+                if self._server_limit is None:
+                    await self._learn_server_limit(index, opts, deadline)
+                error = self._labelled_refusal(error, size)
             if replica is not None:
                 raise error
             wait, index = self._after_failure(error, attempt, deadline, index)
             attempt += 1
             await asyncio.sleep(wait)
+
+    async def _learn_server_limit(
+        self, index: int, opts: CallOptions, deadline: float | None
+    ) -> None:
+        """As :meth:`Client._learn_server_limit`: one try at the server's message limit."""
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            info = await self._stubs[index].GetServerInfo(
+                pb.GetServerInfoRequest(), timeout=remaining, metadata=opts.metadata
+            )
+        except grpc.RpcError:
+            return
+        self._server_limit = info.max_message_bytes
 
     async def _derive(
         self, model: ModelSource, method: str, prepared: Prepared[_T], opts: CallOptions

@@ -264,11 +264,15 @@ def prepare_gradients(
 
 
 def upload_chunks(data: bytes, chunk_bytes: int) -> Callable[[], Iterator[pb.UploadModelRequest]]:
-    """A factory of the upload stream for ``data`` (a fresh iterator per attempt).
+    """A factory of the upload stream for ``data`` (a fresh iterator per attempt); its
+    ``largest_message_bytes`` is the size of its largest message (the first).
 
-    >>> chunks = list(upload_chunks(b"abcde", 2)())
+    >>> factory = upload_chunks(b"abcde", 2)
+    >>> chunks = list(factory())
     >>> [c.chunk for c in chunks], chunks[0].expected_model_id[:8]
     ([b'ab', b'cd', b'e'], '36bbe50e')
+    >>> factory.largest_message_bytes == chunks[0].ByteSize()
+    True
     """
     model_id = hashlib.sha256(data).hexdigest()
 
@@ -277,6 +281,8 @@ def upload_chunks(data: bytes, chunk_bytes: int) -> Callable[[], Iterator[pb.Upl
         for start in range(chunk_bytes, len(data), chunk_bytes):
             yield pb.UploadModelRequest(chunk=data[start : start + chunk_bytes])
 
+    first = pb.UploadModelRequest(chunk=data[:chunk_bytes], expected_model_id=model_id)
+    chunks.largest_message_bytes = first.ByteSize()  # type: ignore[attr-defined]
     return chunks
 
 

@@ -75,11 +75,27 @@ class SyncTransport(ClientBase):
                 return iter(())
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc)
+            size = self._unlabelled_size_refusal(error, request)
+            if size is not None:
+                if self._server_limit is None:
+                    self._learn_server_limit(index, opts, deadline)
+                error = self._labelled_refusal(error, size)
             if replica is not None:
                 raise error
             wait, index = self._after_failure(error, attempt, deadline, index)
             attempt += 1
             time.sleep(wait)
+
+    def _learn_server_limit(self, index: int, opts: CallOptions, deadline: float | None) -> None:
+        """Ask replica ``index`` for its message limit (one try; unknown if it fails)."""
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            info = self._stubs[index].GetServerInfo(
+                pb.GetServerInfoRequest(), timeout=remaining, metadata=opts.metadata
+            )
+        except grpc.RpcError:
+            return
+        self._server_limit = info.max_message_bytes
 
     def _with_model(
         self,

@@ -24,7 +24,7 @@ import grpc
 
 from jacserve.client._retry import RetryPolicy
 from jacserve.client._sharding import ShardedJacobian, resolved_addresses, worth_splitting
-from jacserve.client.errors import JacserveError
+from jacserve.client.errors import JacserveError, ResourceExhausted
 from jacserve.v1 import jacobian_service_pb2_grpc as pb_grpc
 
 __all__ = [
@@ -187,6 +187,38 @@ class ClientBase:
         if late or not self.retry.should_retry(error, attempt):
             raise error
         return wait
+
+    def _unlabelled_size_refusal(self, error: JacserveError, request: Any) -> int | None:
+        """The bytes of ``request``'s largest message when ``error`` may be gRPC's own
+        refusal of it for its size (RESOURCE_EXHAUSTED without details); else ``None``.
+        A request stream's factory says its size in ``largest_message_bytes``."""
+        if error.code != grpc.StatusCode.RESOURCE_EXHAUSTED or error.reason:
+            return None
+        if callable(request):
+            return getattr(request, "largest_message_bytes", None)
+        return int(request.ByteSize())
+
+    def _labelled_refusal(self, error: JacserveError, size: int) -> JacserveError:
+        """``error`` (gRPC's own RESOURCE_EXHAUSTED of a request of ``size`` bytes) as the
+        MESSAGE_TOO_LARGE it is when the request is above the client's or the server's
+        known message limit; else ``error`` as it came: gRPC's concurrency limit
+        (``--max-concurrent-rpcs``), which :class:`RetryPolicy` retries by default.
+
+        gRPC sends both refusals without details; the sizes, not the message, tell them apart.
+        """
+        limit = self._settings.max_message_bytes
+        if self._server_limit is not None:
+            limit = min(limit, self._server_limit)
+        if size <= limit:
+            return error
+        return ResourceExhausted(
+            f"the request has {size} bytes, above the message limit of {limit} bytes "
+            f"(the smaller of the client's max_message_bytes and the server's "
+            f"--max-message-bytes); send smaller inputs ({error.message})",
+            request_id=error.request_id,
+            reason="MESSAGE_TOO_LARGE",
+            metadata={"bytes_needed": str(size), "limit_bytes": str(limit)},
+        )
 
     def _take_turn(self) -> int:
         """The replica for the next unpinned call (round robin over the targets)."""

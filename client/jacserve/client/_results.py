@@ -228,12 +228,26 @@ class GradientsResult:
 @dataclass(frozen=True)
 class InputInfo:
     """A method input; ``dtype``/``shape`` are ``None`` where the archive does not record
-    them. A dtype is a ``torch.dtype`` once torch is imported, else a ``numpy.dtype`` (or
-    ``"bfloat16"``)."""
+    them, which a TorchScript archive never does (a torch.export one does for each tensor
+    input). A dtype is a ``torch.dtype`` once torch is imported, else a ``numpy.dtype``
+    (or ``"bfloat16"``). ``type`` is the declared type as the archive spells it (the
+    TorchScript type, such as ``"Tensor"`` or ``"Tuple[Tensor, Tensor]"``; ``"Tensor"``
+    for a tensor input of a torch.export archive), ``""`` where unknown."""
 
     name: str
     dtype: Any
     shape: tuple[int, ...] | None
+    type: str = ""
+
+    @property
+    def dtype_known(self) -> bool:
+        """Whether the archive records this input's element type."""
+        return self.dtype is not None
+
+    @property
+    def shape_known(self) -> bool:
+        """Whether the archive records this input's shape."""
+        return self.shape is not None
 
 
 @dataclass(frozen=True)
@@ -278,6 +292,7 @@ class ModelInfo:
                             name=i.name,
                             dtype=_dtype(i.dtype) if i.dtype else None,
                             shape=tuple(i.shape) if i.has_shape else None,
+                            type=i.type,
                         )
                         for i in method.inputs
                     ),

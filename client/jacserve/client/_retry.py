@@ -16,6 +16,8 @@ Whether to retry is read from the error's details (its ``ErrorInfo`` reason and
 False
 >>> policy.should_retry(Unavailable("no server"), 0)
 True
+>>> policy.should_retry(ResourceExhausted("Concurrent RPC limit exceeded!"), 0)  # no details
+True
 """
 
 from __future__ import annotations
@@ -56,9 +58,12 @@ class RetryPolicy:
         max_backoff: longest single wait.
         jitter: each wait is drawn from ``backoff × [1 - jitter, 1 + jitter]``.
         codes: status codes worth another try when the error carries no details (gRPC
-            itself raised it): UNAVAILABLE (no server, or it is restarting). Add
-            RESOURCE_EXHAUSTED to also retry gRPC's own concurrency limit, which sends
-            no details (as do its message-size refusals).
+            itself raised it): UNAVAILABLE (no server, or it is restarting) and
+            RESOURCE_EXHAUSTED (the server's ``--max-concurrent-rpcs`` calls were in
+            flight; the call never ran). gRPC refuses a message above either side's size
+            limit with the same bare RESOURCE_EXHAUSTED; the client tells that one apart
+            by the request's size and labels it ``MESSAGE_TOO_LARGE``, which is not
+            retried.
         reasons: ``ErrorInfo`` reasons worth another try; any error with a
             ``RetryInfo`` is retried as well, after at least its delay.
     """
@@ -68,7 +73,9 @@ class RetryPolicy:
     multiplier: float = 2.0
     max_backoff: float = 5.0
     jitter: float = 0.2
-    codes: frozenset[grpc.StatusCode] = frozenset({grpc.StatusCode.UNAVAILABLE})
+    codes: frozenset[grpc.StatusCode] = frozenset(
+        {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    )
     reasons: frozenset[str] = RETRYABLE_REASONS
 
     def __post_init__(self) -> None:

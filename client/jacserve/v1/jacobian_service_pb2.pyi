@@ -202,16 +202,18 @@ class ParameterInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[Dtype, str]] = ...) -> None: ...
 
 class InputInfo(_message.Message):
-    __slots__ = ("name", "dtype", "shape", "has_shape")
+    __slots__ = ("name", "dtype", "shape", "has_shape", "type")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     HAS_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
     name: str
     dtype: Dtype
     shape: _containers.RepeatedScalarFieldContainer[int]
     has_shape: bool
-    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[Dtype, str]] = ..., shape: _Optional[_Iterable[int]] = ..., has_shape: _Optional[bool] = ...) -> None: ...
+    type: str
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[Dtype, str]] = ..., shape: _Optional[_Iterable[int]] = ..., has_shape: _Optional[bool] = ..., type: _Optional[str] = ...) -> None: ...
 
 class MethodInfo(_message.Message):
     __slots__ = ("name", "inputs")

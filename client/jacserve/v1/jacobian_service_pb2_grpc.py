@@ -54,7 +54,10 @@ class JacobianServiceStub:
     Errors raised by gRPC itself carry no details: DEADLINE_EXCEEDED when the
     caller's own deadline passes, UNAVAILABLE when no server answers, and
     RESOURCE_EXHAUSTED when a message is above a side's limit or the server has
-    --max-concurrent-rpcs calls in flight.
+    --max-concurrent-rpcs calls in flight. The last is worth a retry with backoff (the
+    call never ran), a size refusal is not; tell them apart by size: a request within
+    both limits (the server's is GetServerInfoResponse.max_message_bytes) was refused
+    for concurrency.
 
     Reasons by status code (the RPCs below list which apply to them):
     INVALID_ARGUMENT: INVALID_ARGUMENT (a field, named in BadRequest where known),
@@ -203,7 +206,10 @@ class JacobianServiceServicer:
     Errors raised by gRPC itself carry no details: DEADLINE_EXCEEDED when the
     caller's own deadline passes, UNAVAILABLE when no server answers, and
     RESOURCE_EXHAUSTED when a message is above a side's limit or the server has
-    --max-concurrent-rpcs calls in flight.
+    --max-concurrent-rpcs calls in flight. The last is worth a retry with backoff (the
+    call never ran), a size refusal is not; tell them apart by size: a request within
+    both limits (the server's is GetServerInfoResponse.max_message_bytes) was refused
+    for concurrency.
 
     Reasons by status code (the RPCs below list which apply to them):
     INVALID_ARGUMENT: INVALID_ARGUMENT (a field, named in BadRequest where known),
@@ -564,7 +570,10 @@ class JacobianService:
     Errors raised by gRPC itself carry no details: DEADLINE_EXCEEDED when the
     caller's own deadline passes, UNAVAILABLE when no server answers, and
     RESOURCE_EXHAUSTED when a message is above a side's limit or the server has
-    --max-concurrent-rpcs calls in flight.
+    --max-concurrent-rpcs calls in flight. The last is worth a retry with backoff (the
+    call never ran), a size refusal is not; tell them apart by size: a request within
+    both limits (the server's is GetServerInfoResponse.max_message_bytes) was refused
+    for concurrency.
 
     Reasons by status code (the RPCs below list which apply to them):
     INVALID_ARGUMENT: INVALID_ARGUMENT (a field, named in BadRequest where known),

@@ -9,7 +9,7 @@ frontend to map to status codes. They run inside a worker process, never in the 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -34,7 +34,13 @@ from jacserve.server.worker.streaming_handlers import STREAM_BLOCK_BYTES, Stream
 from jacserve.v1 import jacobian_service_pb2 as pb
 
 _Message = TypeVar("_Message")
-__all__ = ["STREAM_BLOCK_BYTES", "DerivativeHandlers", "HandlerSettings", "model_info_to_wire"]
+__all__ = [
+    "STREAM_BLOCK_BYTES",
+    "DerivativeHandlers",
+    "HandlerSettings",
+    "declared_input_types",
+    "model_info_to_wire",
+]
 
 """Default tensor bytes per StreamJacobian message."""
 
@@ -62,8 +68,20 @@ class HandlerSettings:
     memory_meter: str = "rss"
 
 
-def model_info_to_wire(info: ModelInfo) -> pb.ModelInfo:
-    """Convert registry metadata to its message."""
+def model_info_to_wire(
+    info: ModelInfo, types: Mapping[str, Sequence[str]] | None = None
+) -> pb.ModelInfo:
+    """Convert registry metadata to its message; ``types`` gives each method's declared
+    input types (see :func:`declared_input_types`), else a tensor input of known dtype is
+    ``"Tensor"`` and any other input's type is left empty (unknown)."""
+    types = types or {}
+
+    def declared(method: MethodInfo, index: int, known_dtype: bool) -> str:
+        names = types.get(method.name, ())
+        if index < len(names):
+            return names[index]
+        return "Tensor" if known_dtype else ""
+
     methods = [
         pb.MethodInfo(
             name=m.name,
@@ -73,8 +91,9 @@ def model_info_to_wire(info: ModelInfo) -> pb.ModelInfo:
                     dtype=dtype_to_wire(i.dtype) if i.dtype is not None else pb.DTYPE_UNSPECIFIED,
                     shape=list(i.shape or ()),
                     has_shape=i.shape is not None,
+                    type=declared(m, index, i.dtype is not None),
                 )
-                for i in m.inputs
+                for index, i in enumerate(m.inputs)
             ],
         )
         for m in info.methods
@@ -90,6 +109,20 @@ def model_info_to_wire(info: ModelInfo) -> pb.ModelInfo:
         methods=methods,
         parameters=parameters,
     )
+
+
+def declared_input_types(module: Any) -> dict[str, tuple[str, ...]]:
+    """The TorchScript type of each input (``self`` left out) of each method of a scripted
+    module, as its schema spells it: ``"Tensor"``, ``"Tuple[Tensor, Tensor]"`` …
+
+    TorchScript archives record these, never dtypes or shapes.
+    """
+    types = {}
+    for name in module._c._method_names():
+        if not name.startswith("__"):
+            arguments = getattr(module, name).schema.arguments[1:]
+            types[name] = tuple(a.type.annotation_str for a in arguments)
+    return types
 
 
 def _decode_field(
@@ -122,7 +155,11 @@ class DerivativeHandlers(AnalysisHandlers, SecondOrderHandlers, StreamingHandler
 
     def describe(self) -> pb.ModelInfo:
         """The description of the worker's archive."""
-        return model_info_to_wire(self._registry.info(self._registry.model_id))
+        info = self._registry.info(self._registry.model_id)
+        types = None
+        if info.format.value == "torchscript":
+            types = declared_input_types(self._registry.get(self._registry.model_id).module)
+        return model_info_to_wire(info, types)
 
     def compiled_programs(self) -> list[CompiledPrograms]:
         """The archive's compiled programs, one set per device it is loaded on."""
