@@ -1,9 +1,11 @@
 """Red-team tests of tenants (issue #14): a tenant tries to reach another tenant's models.
 
 Each test is an attack against a real server (real gRPC through the SDK or the generated
-stubs) and passes when the defence holds. An attack that succeeds is kept as a test of
-the secure behaviour marked ``xfail(strict=True)`` with the hole in its reason: fixing
-the hole makes it pass (and the strict mark then asks for the mark to go).
+stubs) and passes when the defence holds. Seven of them got through the first version
+of tenants (an unused operator archive privatised and deleted, racing deletes and
+uploads, a quota overrun by concurrent uploads, upload timing and quarantine answers
+telling of another tenant's archive, a stale owner cache publishing an upload); they
+now test the fixes (NOTE: [Who owns an archive] in ``jacserve.server.access``).
 
 Races are made deterministic by widening the server's window with a barrier or a pause
 (``monkeypatch`` on the in-process server's classes); the attack itself is plain RPCs.
@@ -361,13 +363,6 @@ def test_a_tenant_uploading_an_adopted_operator_archive_keeps_it_shared(server, 
     assert server.store.path(shared).exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: ModelAccess.claim reads the raw grants (Ownership.owners), not "
-    "_owners_of, so an operator archive nobody has used since start-up (never adopted "
-    "as '*') becomes the uploading tenant's private model: other tenants get NOT_FOUND, "
-    "and the tenant's DeleteModel (last owner) removes the operator's archive file",
-)
 def test_a_tenant_cannot_privatise_or_delete_an_unused_operator_archive(server, channel, clients):
     hijacked = _id(OP_HIJACKED)
     assert hijacked in _ids(clients["alice"])  # listing does not adopt it
@@ -385,13 +380,6 @@ def test_a_tenant_cannot_privatise_or_delete_an_unused_operator_archive(server, 
 # -- ownership races ------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: two owners deleting one archive at once both see the other as owner "
-    "(ModelAccess.deletion reads the grants, DeleteModel revokes later), so neither "
-    "removes the archive; the archive is left without grants and the next lookup adopts "
-    "it as public ('*'): every tenant lists and uses it",
-)
 def test_two_owners_deleting_at_once_do_not_make_their_archive_public(server, clients, monkeypatch):
     archive = _script(5)
     model_id = clients["alice"].upload(archive)
@@ -425,12 +413,6 @@ def test_two_owners_deleting_at_once_do_not_make_their_archive_public(server, cl
             clients["default"].delete_model(model_id)  # as the operator, once public
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: an upload racing the last owner's delete: DeleteModel decided 'last' "
-    "before the upload's claim, so it removes the archive the other tenant was just told "
-    "it owns (upload OK, then NOT_FOUND; a delete of tenant A destroys tenant B's model)",
-)
 def test_a_delete_racing_another_tenants_upload_keeps_the_uploaded_model(clients, monkeypatch):
     archive = _script(6)
     model_id = clients["alice"].upload(archive)
@@ -490,12 +472,6 @@ def test_quotas_hold_for_inline_archives_and_re_uploads(channel, clients):
     assert _ids(carol) - OPERATORS == set()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: the quota check and the grant are not atomic (ModelAccess.claim: "
-    "_check_quota reads Ownership.usage, then grant), so concurrent uploads each see "
-    "the old count and a tenant owns more than --tenant-max-models",
-)
 def test_concurrent_uploads_do_not_exceed_the_model_quota(server, monkeypatch):
     archives = [_script(30 + i) for i in range(MAX_MODELS + 1)]
     counted = threading.Barrier(len(archives), timeout=5)
@@ -533,13 +509,6 @@ def test_concurrent_uploads_do_not_exceed_the_model_quota(server, monkeypatch):
 # -- existence oracles -----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE (low): register_staged checks the global quarantine mark before anything "
-    "else, so uploading bytes another tenant uploaded and that crashed its loader answers "
-    "FAILED_PRECONDITION 'quarantined' instead of the INVALID_ARGUMENT a first upload "
-    "gets: it tells that another tenant uploaded that archive",
-)
 def test_an_upload_does_not_tell_that_another_tenant_uploaded_a_crashing_archive(clients):
     crashing = hostile.deeply_nested()
     with pytest.raises(InvalidArgument) as first:
@@ -557,13 +526,6 @@ def test_an_upload_does_not_tell_that_another_tenant_uploaded_a_crashing_archive
                 clients[name].delete_model(_id(crashing))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: register_staged answers an upload of an archive that is already "
-    "described (another tenant's) from the catalog without loading it in the uploader's "
-    "worker: a few ms instead of a worker fork and load (~25x faster here), so a tenant "
-    "learns whether another tenant uploaded given bytes",
-)
 def test_upload_time_does_not_tell_that_another_tenant_has_the_archive(channel, clients):
     seen, fresh = [], []
     for seed in range(40, 45):
@@ -611,15 +573,6 @@ def test_the_tenant_label_stays_bounded(server):
 # -- replicas over one store -------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: Ownership caches an archive's owners for --model-store-ttl, an empty "
-    "set included; a replica that looked an id up before another replica stored it "
-    "finds the archive held (present() is not cached negatively) and no owners, and "
-    "ModelAccess._owners_of adopts it as public ('*') in the shared store: a tenant's "
-    "private upload becomes every tenant's. The SDK's upload (GetModel, then "
-    "UploadModel) behind a load balancer does exactly this",
-)
 def test_a_stale_owner_cache_on_another_replica_does_not_publish_a_private_upload(
     tmp_path, monkeypatch
 ):

@@ -234,9 +234,13 @@ class JacobianServicer(DerivativeRpcs):
     def preload(self) -> list[str]:
         """Describe every stored archive not yet described (at start-up), each in its own
         worker; returns the ids that failed (now quarantined). Archives described before
-        are not loaded at all."""
+        are not loaded at all. Archives nobody was granted are the operator's and shared
+        by every tenant (NOTE: [Who owns an archive] in ``access``)."""
         failed = []
-        for model_id in self._store.ids():
+        stored = self._store.ids()
+        for model_id in self._access.share_ungranted(stored):
+            _LOG.info("model %s has no owner: the operator's, shared by every tenant", model_id)
+        for model_id in stored:
             if self._catalog.get(model_id) is not None:
                 continue
             try:
@@ -251,26 +255,31 @@ class JacobianServicer(DerivativeRpcs):
     ) -> tuple[pb.ModelInfo, bool]:
         """Keep and describe a received archive, granted to the caller's tenant (within
         its quota); returns (description, whether the tenant owned it already). A refused
-        one leaves nothing behind."""
+        one leaves nothing behind (see NOTE: [Who owns an archive] in ``access``)."""
         model_id, tenant = staged.model_id, self._tenant(context)
-        reason = self._catalog.quarantined(model_id)
-        if reason is not None:
-            raise _quarantined(model_id, reason)
-        owned = self._access.claim(model_id, tenant, staged.size_bytes)  # before it is stored
-        known = self._catalog.get(model_id)
-        if known is not None:
-            return known, owned
-        self._store.commit(staged)  # the worker is handed the stored file
-        try:
-            return self._describe(model_id, context), owned
-        except Exception as exc:
-            if self._catalog.get(model_id) is None and self._catalog.quarantined(model_id) is None:
-                if isinstance(exc, (ResourceExhausted, WorkerFailed, DeadlineExceeded)):
-                    with contextlib.suppress(NotFound):
-                        self._store.remove(model_id)  # not checked: nothing stays behind
-                if not owned:
-                    self._access.release(model_id, tenant)
-            raise
+        with self._access.locked(model_id):
+            reason = self._catalog.quarantined(model_id)
+            if reason is not None:
+                if self._access.may_use(model_id, tenant):
+                    raise _quarantined(model_id, reason)
+                raise InvalidArgument(reason[:1000], reason=Reason.ARCHIVE_REJECTED)  # as first
+            owned = self._access.claim(model_id, tenant, staged.size_bytes)  # before storing
+            known = self._catalog.get(model_id)
+            if known is not None and owned:
+                return known, True
+            if known is None:
+                self._store.commit(staged)  # the worker is handed the stored file
+            try:  # a new grant loads in the tenant's own worker, as new bytes would
+                return self._describe(model_id, context), owned
+            except Exception as exc:
+                described = self._catalog.get(model_id) is not None
+                if not described and self._catalog.quarantined(model_id) is None:
+                    if isinstance(exc, (ResourceExhausted, WorkerFailed, DeadlineExceeded)):
+                        with contextlib.suppress(NotFound):
+                            self._store.remove(model_id)  # not checked: nothing stays behind
+                    if not owned:
+                        self._access.release(model_id, tenant)
+                raise
 
     @rpc("UploadModel")
     def UploadModel(
@@ -308,17 +317,17 @@ class JacobianServicer(DerivativeRpcs):
     ) -> pb.DeleteModelResponse:
         self._check_uploads()
         model_id = check_model_id(request.model_id)
-        grant, last = self._access.deletion(model_id, observed.tenant)
-        if last:  # the archive goes before the last grant (see jacserve.server.access)
-            if self._catalog.quarantined(model_id) is not None:
-                self._catalog.release(model_id)
-            with contextlib.suppress(NotFound):  # a grant left by an interrupted upload
-                self._store.remove(model_id)
-            self._catalog.forget(model_id)
-            self._pool.forget(model_id, every_tenant=True)
-        else:
-            self._pool.forget(worker_key(model_id, observed.tenant))
-        self._access.release(model_id, grant)
+        with self._access.locked(model_id):  # the grant goes first (NOTE: [Who owns an archive])
+            grant = self._access.deletion(model_id, observed.tenant)
+            if self._access.release(model_id, grant):  # others own it: keep it for them
+                self._pool.forget(worker_key(model_id, observed.tenant))
+            else:
+                if self._catalog.quarantined(model_id) is not None:
+                    self._catalog.release(model_id)
+                with contextlib.suppress(NotFound):  # a grant left by an interrupted upload
+                    self._store.remove(model_id)
+                self._catalog.forget(model_id)
+                self._pool.forget(model_id, every_tenant=True)
         return pb.DeleteModelResponse()
 
     @rpc("GetServerInfo")

@@ -108,17 +108,21 @@ class Ownership:
         self._lock = threading.Lock()
         self._cached: dict[str, tuple[float, frozenset[str]]] = {}  # id -> (read at, owners)
 
-    def owners(self, model_id: str) -> set[str]:
-        """The tenants (and ``*``) that own ``model_id``."""
+    def owners(self, model_id: str, *, fresh: bool = False) -> set[str]:
+        """The tenants (and ``*``) that own ``model_id``: read again when ``fresh`` or
+        older than the TTL. "No owner" is never remembered: another replica may be
+        granting the archive right now."""
         now = time.monotonic()
         with self._lock:
             cached = self._cached.get(model_id)
-        if cached is not None and now - cached[0] < self._ttl:
+        if not fresh and cached is not None and now - cached[0] < self._ttl:
             return set(cached[1])
         names = {e.name.rsplit("/", 1)[-1] for e in self._objects.list(f"{OWNERS}{model_id}/")}
-        if self._ttl:
-            with self._lock:
+        with self._lock:
+            if self._ttl and names:
                 self._cached[model_id] = (now, frozenset(names))
+            else:
+                self._cached.pop(model_id, None)
         return names
 
     def may_use(self, model_id: str, tenant: str) -> bool:
@@ -137,7 +141,7 @@ class Ownership:
         self._objects.delete(f"{OWNERS}{model_id}/{tenant}")
         self._objects.delete(f"{TENANTS}{tenant}/{model_id}")
         self._forget(model_id)
-        return bool(self.owners(model_id))
+        return bool(self.owners(model_id, fresh=True))
 
     def everyone(self) -> dict[str, set[str]]:
         """Every archive that has owners, with its owners (one listing)."""
