@@ -46,6 +46,7 @@ bench:
 	$(PYTHON) bench/compilation.py
 	$(PYTHON) bench/upload.py
 	$(PYTHON) bench/request_path.py
+	$(PYTHON) bench/global_sensitivity.py
 
 ci:
 	CI=true bash .ci/run

@@ -8,6 +8,12 @@
 from jacserve.client._analysis import RankedInput, SensitivityResult, SingularResult
 from jacserve.client._async_client import AsyncClient
 from jacserve.client._client import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TARGET, Client
+from jacserve.client._global_sensitivity import (
+    ActiveSubspace,
+    GlobalSensitivityResult,
+    Normal,
+    Uniform,
+)
 from jacserve.client._results import (
     DerivativeMetrics,
     FiniteDifferenceCheck,
@@ -40,12 +46,14 @@ from jacserve.client.errors import (
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_TARGET",
+    "ActiveSubspace",
     "AsyncClient",
     "Client",
     "DeadlineExceeded",
     "DerivativeMetrics",
     "FailedPrecondition",
     "FiniteDifferenceCheck",
+    "GlobalSensitivityResult",
     "GradientsResult",
     "HessianResult",
     "HvpResult",
@@ -57,6 +65,7 @@ __all__ = [
     "JvpResult",
     "MethodInfo",
     "ModelInfo",
+    "Normal",
     "NotFound",
     "ParameterInfo",
     "PermissionDenied",
@@ -68,5 +77,6 @@ __all__ = [
     "SingularResult",
     "Unauthenticated",
     "Unavailable",
+    "Uniform",
     "VjpResult",
 ]

@@ -19,6 +19,7 @@ from jacserve.client._analysis import (
     prepare_top_singular,
 )
 from jacserve.client._archive import ModelSource, archive_bytes
+from jacserve.client._async_uncertainty import AsyncUncertaintyCalls
 from jacserve.client._calls import (
     Prepared,
     SliceCallback,
@@ -53,7 +54,7 @@ _UNSET: Any = UNSET
 _T = TypeVar("_T")
 
 
-class AsyncClient(ClientBase):
+class AsyncClient(AsyncUncertaintyCalls, ClientBase):
     """An asyncio connection to a jacserve server; the same methods as
     :class:`~jacserve.client.Client`, each a coroutine, and the same arguments, results
     and exceptions.

@@ -12,6 +12,7 @@ from __future__ import annotations
 from jacserve.client._client_derivatives import DerivativeCalls
 from jacserve.client._client_models import ModelCalls
 from jacserve.client._client_second_order import SecondOrderCalls
+from jacserve.client._client_uncertainty import UncertaintyCalls
 from jacserve.client._connection import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TARGET
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_TARGET", "Client"]
@@ -19,7 +20,7 @@ __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_TARGET", "Client"]
 
 # Bases last-first: the API reference lists inherited methods in reverse MRO order, so
 # models, then derivatives, then second order (as the sections read).
-class Client(SecondOrderCalls, DerivativeCalls, ModelCalls):
+class Client(UncertaintyCalls, SecondOrderCalls, DerivativeCalls, ModelCalls):
     """A connection to a jacserve server.
 
     Args:

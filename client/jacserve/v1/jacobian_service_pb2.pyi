@@ -706,3 +706,205 @@ class SparseJacobianResponse(_message.Message):
     metrics: DerivativeMetrics
     output_tree: Tree
     def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., row_indices: _Optional[_Union[Tensor, _Mapping]] = ..., col_indices: _Optional[_Union[Tensor, _Mapping]] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., colors: _Optional[int] = ..., detected: _Optional[bool] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ..., output_tree: _Optional[_Union[Tree, _Mapping]] = ...) -> None: ...
+
+class Distribution(_message.Message):
+    __slots__ = ("uniform", "normal")
+    UNIFORM_FIELD_NUMBER: _ClassVar[int]
+    NORMAL_FIELD_NUMBER: _ClassVar[int]
+    uniform: UniformLaw
+    normal: NormalLaw
+    def __init__(self, uniform: _Optional[_Union[UniformLaw, _Mapping]] = ..., normal: _Optional[_Union[NormalLaw, _Mapping]] = ...) -> None: ...
+
+class UniformLaw(_message.Message):
+    __slots__ = ("low", "high")
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    low: Tensor
+    high: Tensor
+    def __init__(self, low: _Optional[_Union[Tensor, _Mapping]] = ..., high: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class NormalLaw(_message.Message):
+    __slots__ = ("mean", "std")
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    STD_FIELD_NUMBER: _ClassVar[int]
+    mean: Tensor
+    std: Tensor
+    def __init__(self, mean: _Optional[_Union[Tensor, _Mapping]] = ..., std: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class GlobalSensitivityRequest(_message.Message):
+    __slots__ = ("function", "inputs", "wrt", "distributions", "samples", "seed", "bootstrap", "mode", "options", "input_tree")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    WRT_FIELD_NUMBER: _ClassVar[int]
+    DISTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TREE_FIELD_NUMBER: _ClassVar[int]
+    function: FunctionRef
+    inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
+    wrt: _containers.RepeatedScalarFieldContainer[int]
+    distributions: _containers.RepeatedCompositeFieldContainer[Distribution]
+    samples: int
+    seed: int
+    bootstrap: int
+    mode: DerivativeMode
+    options: ComputeOptions
+    input_tree: Tree
+    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ..., distributions: _Optional[_Iterable[_Union[Distribution, _Mapping]]] = ..., samples: _Optional[int] = ..., seed: _Optional[int] = ..., bootstrap: _Optional[int] = ..., mode: _Optional[_Union[DerivativeMode, str]] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ..., input_tree: _Optional[_Union[Tree, _Mapping]] = ...) -> None: ...
+
+class ActiveSubspace(_message.Message):
+    __slots__ = ("eigenvalues", "eigenvectors", "eigenvalue_lower", "eigenvalue_upper")
+    EIGENVALUES_FIELD_NUMBER: _ClassVar[int]
+    EIGENVECTORS_FIELD_NUMBER: _ClassVar[int]
+    EIGENVALUE_LOWER_FIELD_NUMBER: _ClassVar[int]
+    EIGENVALUE_UPPER_FIELD_NUMBER: _ClassVar[int]
+    eigenvalues: Tensor
+    eigenvectors: Tensor
+    eigenvalue_lower: Tensor
+    eigenvalue_upper: Tensor
+    def __init__(self, eigenvalues: _Optional[_Union[Tensor, _Mapping]] = ..., eigenvectors: _Optional[_Union[Tensor, _Mapping]] = ..., eigenvalue_lower: _Optional[_Union[Tensor, _Mapping]] = ..., eigenvalue_upper: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class GlobalSensitivityResponse(_message.Message):
+    __slots__ = ("dgsm", "dgsm_std_error", "total_index_bound", "output_mean", "output_variance", "active_subspaces", "samples", "metrics", "output_tree")
+    DGSM_FIELD_NUMBER: _ClassVar[int]
+    DGSM_STD_ERROR_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_INDEX_BOUND_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_MEAN_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_VARIANCE_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_SUBSPACES_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TREE_FIELD_NUMBER: _ClassVar[int]
+    dgsm: Tensor
+    dgsm_std_error: Tensor
+    total_index_bound: Tensor
+    output_mean: Tensor
+    output_variance: Tensor
+    active_subspaces: _containers.RepeatedCompositeFieldContainer[ActiveSubspace]
+    samples: int
+    metrics: DerivativeMetrics
+    output_tree: Tree
+    def __init__(self, dgsm: _Optional[_Union[Tensor, _Mapping]] = ..., dgsm_std_error: _Optional[_Union[Tensor, _Mapping]] = ..., total_index_bound: _Optional[_Union[Tensor, _Mapping]] = ..., output_mean: _Optional[_Union[Tensor, _Mapping]] = ..., output_variance: _Optional[_Union[Tensor, _Mapping]] = ..., active_subspaces: _Optional[_Iterable[_Union[ActiveSubspace, _Mapping]]] = ..., samples: _Optional[int] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ..., output_tree: _Optional[_Union[Tree, _Mapping]] = ...) -> None: ...
+
+class PropagateUncertaintyRequest(_message.Message):
+    __slots__ = ("function", "inputs", "wrt", "covariance", "options", "input_tree")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    WRT_FIELD_NUMBER: _ClassVar[int]
+    COVARIANCE_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TREE_FIELD_NUMBER: _ClassVar[int]
+    function: FunctionRef
+    inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
+    wrt: _containers.RepeatedScalarFieldContainer[int]
+    covariance: Tensor
+    options: ComputeOptions
+    input_tree: Tree
+    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., wrt: _Optional[_Iterable[int]] = ..., covariance: _Optional[_Union[Tensor, _Mapping]] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ..., input_tree: _Optional[_Union[Tree, _Mapping]] = ...) -> None: ...
+
+class PropagateUncertaintyResponse(_message.Message):
+    __slots__ = ("outputs", "tuple_output", "covariance", "std", "method", "metrics", "output_tree")
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    TUPLE_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    COVARIANCE_FIELD_NUMBER: _ClassVar[int]
+    STD_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TREE_FIELD_NUMBER: _ClassVar[int]
+    outputs: _containers.RepeatedCompositeFieldContainer[Tensor]
+    tuple_output: bool
+    covariance: Tensor
+    std: Tensor
+    method: str
+    metrics: DerivativeMetrics
+    output_tree: Tree
+    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., covariance: _Optional[_Union[Tensor, _Mapping]] = ..., std: _Optional[_Union[Tensor, _Mapping]] = ..., method: _Optional[str] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ..., output_tree: _Optional[_Union[Tree, _Mapping]] = ...) -> None: ...
+
+class ParameterSlice(_message.Message):
+    __slots__ = ("name", "start", "stop", "shape")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    start: int
+    stop: int
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., start: _Optional[int] = ..., stop: _Optional[int] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ParameterJacobianRequest(_message.Message):
+    __slots__ = ("function", "inputs", "parameters", "mode", "options", "input_tree")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TREE_FIELD_NUMBER: _ClassVar[int]
+    function: FunctionRef
+    inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
+    parameters: _containers.RepeatedScalarFieldContainer[str]
+    mode: DerivativeMode
+    options: ComputeOptions
+    input_tree: Tree
+    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., parameters: _Optional[_Iterable[str]] = ..., mode: _Optional[_Union[DerivativeMode, str]] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ..., input_tree: _Optional[_Union[Tree, _Mapping]] = ...) -> None: ...
+
+class ParameterJacobianResponse(_message.Message):
+    __slots__ = ("outputs", "tuple_output", "jacobian", "names", "metrics", "output_tree")
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    TUPLE_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    JACOBIAN_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TREE_FIELD_NUMBER: _ClassVar[int]
+    outputs: _containers.RepeatedCompositeFieldContainer[Tensor]
+    tuple_output: bool
+    jacobian: _containers.RepeatedCompositeFieldContainer[Tensor]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    metrics: DerivativeMetrics
+    output_tree: Tree
+    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., jacobian: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., names: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ..., output_tree: _Optional[_Union[Tree, _Mapping]] = ...) -> None: ...
+
+class FisherInformationRequest(_message.Message):
+    __slots__ = ("function", "inputs", "parameters", "wrt", "noise_std", "noise_covariance", "options", "input_tree")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    WRT_FIELD_NUMBER: _ClassVar[int]
+    NOISE_STD_FIELD_NUMBER: _ClassVar[int]
+    NOISE_COVARIANCE_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TREE_FIELD_NUMBER: _ClassVar[int]
+    function: FunctionRef
+    inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
+    parameters: _containers.RepeatedScalarFieldContainer[str]
+    wrt: _containers.RepeatedScalarFieldContainer[int]
+    noise_std: float
+    noise_covariance: Tensor
+    options: ComputeOptions
+    input_tree: Tree
+    def __init__(self, function: _Optional[_Union[FunctionRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., parameters: _Optional[_Iterable[str]] = ..., wrt: _Optional[_Iterable[int]] = ..., noise_std: _Optional[float] = ..., noise_covariance: _Optional[_Union[Tensor, _Mapping]] = ..., options: _Optional[_Union[ComputeOptions, _Mapping]] = ..., input_tree: _Optional[_Union[Tree, _Mapping]] = ...) -> None: ...
+
+class FisherInformationResponse(_message.Message):
+    __slots__ = ("outputs", "tuple_output", "matrix", "names", "eigenvalues", "standard_errors", "invertible", "metrics", "output_tree")
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    TUPLE_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    MATRIX_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    EIGENVALUES_FIELD_NUMBER: _ClassVar[int]
+    STANDARD_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    INVERTIBLE_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TREE_FIELD_NUMBER: _ClassVar[int]
+    outputs: _containers.RepeatedCompositeFieldContainer[Tensor]
+    tuple_output: bool
+    matrix: Tensor
+    names: _containers.RepeatedCompositeFieldContainer[ParameterSlice]
+    eigenvalues: Tensor
+    standard_errors: Tensor
+    invertible: bool
+    metrics: DerivativeMetrics
+    output_tree: Tree
+    def __init__(self, outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., tuple_output: _Optional[bool] = ..., matrix: _Optional[_Union[Tensor, _Mapping]] = ..., names: _Optional[_Iterable[_Union[ParameterSlice, _Mapping]]] = ..., eigenvalues: _Optional[_Union[Tensor, _Mapping]] = ..., standard_errors: _Optional[_Union[Tensor, _Mapping]] = ..., invertible: _Optional[bool] = ..., metrics: _Optional[_Union[DerivativeMetrics, _Mapping]] = ..., output_tree: _Optional[_Union[Tree, _Mapping]] = ...) -> None: ...

@@ -175,6 +175,26 @@ class JacobianServiceStub:
                 request_serializer=jacserve_dot_v1_dot_jacobian__service__pb2.SparseJacobianRequest.SerializeToString,
                 response_deserializer=jacserve_dot_v1_dot_jacobian__service__pb2.SparseJacobianResponse.FromString,
                 _registered_method=True)
+        self.GlobalSensitivity = channel.unary_unary(
+                '/jacserve.v1.JacobianService/GlobalSensitivity',
+                request_serializer=jacserve_dot_v1_dot_jacobian__service__pb2.GlobalSensitivityRequest.SerializeToString,
+                response_deserializer=jacserve_dot_v1_dot_jacobian__service__pb2.GlobalSensitivityResponse.FromString,
+                _registered_method=True)
+        self.PropagateUncertainty = channel.unary_unary(
+                '/jacserve.v1.JacobianService/PropagateUncertainty',
+                request_serializer=jacserve_dot_v1_dot_jacobian__service__pb2.PropagateUncertaintyRequest.SerializeToString,
+                response_deserializer=jacserve_dot_v1_dot_jacobian__service__pb2.PropagateUncertaintyResponse.FromString,
+                _registered_method=True)
+        self.ParameterJacobian = channel.unary_unary(
+                '/jacserve.v1.JacobianService/ParameterJacobian',
+                request_serializer=jacserve_dot_v1_dot_jacobian__service__pb2.ParameterJacobianRequest.SerializeToString,
+                response_deserializer=jacserve_dot_v1_dot_jacobian__service__pb2.ParameterJacobianResponse.FromString,
+                _registered_method=True)
+        self.FisherInformation = channel.unary_unary(
+                '/jacserve.v1.JacobianService/FisherInformation',
+                request_serializer=jacserve_dot_v1_dot_jacobian__service__pb2.FisherInformationRequest.SerializeToString,
+                response_deserializer=jacserve_dot_v1_dot_jacobian__service__pb2.FisherInformationResponse.FromString,
+                _registered_method=True)
 
 
 class JacobianServiceServicer:
@@ -455,6 +475,72 @@ class JacobianServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GlobalSensitivity(self, request, context):
+        """Global sensitivity from exact derivatives over a law of the varied inputs: the
+        derivative-based global sensitivity measures (DGSM), bounds on Sobol' total-effect
+        indices and active subspaces, from Jacobians at the points of a scrambled Sobol'
+        design, accumulated on the server (no Jacobian per point comes back).
+        Errors: INVALID_ARGUMENT (INVALID_ARGUMENT, INVALID_TENSOR, INVALID_MODEL_ID,
+        ARCHIVE_REJECTED, OPERATOR_NOT_ALLOWED, MODEL_EXECUTION_FAILED), NOT_FOUND
+        (MODEL_NOT_FOUND), RESOURCE_EXHAUSTED (QUEUE_FULL, BUDGET_TOO_SMALL,
+        MESSAGE_TOO_LARGE, TENSOR_TOO_LARGE, OUT_OF_MEMORY, CPU_LIMIT_EXCEEDED),
+        FAILED_PRECONDITION (MODEL_QUARANTINED, SERVER_SHUTTING_DOWN,
+        FAILED_PRECONDITION), DEADLINE_EXCEEDED (DEADLINE_TOO_SHORT, CALL_TOO_LONG,
+        DEADLINE_EXCEEDED), UNAUTHENTICATED, INTERNAL (WORKER_CRASHED,
+        WORKER_UNAVAILABLE, INTERNAL).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PropagateUncertainty(self, request, context):
+        """First-order propagation of an input covariance through the model:
+        covariance J Sigma J^T of the outputs, and their standard deviations.
+        Errors: INVALID_ARGUMENT (INVALID_ARGUMENT, INVALID_TENSOR, INVALID_MODEL_ID,
+        ARCHIVE_REJECTED, OPERATOR_NOT_ALLOWED, MODEL_EXECUTION_FAILED), NOT_FOUND
+        (MODEL_NOT_FOUND), RESOURCE_EXHAUSTED (QUEUE_FULL, BUDGET_TOO_SMALL,
+        MESSAGE_TOO_LARGE, TENSOR_TOO_LARGE, OUT_OF_MEMORY, CPU_LIMIT_EXCEEDED),
+        FAILED_PRECONDITION (MODEL_QUARANTINED, SERVER_SHUTTING_DOWN,
+        FAILED_PRECONDITION), DEADLINE_EXCEEDED (DEADLINE_TOO_SHORT, CALL_TOO_LONG,
+        DEADLINE_EXCEEDED), UNAUTHENTICATED, INTERNAL (WORKER_CRASHED,
+        WORKER_UNAVAILABLE, INTERNAL).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ParameterJacobian(self, request, context):
+        """The Jacobian of the outputs with respect to the model's named parameters, one
+        block per parameter.
+        Errors: INVALID_ARGUMENT (INVALID_ARGUMENT, INVALID_TENSOR, INVALID_MODEL_ID,
+        ARCHIVE_REJECTED, OPERATOR_NOT_ALLOWED, MODEL_EXECUTION_FAILED), NOT_FOUND
+        (MODEL_NOT_FOUND), RESOURCE_EXHAUSTED (QUEUE_FULL, BUDGET_TOO_SMALL,
+        MESSAGE_TOO_LARGE, TENSOR_TOO_LARGE, OUT_OF_MEMORY, CPU_LIMIT_EXCEEDED),
+        FAILED_PRECONDITION (MODEL_QUARANTINED, SERVER_SHUTTING_DOWN,
+        FAILED_PRECONDITION), DEADLINE_EXCEEDED (DEADLINE_TOO_SHORT, CALL_TOO_LONG,
+        DEADLINE_EXCEEDED), UNAUTHENTICATED, INTERNAL (WORKER_CRASHED,
+        WORKER_UNAVAILABLE, INTERNAL).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FisherInformation(self, request, context):
+        """Fisher information J^T Sigma^-1 J of the outputs (Gaussian noise) with respect to
+        the model's parameters or chosen inputs, with its spectrum and standard errors.
+        Errors: INVALID_ARGUMENT (INVALID_ARGUMENT, INVALID_TENSOR, INVALID_MODEL_ID,
+        ARCHIVE_REJECTED, OPERATOR_NOT_ALLOWED, MODEL_EXECUTION_FAILED), NOT_FOUND
+        (MODEL_NOT_FOUND), RESOURCE_EXHAUSTED (QUEUE_FULL, BUDGET_TOO_SMALL,
+        MESSAGE_TOO_LARGE, TENSOR_TOO_LARGE, OUT_OF_MEMORY, CPU_LIMIT_EXCEEDED),
+        FAILED_PRECONDITION (MODEL_QUARANTINED, SERVER_SHUTTING_DOWN,
+        FAILED_PRECONDITION), DEADLINE_EXCEEDED (DEADLINE_TOO_SHORT, CALL_TOO_LONG,
+        DEADLINE_EXCEEDED), UNAUTHENTICATED, INTERNAL (WORKER_CRASHED,
+        WORKER_UNAVAILABLE, INTERNAL).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JacobianServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -532,6 +618,26 @@ def add_JacobianServiceServicer_to_server(servicer, server):
                     servicer.SparseJacobian,
                     request_deserializer=jacserve_dot_v1_dot_jacobian__service__pb2.SparseJacobianRequest.FromString,
                     response_serializer=jacserve_dot_v1_dot_jacobian__service__pb2.SparseJacobianResponse.SerializeToString,
+            ),
+            'GlobalSensitivity': grpc.unary_unary_rpc_method_handler(
+                    servicer.GlobalSensitivity,
+                    request_deserializer=jacserve_dot_v1_dot_jacobian__service__pb2.GlobalSensitivityRequest.FromString,
+                    response_serializer=jacserve_dot_v1_dot_jacobian__service__pb2.GlobalSensitivityResponse.SerializeToString,
+            ),
+            'PropagateUncertainty': grpc.unary_unary_rpc_method_handler(
+                    servicer.PropagateUncertainty,
+                    request_deserializer=jacserve_dot_v1_dot_jacobian__service__pb2.PropagateUncertaintyRequest.FromString,
+                    response_serializer=jacserve_dot_v1_dot_jacobian__service__pb2.PropagateUncertaintyResponse.SerializeToString,
+            ),
+            'ParameterJacobian': grpc.unary_unary_rpc_method_handler(
+                    servicer.ParameterJacobian,
+                    request_deserializer=jacserve_dot_v1_dot_jacobian__service__pb2.ParameterJacobianRequest.FromString,
+                    response_serializer=jacserve_dot_v1_dot_jacobian__service__pb2.ParameterJacobianResponse.SerializeToString,
+            ),
+            'FisherInformation': grpc.unary_unary_rpc_method_handler(
+                    servicer.FisherInformation,
+                    request_deserializer=jacserve_dot_v1_dot_jacobian__service__pb2.FisherInformationRequest.FromString,
+                    response_serializer=jacserve_dot_v1_dot_jacobian__service__pb2.FisherInformationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1005,6 +1111,114 @@ class JacobianService:
             '/jacserve.v1.JacobianService/SparseJacobian',
             jacserve_dot_v1_dot_jacobian__service__pb2.SparseJacobianRequest.SerializeToString,
             jacserve_dot_v1_dot_jacobian__service__pb2.SparseJacobianResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GlobalSensitivity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jacserve.v1.JacobianService/GlobalSensitivity',
+            jacserve_dot_v1_dot_jacobian__service__pb2.GlobalSensitivityRequest.SerializeToString,
+            jacserve_dot_v1_dot_jacobian__service__pb2.GlobalSensitivityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PropagateUncertainty(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jacserve.v1.JacobianService/PropagateUncertainty',
+            jacserve_dot_v1_dot_jacobian__service__pb2.PropagateUncertaintyRequest.SerializeToString,
+            jacserve_dot_v1_dot_jacobian__service__pb2.PropagateUncertaintyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ParameterJacobian(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jacserve.v1.JacobianService/ParameterJacobian',
+            jacserve_dot_v1_dot_jacobian__service__pb2.ParameterJacobianRequest.SerializeToString,
+            jacserve_dot_v1_dot_jacobian__service__pb2.ParameterJacobianResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FisherInformation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jacserve.v1.JacobianService/FisherInformation',
+            jacserve_dot_v1_dot_jacobian__service__pb2.FisherInformationRequest.SerializeToString,
+            jacserve_dot_v1_dot_jacobian__service__pb2.FisherInformationResponse.FromString,
             options,
             channel_credentials,
             insecure,

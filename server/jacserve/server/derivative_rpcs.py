@@ -53,9 +53,9 @@ class DerivativeRpcs:
 
     def _derive(self, name: str, request: Any, context: Any, observed: Observed) -> bytes:
         ref = request.function
-        self._resolve(ref, context)
         explain = self._capped(context)
         try:
+            self._resolve(ref, context)  # (loading a model counts against the call's time)
             reply, body = self._call(
                 ref.model_id,
                 lambda: self._pool.call(
@@ -115,22 +115,46 @@ class DerivativeRpcs:
     ) -> bytes:
         return self._derive("SparseJacobian", request, context, observed)
 
+    @rpc("GlobalSensitivity")
+    def GlobalSensitivity(
+        self, request: pb.GlobalSensitivityRequest, context: Any, observed: Observed
+    ) -> bytes:
+        return self._derive("GlobalSensitivity", request, context, observed)
+
+    @rpc("PropagateUncertainty")
+    def PropagateUncertainty(
+        self, request: pb.PropagateUncertaintyRequest, context: Any, observed: Observed
+    ) -> bytes:
+        return self._derive("PropagateUncertainty", request, context, observed)
+
+    @rpc("ParameterJacobian")
+    def ParameterJacobian(
+        self, request: pb.ParameterJacobianRequest, context: Any, observed: Observed
+    ) -> bytes:
+        return self._derive("ParameterJacobian", request, context, observed)
+
+    @rpc("FisherInformation")
+    def FisherInformation(
+        self, request: pb.FisherInformationRequest, context: Any, observed: Observed
+    ) -> bytes:
+        return self._derive("FisherInformation", request, context, observed)
+
     @rpc("StreamJacobian")
     def StreamJacobian(
         self, request: pb.StreamJacobianRequest, context: Any, observed: Observed
     ) -> Iterator[bytes]:
-        self._resolve(request.request.function, context)
         summary: dict[str, Any] = {}
-        model_id = request.request.function.model_id
-        parts = self._pool.stream(
-            {"op": "StreamJacobian", "model_id": model_id, "tenant": observed.tenant},
-            request.SerializeToString(),
-            deadline=self._deadline(context),
-            cancelled=self._cancelled(context),
-            summary=summary,
-        )
         explain = self._capped(context)
         try:
+            self._resolve(request.request.function, context)
+            model_id = request.request.function.model_id
+            parts = self._pool.stream(
+                {"op": "StreamJacobian", "model_id": model_id, "tenant": observed.tenant},
+                request.SerializeToString(),
+                deadline=self._deadline(context),
+                cancelled=self._cancelled(context),
+                summary=summary,
+            )
             first = self._call(model_id, lambda: next(parts, None))
             if first is not None:
                 yield first

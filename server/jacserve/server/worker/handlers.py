@@ -28,7 +28,10 @@ from jacserve.server.errors import InvalidArgument, Reason, ResourceExhausted
 from jacserve.server.registry import ArchiveRegistry, LoadedModel, MethodInfo, ModelInfo
 from jacserve.server.worker import structure, verify
 from jacserve.server.worker.analysis import AnalysisHandlers
+from jacserve.server.worker.global_sensitivity_handlers import GlobalSensitivityHandlers
+from jacserve.server.worker.parameter_handlers import ParameterHandlers
 from jacserve.server.worker.phases import Phases, check_deadline
+from jacserve.server.worker.propagation_handlers import PropagationHandlers
 from jacserve.server.worker.second_order_handlers import SecondOrderHandlers
 from jacserve.server.worker.streaming_handlers import STREAM_BLOCK_BYTES, StreamingHandlers
 from jacserve.v1 import jacobian_service_pb2 as pb
@@ -141,7 +144,14 @@ def _decode_field(
     return tuple(decoded)
 
 
-class DerivativeHandlers(AnalysisHandlers, SecondOrderHandlers, StreamingHandlers):
+class DerivativeHandlers(
+    AnalysisHandlers,
+    SecondOrderHandlers,
+    StreamingHandlers,
+    GlobalSensitivityHandlers,
+    PropagationHandlers,
+    ParameterHandlers,
+):
     """The derivative RPCs over a registry of loaded models and the engine.
 
     Args:

@@ -17,6 +17,10 @@ DERIVATIVE_REQUESTS: dict[str, type] = {
     "Sensitivity": pb.SensitivityRequest,
     "TopSingular": pb.TopSingularRequest,
     "SparseJacobian": pb.SparseJacobianRequest,
+    "GlobalSensitivity": pb.GlobalSensitivityRequest,
+    "PropagateUncertainty": pb.PropagateUncertaintyRequest,
+    "ParameterJacobian": pb.ParameterJacobianRequest,
+    "FisherInformation": pb.FisherInformationRequest,
 }
 """The derivative RPCs a worker serves, by method name, with their request types."""
 
