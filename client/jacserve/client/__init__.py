@@ -8,6 +8,7 @@
 from jacserve.client._analysis import RankedInput, SensitivityResult, SingularResult
 from jacserve.client._async_client import AsyncClient
 from jacserve.client._client import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TARGET, Client
+from jacserve.client._fisher import FisherResult, ParameterJacobianResult, ParameterSlice
 from jacserve.client._global_sensitivity import (
     ActiveSubspace,
     GlobalSensitivityResult,
@@ -53,6 +54,7 @@ __all__ = [
     "DerivativeMetrics",
     "FailedPrecondition",
     "FiniteDifferenceCheck",
+    "FisherResult",
     "GlobalSensitivityResult",
     "GradientsResult",
     "HessianResult",
@@ -68,6 +70,8 @@ __all__ = [
     "Normal",
     "NotFound",
     "ParameterInfo",
+    "ParameterJacobianResult",
+    "ParameterSlice",
     "PermissionDenied",
     "RankedInput",
     "ResourceExhausted",

@@ -19,6 +19,7 @@ from jacserve.client._analysis import (
     prepare_top_singular,
 )
 from jacserve.client._archive import ModelSource, archive_bytes
+from jacserve.client._async_parameters import AsyncParameterCalls
 from jacserve.client._async_uncertainty import AsyncUncertaintyCalls
 from jacserve.client._calls import (
     Prepared,
@@ -54,7 +55,7 @@ _UNSET: Any = UNSET
 _T = TypeVar("_T")
 
 
-class AsyncClient(AsyncUncertaintyCalls, ClientBase):
+class AsyncClient(AsyncParameterCalls, AsyncUncertaintyCalls, ClientBase):
     """An asyncio connection to a jacserve server; the same methods as
     :class:`~jacserve.client.Client`, each a coroutine, and the same arguments, results
     and exceptions.
@@ -280,15 +281,22 @@ class AsyncClient(AsyncUncertaintyCalls, ClientBase):
 
     async def jacobian(
         self, model: ModelSource, inputs: Any, *, mode: str = "auto",
-        wrt: Sequence[int] | None = None, batched: bool = False, max_memory_bytes: int = 0,
+        wrt: Sequence[int] | str | None = None, batched: bool = False, max_memory_bytes: int = 0,
         chunk_size: int = 0, device: str = "", method: str = "forward",
         timeout: float | None = _UNSET, stream: bool | None = None, progress: bool | None = None,
         on_slice: SliceCallback | None = None, max_block_bytes: int = 0, verify: int | bool = 0,
         sparsity: Any = None, probes: int = 0, shards: int | None = None,
         metadata: Metadata = (), compression: grpc.Compression | None = None,
-    ) -> JacobianResult:  # fmt: skip
+        parameters: Sequence[str] | None = None,
+    ) -> Any:  # fmt: skip
         """As :meth:`Client.jacobian`."""
         opts = self._options(timeout, metadata, compression)
+        if isinstance(wrt, str) and wrt != "parameters":
+            raise ValueError(f"wrt: expected input indices or 'parameters'; got {wrt!r}")
+        if isinstance(wrt, str) or parameters is not None:
+            return await self.parameter_jacobian(model, inputs, parameters=parameters, mode=mode,
+                device=device, method=method, timeout=timeout, metadata=metadata,
+                compression=compression)  # fmt: skip
         if sparsity is not None:
             if batched or verify or on_slice is not None:
                 raise ValueError("sparsity: not with batched, verify or on_slice")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from jacserve.client._client_derivatives import DerivativeCalls
 from jacserve.client._client_models import ModelCalls
+from jacserve.client._client_parameters import ParameterCalls
 from jacserve.client._client_second_order import SecondOrderCalls
 from jacserve.client._client_uncertainty import UncertaintyCalls
 from jacserve.client._connection import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TARGET
@@ -20,7 +21,7 @@ __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_TARGET", "Client"]
 
 # Bases last-first: the API reference lists inherited methods in reverse MRO order, so
 # models, then derivatives, then second order (as the sections read).
-class Client(UncertaintyCalls, SecondOrderCalls, DerivativeCalls, ModelCalls):
+class Client(ParameterCalls, UncertaintyCalls, SecondOrderCalls, DerivativeCalls, ModelCalls):
     """A connection to a jacserve server.
 
     Args:

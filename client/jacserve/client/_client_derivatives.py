@@ -24,6 +24,7 @@ from jacserve.client._calls import (
 )
 from jacserve.client._client_transport import _UNSET, Inputs, Model, SyncTransport
 from jacserve.client._connection import CallOptions, Metadata
+from jacserve.client._fisher import prepare_parameter_jacobian
 from jacserve.client._results import GradientsResult, JacobianResult, JvpResult, VjpResult
 from jacserve.client._sharding import pass_window_plan
 from jacserve.v1 import jacobian_service_pb2 as pb
@@ -131,7 +132,7 @@ class DerivativeCalls(SyncTransport):
         inputs: Inputs,
         *,
         mode: str = "auto",
-        wrt: Sequence[int] | None = None,
+        wrt: Sequence[int] | str | None = None,
         batched: bool = False,
         max_memory_bytes: int = 0,
         chunk_size: int = 0,
@@ -148,7 +149,8 @@ class DerivativeCalls(SyncTransport):
         verify: int | bool = 0,
         sparsity: Any = None,
         probes: int = 0,
-    ) -> JacobianResult:
+        parameters: Sequence[str] | None = None,
+    ) -> Any:
         """The full Jacobian at ``inputs``.
 
         Args:
@@ -197,10 +199,17 @@ class DerivativeCalls(SyncTransport):
                 ``[M, N]`` over the flattened outputs and inputs, and
                 ``metrics.passes`` is the number of colours.
             probes: points for pattern detection (0: 3).
+            parameters: with ``wrt="parameters"`` (or alone), the parameter names to
+                differentiate (default every floating parameter); see
+                :meth:`parameter_jacobian`.
 
         Returns:
             :class:`JacobianResult`, structured as ``torch.autograd.functional.jacobian``
-            (over the ``wrt`` inputs when ``inputs`` is a tuple).
+            (over the ``wrt`` inputs when ``inputs`` is a tuple); with
+            ``wrt="parameters"`` or ``parameters``, a
+            :class:`ParameterJacobianResult` whose ``jacobian`` maps each parameter
+            name to its block ``[*output.shape, *parameter.shape]`` (only ``mode``,
+            ``device`` and the call options apply).
 
         Raises:
             ValueError: unknown ``mode``.
@@ -210,6 +219,11 @@ class DerivativeCalls(SyncTransport):
         (torch.Size([2, 3]), 'reverse', 2)
         """
         opts = self._options(timeout, metadata, compression)
+        if isinstance(wrt, str) and wrt != "parameters":
+            raise ValueError(f"wrt: expected input indices or 'parameters'; got {wrt!r}")
+        if isinstance(wrt, str) or parameters is not None:
+            return self._derive(model, method, prepare_parameter_jacobian(
+                inputs, parameters=parameters, mode=mode, device=device), opts)  # fmt: skip
         if sparsity is not None:
             if batched or verify or on_slice is not None:
                 raise ValueError("sparsity: not with batched, verify or on_slice")
