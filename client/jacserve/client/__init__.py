@@ -15,6 +15,7 @@ from jacserve.client._global_sensitivity import (
     Normal,
     Uniform,
 )
+from jacserve.client._propagation import PropagationResult
 from jacserve.client._results import (
     DerivativeMetrics,
     FiniteDifferenceCheck,
@@ -73,6 +74,7 @@ __all__ = [
     "ParameterJacobianResult",
     "ParameterSlice",
     "PermissionDenied",
+    "PropagationResult",
     "RankedInput",
     "ResourceExhausted",
     "RetryPolicy",

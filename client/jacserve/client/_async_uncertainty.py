@@ -15,6 +15,7 @@ from jacserve.client._global_sensitivity import (
     Uniform,
     prepare_global_sensitivity,
 )
+from jacserve.client._propagation import PropagationResult, prepare_propagate_uncertainty
 
 __all__ = ["AsyncUncertaintyCalls"]
 
@@ -41,6 +42,18 @@ class AsyncUncertaintyCalls:
             inputs, distribution, wrt=wrt, samples=samples, seed=seed, bootstrap=bootstrap,
             mode=mode, device=device,
         )  # fmt: skip
+        return await self._derive(
+            model, method, prepared, self._options(timeout, metadata, compression)
+        )
+
+    async def propagate_uncertainty(
+        self, model: ModelSource, inputs: Any, covariance: Any, *,
+        wrt: Sequence[int] | None = None, device: str = "", method: str = "forward",
+        timeout: float | None = _UNSET, metadata: Metadata = (),
+        compression: grpc.Compression | None = None,
+    ) -> PropagationResult:  # fmt: skip
+        """As :meth:`Client.propagate_uncertainty`."""
+        prepared = prepare_propagate_uncertainty(inputs, covariance, wrt=wrt, device=device)
         return await self._derive(
             model, method, prepared, self._options(timeout, metadata, compression)
         )

@@ -4,6 +4,7 @@ sensitivity (and, beside it, uncertainty propagation and Fisher information)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 
@@ -15,6 +16,7 @@ from jacserve.client._global_sensitivity import (
     Uniform,
     prepare_global_sensitivity,
 )
+from jacserve.client._propagation import PropagationResult, prepare_propagate_uncertainty
 
 __all__ = ["UncertaintyCalls"]
 
@@ -74,4 +76,60 @@ class UncertaintyCalls(SyncTransport):
             inputs, distribution, wrt=wrt, samples=samples, seed=seed, bootstrap=bootstrap,
             mode=mode, device=device,
         )  # fmt: skip
+        return self._derive(model, method, prepared, self._options(timeout, metadata, compression))
+
+    def propagate_uncertainty(
+        self,
+        model: Model,
+        inputs: Inputs,
+        covariance: Any,
+        *,
+        wrt: Sequence[int] | None = None,
+        device: str = "",
+        method: str = "forward",
+        timeout: float | None = _UNSET,
+        metadata: Metadata = (),
+        compression: grpc.Compression | None = None,
+    ) -> PropagationResult:
+        """The outputs' first-order mean and covariance when the differentiated inputs
+        have covariance ``covariance``: J Σ Jᵀ from exact derivatives, on the server.
+
+        The server forms the Jacobian J and J Σ Jᵀ, or, when Σ's rank r is below the
+        input and output sizes or there are more outputs than inputs, goes matrix-free:
+        r forward-mode passes with the columns of a factor of Σ = F Fᵀ, never forming J
+        (``result.method`` says which, ``metrics.mode_reason`` why). ``device``,
+        ``method``, ``timeout``, ``metadata`` and ``compression`` are as for
+        :meth:`jacobian`.
+
+        Args:
+            model: as for :meth:`jacobian`.
+            inputs: every input, at its mean; the differentiated ones (``wrt``, default:
+                every floating input) vary, the others stay at these values.
+            covariance: Σ ``[N, N]`` over the differentiated inputs' elements, flattened
+                and concatenated in ``wrt`` order (``result.input_names``): a torch
+                tensor or NumPy array, symmetric positive semi-definite (rank-deficient
+                is fine).
+            wrt: the inputs that vary (argument indices).
+
+        Returns:
+            :class:`PropagationResult`: ``.mean`` (the output, in its structure),
+            ``.covariance`` ``[M, M]`` and ``.std`` ``[M]`` (float64, over the output's
+            elements flattened in order: ``result.output_names``), ``.method``.
+
+        Raises:
+            ValueError: a covariance that is not ``[N, N]`` or not finite.
+            TypeError: a covariance that is not a real-valued matrix.
+            InvalidArgument: a covariance that is not symmetric or not positive
+                semi-definite (within a tolerance of its dtype).
+
+        >>> a = torch.tensor([[1.0, 2.0], [0.0, 3.0]], dtype=torch.float64)
+        >>> sigma = torch.diag(torch.tensor([1.0, 4.0], dtype=torch.float64))
+        >>> r = client.propagate_uncertainty(lambda x: a @ x, torch.ones(2, dtype=torch.float64), sigma)
+        >>> r.mean.tolist(), r.covariance.tolist(), r.std.tolist()[1], r.method
+        ([3.0, 3.0], [[17.0, 24.0], [24.0, 36.0]], 6.0, 'jacobian')
+        >>> r = client.propagate_uncertainty(model_id, torch.zeros(3), 0.01 * torch.eye(3))
+        >>> r.covariance.shape, r.method
+        (torch.Size([2, 2]), 'jacobian')
+        """
+        prepared = prepare_propagate_uncertainty(inputs, covariance, wrt=wrt, device=device)
         return self._derive(model, method, prepared, self._options(timeout, metadata, compression))
