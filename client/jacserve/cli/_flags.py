@@ -190,9 +190,60 @@ def _add_analyses(commands: Any) -> None:
     _connection_flags(grad)
 
 
+_LAWS = (
+    "Laws: --uniform LOW HIGH or --normal MEAN STD give every element of every varied input "
+    "the same law; --distribution FILE.json one law per varied input (a list in --wrt order, "
+    "or an object keyed by the input names of --inputs), each parameter a number or nested "
+    'lists shaped like the input (one law per element): [{"uniform": {"low": [0.24, 0.08, '
+    '0.008], "high": [0.36, 0.12, 0.012]}}] or {"params": {"normal": {"mean": 0, "std": 1}}}. '
+    "The ranking and --plot show, per input element, the largest total-index bound over the "
+    "outputs (or output K's with --output-index K); a bound above 1 only ranks."
+)
+
+
+def _add_global(commands: Any) -> None:
+    gsa = _derivative_command(commands, "gsa",
+        "global sensitivity over input laws: DGSM, Sobol' total-index bounds, active subspaces", [
+        "jacserve gsa docs/examples/sir.pt --inputs docs/examples/params.json "
+        "--distribution laws.json --input-names beta,gamma,I0 --top 3 --plot gsa.png -o gsa.json",
+        "jacserve gsa MODEL_ID --inputs x.npz --wrt x --uniform -3.14 3.14 --samples 4096",
+        "jacserve gsa MODEL_ID --inputs x.npy --normal 0 1 --plot-eigenvalues decay.png",
+    ], "the [M, N] total-index bounds (all indices and the active subspaces: .npz, .pt, "
+       ".json)")  # fmt: skip
+    gsa.epilog = f"{gsa.epilog}\n{textwrap.fill(_LAWS, 88)}\n"
+    laws = gsa.add_mutually_exclusive_group(required=True)
+    laws.add_argument("--uniform", nargs=2, type=float, metavar=("LOW", "HIGH"),
+                      help="every varied element uniform on [LOW, HIGH)")  # fmt: skip
+    laws.add_argument("--normal", nargs=2, type=float, metavar=("MEAN", "STD"),
+                      help="every varied element normal with this mean and std")  # fmt: skip
+    laws.add_argument("--distribution", metavar="FILE.json",
+                      help="one law per varied input (see Laws below)")  # fmt: skip
+    gsa.add_argument("--wrt", metavar="INPUTS",
+                     help="comma-separated positions or names of the varied inputs (default: "
+                     "every floating input); the others stay at their --inputs values")  # fmt: skip
+    gsa.add_argument("--samples", type=int, default=1024,
+                     help="design points (default 1024; a power of two keeps Sobol' balance)")  # fmt: skip
+    gsa.add_argument("--seed", type=int, default=0, help="seed of the design (default 0)")
+    gsa.add_argument("--bootstrap", type=int, default=100,
+                     help="resamples for the eigenvalue intervals (default 100; 0: none)")  # fmt: skip
+    gsa.add_argument("--mode", choices=["auto", "forward", "reverse"], default="auto")
+    gsa.add_argument("--top", type=int, default=10, help="ranked inputs (default 10)")
+    gsa.add_argument("--output-index", type=int, metavar="K",
+                     help="rank and plot for output element K alone (default: the largest "
+                     "bound over outputs; every output's eigenvalues, each over its largest)")  # fmt: skip
+    gsa.add_argument("--plot", metavar="PNG",
+                     help="ranked bar chart of the total-index bounds, and the eigenvalue decay")  # fmt: skip
+    gsa.add_argument("--plot-eigenvalues", metavar="PNG",
+                     help="the eigenvalue decay alone (log scale, bootstrap intervals)")  # fmt: skip
+    gsa.add_argument("--input-names", help="comma-separated labels of the varied input entries")
+    gsa.add_argument("--output-names", help="comma-separated labels of the output entries")
+    _connection_flags(gsa)
+
+
 def add_client_commands(commands: Any) -> None:
     """Add the client subcommands to ``jacserve``'s subparsers."""
     _add_model_commands(commands)
     _add_products(commands)
     _add_matrices(commands)
     _add_analyses(commands)
+    _add_global(commands)

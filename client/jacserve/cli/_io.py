@@ -192,10 +192,12 @@ def write_results(
     tensors: Mapping[str, Any],
     metrics: Any | None = None,
     primary: Callable[[], torch.Tensor] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> None:
     """Write named results (tensors, tuples or dicts of tensors) to ``path`` by suffix:
     ``.npy`` holds ``primary()`` (by default the first result, which must then be one
-    tensor), ``.npz``, ``.pt`` and ``.json`` every tensor by name.
+    tensor), ``.npz``, ``.pt`` and ``.json`` every tensor by name; ``.json`` adds the
+    metrics and ``extra`` (values JSON writes: names, counts, a ranking).
 
     Raises:
         InputError: an unknown suffix, or a file that cannot be written.
@@ -221,6 +223,7 @@ def write_results(
             torch.save(flat, path)
         else:
             document: dict[str, Any] = {k: _array(v).tolist() for k, v in flat.items()}
+            document.update(extra or {})
             if metrics is not None:
                 document["metrics"] = dataclasses.asdict(metrics)
             path.write_text(json.dumps(document, indent=1))

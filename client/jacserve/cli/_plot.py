@@ -1,4 +1,5 @@
-"""Pictures of results: a signed Jacobian heatmap and a ranked bar chart of gradients.
+"""Pictures of results: a signed Jacobian heatmap, a ranked bar chart of gradients, a
+spectrum, and a global sensitivity study (ranked total-index bounds, eigenvalue decay).
 
 matplotlib is an optional extra (``pip install 'jacserve[plot]'``); it is imported on use,
 and ``check_plot`` tells a command before it calls the server whether it can draw.
@@ -8,13 +9,22 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from jacserve.cli._io import InputError, check_output
 
-__all__ = ["check_plot", "plot_gradients", "plot_jacobian", "plot_spectrum"]
+__all__ = [
+    "EigenvalueSeries",
+    "check_plot",
+    "plot_eigenvalue_decay",
+    "plot_global_sensitivity",
+    "plot_gradients",
+    "plot_jacobian",
+    "plot_spectrum",
+]
 
 MISSING = "--plot needs matplotlib: pip install 'jacserve[plot]' (or pip install matplotlib)"
 
@@ -31,7 +41,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def check_plot(path: str | pathlib.Path) -> pathlib.Path:
+def check_plot(path: str | pathlib.Path, what: str = "--plot") -> pathlib.Path:
     """``path`` if a picture can be drawn there: matplotlib importable, a format it
     writes (by suffix), an existing folder; else ``InputError``.
 
@@ -47,7 +57,7 @@ def check_plot(path: str | pathlib.Path) -> pathlib.Path:
     from matplotlib.backend_bases import FigureCanvasBase
 
     formats = sorted(FigureCanvasBase.get_supported_filetypes(), key=lambda f: (f != "png", f))
-    return check_output(path, tuple(f".{f}" for f in formats), "--plot")
+    return check_output(path, tuple(f".{f}" for f in formats), what)
 
 
 def _ticks(axis_set, names: Sequence[str] | None, count: int, rotate: bool = False) -> None:
@@ -175,6 +185,117 @@ def plot_spectrum(
     right.set_xlabel("input element")
     right.set_title("Input directions that matter most")
     right.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+@dataclass(frozen=True)
+class EigenvalueSeries:
+    """The eigenvalues of one output's active subspace (largest first) and their
+    bootstrap interval, labelled for the legend."""
+
+    label: str
+    values: torch.Tensor
+    lower: torch.Tensor
+    upper: torch.Tensor
+
+
+def _bound_bars(
+    axes: Any, bars: Sequence[tuple[str, float, float]], title: str, xlabel: str
+) -> None:
+    """Ranked horizontal bars (largest on top) with standard errors, and a line at 1."""
+    bars = list(bars)[::-1]
+    axes.barh([label for label, _, _ in bars], [value for _, value, _ in bars],
+              xerr=[error for _, _, error in bars], color="#4575b4", ecolor="black",
+              capsize=3)  # fmt: skip
+    axes.axvline(1.0, color="grey", linestyle=":", linewidth=1)
+    axes.set_xlabel(xlabel)
+    axes.set_title(title)
+    axes.grid(axis="x", alpha=0.3)
+
+
+def _eigenvalue_decay(axes: Any, series: Sequence[EigenvalueSeries], scaled: bool) -> None:
+    """Eigenvalues against their rank on a log scale, bootstrap intervals as error bars;
+    ``scaled``: each output's divided by its largest, so that several share the axis."""
+    from matplotlib.ticker import MaxNLocator
+
+    for item in series:
+        values, lower, upper = (
+            t.detach().double().cpu() for t in (item.values, item.lower, item.upper)
+        )
+        scale = float(values[0]) if scaled and float(values[0]) > 0 else 1.0
+        floor = max(float(values.abs().max()) / scale, 1e-300) * 1e-16
+        values = (values / scale).clamp_min(floor)
+        lower, upper = (torch.where(t.isnan(), values * scale, t) for t in (lower, upper))
+        below = (values - (lower / scale).clamp_min(floor)).clamp_min(0)
+        above = ((upper / scale).clamp_min(floor) - values).clamp_min(0)
+        ranks = list(range(1, values.numel() + 1))
+        axes.errorbar(ranks, values.tolist(), yerr=[below.tolist(), above.tolist()], marker="o",
+                      capsize=3, label=item.label)  # fmt: skip
+    axes.set_yscale("log")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel("rank k")
+    axes.set_ylabel("λₖ / λ₁" if scaled else "λₖ")
+    axes.set_title("Active subspace: eigenvalues of E[∇y ∇yᵀ] (95% bootstrap)")
+    axes.grid(alpha=0.3, which="both")
+    if any(item.label for item in series):
+        axes.legend(fontsize=7, ncol=2 if len(series) > 5 else 1)
+
+
+def plot_global_sensitivity(
+    bars: Sequence[tuple[str, float, float]],
+    path: str | pathlib.Path,
+    *,
+    eigenvalues: Sequence[EigenvalueSeries] = (),
+    scaled: bool = False,
+    title: str = "Upper bounds on Sobol' total indices",
+    xlabel: str = "total-index bound (DGSM), ± standard error",
+) -> None:
+    """Draw ``bars`` (label, total-index bound, standard error; largest first) as a
+    ranked horizontal bar chart and, beside it when given, the eigenvalue decay of the
+    active subspaces (log scale, bootstrap intervals as error bars; ``scaled``: each
+    divided by its largest). The dotted line marks 1: a total index never exceeds it.
+
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "gsa.png"
+    >>> series = EigenvalueSeries("y", torch.tensor([4.0, 0.1]), torch.tensor([3.0, 0.05]),
+    ...                           torch.tensor([5.0, 0.2]))
+    >>> plot_global_sensitivity([("beta", 0.9, 0.05), ("I0", 0.02, 0.001)], out,
+    ...                         eigenvalues=[series])
+    >>> out.stat().st_size > 1000
+    True
+    """
+    plt = _pyplot()
+    panels = 2 if eigenvalues else 1
+    figure, axes = plt.subplots(1, panels, figsize=(6 + 5 * (panels - 1), 1.8 + 0.35 * len(bars)),
+                                squeeze=False)  # fmt: skip
+    figure.set_figheight(max(figure.get_figheight(), 4.0))
+    _bound_bars(axes[0][0], bars, title, xlabel)
+    if eigenvalues:
+        _eigenvalue_decay(axes[0][1], eigenvalues, scaled)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_eigenvalue_decay(
+    eigenvalues: Sequence[EigenvalueSeries], path: str | pathlib.Path, *, scaled: bool = False
+) -> None:
+    """Draw the eigenvalue decay of active subspaces alone (as the second panel of
+    :func:`plot_global_sensitivity`).
+
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "eig.png"
+    >>> series = EigenvalueSeries("", torch.tensor([4.0, 0.0]), torch.tensor([3.0, 0.0]),
+    ...                           torch.tensor([5.0, 0.0]))
+    >>> plot_eigenvalue_decay([series], out)
+    >>> out.stat().st_size > 1000
+    True
+    """
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(6, 4))
+    _eigenvalue_decay(axes, eigenvalues, scaled)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

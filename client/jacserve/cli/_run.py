@@ -20,10 +20,11 @@ def _check_destinations(args: argparse.Namespace) -> None:
     """Fail before any call when ``-o`` or ``--plot`` cannot be written (or drawn)."""
     if getattr(args, "output", None):
         check_output(args.output, OUTPUT_SUFFIXES, "-o")
-    if getattr(args, "plot", None):
-        from jacserve.cli._plot import check_plot
+    for flag in ("plot", "plot_eigenvalues"):
+        if getattr(args, flag, None):
+            from jacserve.cli._plot import check_plot
 
-        check_plot(args.plot)
+            check_plot(getattr(args, flag), what=f"--{flag.replace('_', '-')}")
 
 
 def _certificates(path: str | None) -> bytes | None:
