@@ -82,6 +82,9 @@ class DerivativeMetrics:
     ``"compiled"``; ``compilation`` says where building a compiled program stands.
     ``verification`` is the finite-difference check asked for with ``verify=``, else
     ``None``. ``threads`` is the number of intra-op threads the server computed with.
+    ``checkpoint_segments`` is how many segments checkpointed reverse mode cut the
+    program into to fit a memory budget (0: none), and ``recompute_seconds`` what
+    recomputing them cost.
     """
 
     mode: str
@@ -108,6 +111,8 @@ class DerivativeMetrics:
     compilation: str
     verification: FiniteDifferenceCheck | None = None
     threads: int = 0
+    checkpoint_segments: int = 0
+    recompute_seconds: float = 0.0
 
     @classmethod
     def from_wire(cls, m: pb.DerivativeMetrics) -> DerivativeMetrics:
@@ -145,6 +150,8 @@ class DerivativeMetrics:
             execution_path=m.execution_path,
             compilation=m.compilation,
             threads=m.threads,
+            checkpoint_segments=m.checkpoint_segments,
+            recompute_seconds=m.recompute_seconds,
             verification=(
                 FiniteDifferenceCheck(
                     tuple(m.verification.relative_errors),

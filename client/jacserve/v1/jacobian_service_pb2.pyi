@@ -140,7 +140,7 @@ class PhaseTimings(_message.Message):
     def __init__(self, decode_seconds: _Optional[float] = ..., load_seconds: _Optional[float] = ..., forward_seconds: _Optional[float] = ..., derivative_seconds: _Optional[float] = ..., encode_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ..., plan_seconds: _Optional[float] = ...) -> None: ...
 
 class DerivativeMetrics(_message.Message):
-    __slots__ = ("mode", "mode_reason", "input_size", "output_size", "passes", "vectorized", "fallback_reason", "timing", "peak_memory_bytes", "memory_method", "nonfinite_count", "warnings", "device", "chunks", "chunk_size", "batch_size", "estimated_forward_seconds", "estimated_reverse_seconds", "memory_budget_bytes", "estimated_peak_bytes", "execution_path", "compilation", "verification", "threads")
+    __slots__ = ("mode", "mode_reason", "input_size", "output_size", "passes", "vectorized", "fallback_reason", "timing", "peak_memory_bytes", "memory_method", "nonfinite_count", "warnings", "device", "chunks", "chunk_size", "batch_size", "estimated_forward_seconds", "estimated_reverse_seconds", "memory_budget_bytes", "estimated_peak_bytes", "execution_path", "compilation", "verification", "threads", "checkpoint_segments", "recompute_seconds")
     MODE_FIELD_NUMBER: _ClassVar[int]
     MODE_REASON_FIELD_NUMBER: _ClassVar[int]
     INPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +165,8 @@ class DerivativeMetrics(_message.Message):
     COMPILATION_FIELD_NUMBER: _ClassVar[int]
     VERIFICATION_FIELD_NUMBER: _ClassVar[int]
     THREADS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    RECOMPUTE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     mode: DerivativeMode
     mode_reason: str
     input_size: int
@@ -189,7 +191,9 @@ class DerivativeMetrics(_message.Message):
     compilation: str
     verification: FiniteDifferenceCheck
     threads: int
-    def __init__(self, mode: _Optional[_Union[DerivativeMode, str]] = ..., mode_reason: _Optional[str] = ..., input_size: _Optional[int] = ..., output_size: _Optional[int] = ..., passes: _Optional[int] = ..., vectorized: _Optional[bool] = ..., fallback_reason: _Optional[str] = ..., timing: _Optional[_Union[PhaseTimings, _Mapping]] = ..., peak_memory_bytes: _Optional[int] = ..., memory_method: _Optional[str] = ..., nonfinite_count: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., chunks: _Optional[int] = ..., chunk_size: _Optional[int] = ..., batch_size: _Optional[int] = ..., estimated_forward_seconds: _Optional[float] = ..., estimated_reverse_seconds: _Optional[float] = ..., memory_budget_bytes: _Optional[int] = ..., estimated_peak_bytes: _Optional[int] = ..., execution_path: _Optional[str] = ..., compilation: _Optional[str] = ..., verification: _Optional[_Union[FiniteDifferenceCheck, _Mapping]] = ..., threads: _Optional[int] = ...) -> None: ...
+    checkpoint_segments: int
+    recompute_seconds: float
+    def __init__(self, mode: _Optional[_Union[DerivativeMode, str]] = ..., mode_reason: _Optional[str] = ..., input_size: _Optional[int] = ..., output_size: _Optional[int] = ..., passes: _Optional[int] = ..., vectorized: _Optional[bool] = ..., fallback_reason: _Optional[str] = ..., timing: _Optional[_Union[PhaseTimings, _Mapping]] = ..., peak_memory_bytes: _Optional[int] = ..., memory_method: _Optional[str] = ..., nonfinite_count: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., chunks: _Optional[int] = ..., chunk_size: _Optional[int] = ..., batch_size: _Optional[int] = ..., estimated_forward_seconds: _Optional[float] = ..., estimated_reverse_seconds: _Optional[float] = ..., memory_budget_bytes: _Optional[int] = ..., estimated_peak_bytes: _Optional[int] = ..., execution_path: _Optional[str] = ..., compilation: _Optional[str] = ..., verification: _Optional[_Union[FiniteDifferenceCheck, _Mapping]] = ..., threads: _Optional[int] = ..., checkpoint_segments: _Optional[int] = ..., recompute_seconds: _Optional[float] = ...) -> None: ...
 
 class ParameterInfo(_message.Message):
     __slots__ = ("name", "shape", "dtype")

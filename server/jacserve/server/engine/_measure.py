@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 __all__ = [
@@ -163,6 +164,16 @@ def measure_peak_memory(device: torch.device, meter: str = "rss") -> Iterator[Pe
                     result.method = "cpu_rss_high_water"
 
 
+def _storage_key(value: Any) -> int | None:
+    """The address of a tensor's storage (None for anything else, or no storage)."""
+    if not isinstance(value, torch.Tensor):
+        return None
+    try:
+        return int(value.untyped_storage().data_ptr())
+    except RuntimeError:
+        return None
+
+
 class LiveTensorMeter(TorchDispatchMode):
     """Peak bytes of tensor storage created inside a block and still alive, op by op.
 
@@ -188,19 +199,20 @@ class LiveTensorMeter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
+        given = {_storage_key(t) for t in pytree.tree_leaves((args, kwargs))}
         for tensor in out if isinstance(out, tuple | list) else (out,):
             if isinstance(tensor, torch.Tensor):
-                self._track(tensor)
+                self._track(tensor, given)
         return out
 
-    def _track(self, tensor: torch.Tensor) -> None:
+    def _track(self, tensor: torch.Tensor, given: set[int | None]) -> None:
         try:
             storage = tensor.untyped_storage()
             key, size = storage.data_ptr(), storage.nbytes()
         except RuntimeError:  # tensors without storage (dual or functional wrappers)
             return
         with self._lock:
-            if size == 0 or key in self._seen:
+            if size == 0 or key in self._seen or key in given:  # a view allocates nothing
                 return
             self._seen.add(key)
             self.live_bytes += size

@@ -132,6 +132,8 @@ class EngineMetrics:
     estimated_peak_bytes: int = 0
     execution_path: str = "eager"
     compilation: str = ""
+    checkpoint_segments: int = 0
+    recompute_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,8 @@ class Run:
     estimated_peak_bytes: int = 0
     execution_path: str = "eager"
     compilation: str = ""
+    checkpoint_segments: int = 0
+    recompute_seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
 
     def fall_back(self, reason: str, *, vectorized: bool) -> None:
@@ -272,6 +276,8 @@ def finish(
         estimated_peak_bytes=run.estimated_peak_bytes,
         execution_path=run.execution_path,
         compilation=run.compilation,
+        checkpoint_segments=run.checkpoint_segments,
+        recompute_seconds=run.recompute_seconds,
     )
     return EngineResult(
         outputs=tuple(o.detach() for o in outputs),

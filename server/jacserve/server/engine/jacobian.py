@@ -13,12 +13,14 @@ tensor([[2., 0.],
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch.func import vmap
 
+from jacserve.server.engine._budget import GraphSource, Route, checkpointed_run, route
 from jacserve.server.engine._compiled_path import compiled_run
 from jacserve.server.engine._eager import eager_run
 from jacserve.server.engine._function import BoundMethod, resolve_wrt, summarize_error
@@ -29,7 +31,7 @@ from jacserve.server.engine._request import (
     cost_key,
     program_key,
 )
-from jacserve.server.engine._run import EngineResult, engine_call, finish
+from jacserve.server.engine._run import EngineResult, Run, engine_call, finish
 from jacserve.server.engine.cache import DerivativeCache
 from jacserve.server.engine.compiled import CompiledPrograms
 from jacserve.server.engine.planner import RequestedMode
@@ -64,6 +66,7 @@ def jacobian(
     memory_meter: str = "rss",
     method: str = "forward",
     passes: tuple[int, int] | None = None,
+    graph: GraphSource | None = None,
 ) -> EngineResult:
     """Full Jacobian at ``inputs`` (or at each of a batch of points).
 
@@ -95,6 +98,9 @@ def jacobian(
         passes: ``(start, stop)``: only these passes of a forced ``mode`` (columns in
             forward mode, rows in reverse, over the flattened wrt inputs or outputs), for
             splitting one Jacobian across servers; ``(0, 0)`` only plans (any mode).
+        graph: the method as an FX graph, for checkpointed reverse mode when its tape
+            does not fit ``max_memory_bytes`` (see NOTE: [Fitting the budget] in
+            ``_budget``); without it such a Jacobian runs forward or is refused.
 
     Returns:
         :class:`EngineResult` whose ``values`` are the blocks ``[i][j]`` flattened
@@ -155,6 +161,14 @@ def jacobian(
             if fast is not None:
                 plan, n, m, outputs, tuple_output, blocks = fast
                 run.execution_path = "compiled"
+        budgeted = None
+        if run.execution_path == "eager" and graph is not None and max_memory_bytes is not None:
+            budgeted = _fit_budget(run, graph, fn, inputs, chosen, options, batched)
+            if isinstance(budgeted, Route):  # forward mode: no tape at all
+                options = dataclasses.replace(options, mode="forward")
+            elif budgeted is not None:
+                plan, n, m, outputs, tuple_output, blocks = budgeted
+                run.execution_path = "checkpointed"
         if run.execution_path == "eager":
             try:
                 plan, n, m, outputs, blocks = eager_run(
@@ -166,6 +180,8 @@ def jacobian(
                 cannot_vmap_points = exc  # retried point by point below, outside this call
             else:
                 tuple_output = g.tuple_output
+                if isinstance(budgeted, Route):
+                    plan = dataclasses.replace(plan, reason=budgeted.reason)
                 if use_compiled:
                     key = program_key(method, inputs, chosen, plan.mode)
                     if run.chunks == 1 and run.vectorized and n and m:
@@ -182,6 +198,54 @@ def jacobian(
         cause = cannot_vmap_points.__cause__ or cannot_vmap_points
         return _point_by_point(fn, inputs, batch, cause, options)  # a real error raises here too
     return finish(run, plan, n=n, m=m, outputs=outputs, tuple_output=tuple_output, values=blocks)
+
+
+def _fit_budget(
+    run: Run,
+    graph: GraphSource,
+    fn: Callable[..., Any],
+    inputs: tuple[torch.Tensor, ...],
+    chosen: tuple[int, ...],
+    options: JacobianOptions,
+    batched: bool,
+) -> Route | tuple[Any, ...] | None:
+    """The way a budgeted Jacobian fits (see NOTE: [Fitting the budget] in ``_budget``):
+    ``None`` for the plain path, the forward :class:`Route`, or a checkpointed result
+    ``(plan, n, m, outputs, tuple_output, blocks)``."""
+    if options.mode == "forward" or batched or options.passes is not None:
+        return None
+    assert options.max_memory_bytes is not None
+    key = (*call_signature(options.method, inputs, chosen, batched), options.max_memory_bytes)
+    started = time.perf_counter()
+    found = route(
+        graph,
+        inputs,
+        chosen,
+        mode=options.mode,
+        budget=options.max_memory_bytes,
+        cache=options.cache,
+        key=key,
+    )
+    run.plan_seconds += time.perf_counter() - started
+    run.memory_budget_bytes = options.max_memory_bytes
+    if found is None or found.kind == "forward":
+        return found
+    cache = options.cache
+    verified = cache is not None and cache.get(("budget-verified", *key)) is not None
+    plan, outputs, blocks, seconds, recompute = checkpointed_run(
+        found, fn, inputs, chosen, verified=verified
+    )
+    if cache is not None:
+        cache.put(("budget-verified", *key), True)
+    assert found.graph is not None and found.plan is not None
+    run.derivative_seconds = seconds
+    run.recompute_seconds = recompute
+    run.checkpoint_segments = found.plan.segments
+    run.chunks = -(-plan.passes // found.plan.chunk)
+    run.chunk_size = found.plan.chunk
+    run.estimated_peak_bytes = found.plan.estimated_peak_bytes
+    n = sum(inputs[j].numel() for j in chosen)
+    return plan, n, plan.passes, outputs, found.graph.tuple_output, blocks
 
 
 def _check_window(passes: tuple[int, int], mode: RequestedMode, batched: bool) -> None:

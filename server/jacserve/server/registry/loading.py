@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,8 @@ from jacserve.server.engine.compiled import CompiledPrograms
 from jacserve.server.errors import InvalidArgument
 from jacserve.server.registry.archive import ArchiveFormat, strip_sample_inputs
 from jacserve.server.registry.operators import OperatorAllowlist, value_reads
+
+_LOG = logging.getLogger("jacserve.server.registry")
 
 __all__ = [
     "DERIVATIVE_CACHE_BYTES",
@@ -94,6 +97,7 @@ class LoadedModel:
         self.device = device
         self.derivative_cache = DerivativeCache(cache_bytes)
         self.compiled_programs: CompiledPrograms | None = None
+        self._graphs: dict[tuple[Any, ...], torch.fx.GraphModule | None] = {}
         self.parameters = {
             name: p for name, p in module.named_parameters() if p.is_floating_point()
         }
@@ -129,6 +133,21 @@ class LoadedModel:
         from torch._export.converter import TS2EPConverter  # experimental; imported on use
 
         return TS2EPConverter(self.module, tuple(inputs)).convert().module().to(self.device)
+
+    def graph_module(self, inputs: Sequence[torch.Tensor]) -> torch.fx.GraphModule | None:
+        """``forward`` as an FX graph over its inputs, for checkpointed reverse mode (see
+        ``jacserve.server.engine.checkpointed``): the exported program itself, or
+        TorchScript converted once per input signature (``None`` where that fails)."""
+        if isinstance(self.module, torch.fx.GraphModule):
+            return self.module
+        key = tuple((tuple(t.shape), t.dtype) for t in inputs)
+        if key not in self._graphs:
+            try:
+                self._graphs[key] = self._traceable(inputs)  # type: ignore[assignment]
+            except Exception as exc:  # the converter is experimental: eager reverse then
+                _LOG.warning("TorchScript to FX conversion failed: %s", str(exc)[:300])
+                self._graphs[key] = None
+        return self._graphs[key]
 
     def method(self, name: str) -> tuple[Callable[..., Any], MethodInfo]:
         """Return the callable for ``name`` and its description.

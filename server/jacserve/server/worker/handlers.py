@@ -295,6 +295,8 @@ class DerivativeHandlers(
             compilation=m.compilation,
             verification=phases.verification,
             threads=torch.get_num_threads(),
+            checkpoint_segments=m.checkpoint_segments,
+            recompute_seconds=m.recompute_seconds,
         )
 
     def _product(self, request: Any, deadline: float, *, kind: str) -> Any:
@@ -378,6 +380,11 @@ class DerivativeHandlers(
             method=structure.label(fn, method),
             passes=(
                 (request.passes.start, request.passes.stop) if request.HasField("passes") else None
+            ),
+            graph=(
+                model.graph_module
+                if method.name == "forward" and not isinstance(fn, structure.Structured)
+                else None
             ),
         )
         if count:

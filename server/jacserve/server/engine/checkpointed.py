@@ -1,0 +1,402 @@
+"""Reverse mode within any memory budget: a program's graph cut into segments whose
+activations are recomputed in the backward sweep.
+
+NOTE: [Checkpointed reverse]
+A reverse-mode Jacobian keeps the whole forward tape (every tensor an op saves for its
+derivative) while its passes run. When that tape does not fit the budget, the method's
+FX graph (a torch.export program's, or TorchScript's converted) is cut into K contiguous
+segments of its nodes. The forward sweep runs without a tape and keeps only the values
+that cross a cut. The backward sweep walks the segments from last to first: it recomputes
+one segment from the values it kept, takes that segment's VJP (``torch.func.vjp``) and
+applies it to a chunk of cotangent rows at once (``vmap``), adding the cotangents of the
+values the segment read. So only one segment's tape is alive at a time, and each segment
+is recomputed once per chunk of rows: one extra forward pass when all m rows fit one
+chunk. K and the chunk are chosen from the memory each node's tape and outputs measured
+in one profiling forward pass (saved-tensor hooks count what autograd would keep, and
+keep nothing), with the fewest segments whose estimated peak is within the budget.
+
+>>> import torch
+>>> class Deep(torch.nn.Module):
+...     def forward(self, x):
+...         for _ in range(4):
+...             x = torch.tanh(x * 1.5)
+...         return x.sum(0)
+>>> x = torch.randn(3, 2, dtype=torch.float64)
+>>> gm = torch.export.export(Deep(), (x,)).module()
+>>> graph = GraphSegments(gm, 1)
+>>> plan = graph.plan([x], (0,), budget=1 << 30, element_bytes=8)
+>>> outputs, blocks, _ = graph.jacobian([x], (0,), plan)
+>>> expected = torch.func.jacrev(Deep())(x)
+>>> bool(torch.allclose(blocks[0], expected)), len(plan.cuts) + 1 >= 1
+(True, True)
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.func import vjp, vmap
+from torch.fx.node import Node, map_arg
+
+from jacserve.server.errors import Reason, ResourceExhausted
+
+__all__ = ["GraphSegments", "Profile", "SegmentPlan"]
+
+_HEADROOM = 0.85  # of the budget: allocator rounding and what the estimate misses
+
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    """Where the graph is cut (indices of the compute nodes that start a segment), how
+    many cotangent rows each backward sweep carries, and the estimated peak bytes."""
+
+    cuts: tuple[int, ...]
+    chunk: int
+    estimated_peak_bytes: int
+
+    @property
+    def segments(self) -> int:
+        """K, the number of segments."""
+        return len(self.cuts) + 1
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Bytes per compute node: what its op saves for the backward pass (new storage
+    only), and its output; and the method's output elements (M)."""
+
+    saved: tuple[int, ...]
+    produced: tuple[int, ...]
+    output_elements: int
+
+    @property
+    def tape_bytes(self) -> int:
+        """What a whole reverse tape would hold."""
+        return sum(self.saved)
+
+    @property
+    def largest_output(self) -> int:
+        """The largest value a node produces (about what one pass carries)."""
+        return max(self.produced, default=0)
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, tuple | list):
+        return sum(_nbytes(v) for v in value)
+    return 0
+
+
+def _storage(tensor: torch.Tensor) -> int:
+    return int(tensor.untyped_storage().data_ptr())
+
+
+def _differentiable(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
+
+
+class GraphSegments:
+    """A method's FX graph, run in segments (see NOTE: [Checkpointed reverse]).
+
+    Args:
+        gm: the method as a ``torch.fx.GraphModule`` whose placeholders are the method's
+            tensor inputs in order and whose output is a tuple of tensors (a torch.export
+            program's ``module()``).
+        inputs: how many inputs the method takes.
+
+    Raises:
+        ValueError: a graph that does not have that form.
+    """
+
+    def __init__(self, gm: torch.fx.GraphModule, inputs: int) -> None:
+        self._gm = gm
+        nodes = list(gm.graph.nodes)
+        self.placeholders = [n for n in nodes if n.op == "placeholder"]
+        if len(self.placeholders) != inputs:
+            raise ValueError(f"the graph has {len(self.placeholders)} inputs, the method {inputs}")
+        output = next(n for n in nodes if n.op == "output")
+        flat = output.args[0]
+        self.outputs: list[Node] = list(flat) if isinstance(flat, tuple | list) else [flat]
+        if not all(isinstance(o, Node) for o in self.outputs):
+            raise ValueError("the graph returns something other than tensors")
+        self.compute = [n for n in nodes if n.op not in ("placeholder", "output")]
+        self._index = {n: i for i, n in enumerate(self.compute)}
+        end = len(self.compute)
+        self._last_use = {
+            n: max((self._index.get(u, end) for u in n.users), default=-1)
+            for n in [*self.placeholders, *self.compute]
+        }
+        for o in self.outputs:
+            self._last_use[o] = end
+
+    @property
+    def tuple_output(self) -> bool:
+        """Whether the method returns a tuple (its output spec), not one tensor."""
+        spec = getattr(self._gm, "_out_spec", None)
+        if spec is not None and getattr(spec, "type", None) in (tuple, list):
+            return True
+        return len(self.outputs) > 1
+
+    # -- running nodes ------------------------------------------------------------------
+
+    def _run(self, node: Node, env: dict[Node, Any]) -> Any:
+        args = map_arg(node.args, lambda n: env[n])
+        kwargs = map_arg(node.kwargs, lambda n: env[n])
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)  # type: ignore[operator]
+        if node.op == "get_attr":
+            value: Any = self._gm
+            for part in str(node.target).split("."):
+                value = getattr(value, part)
+            return (
+                value.data if isinstance(value, torch.Tensor) else value
+            )  # no weight grads (an alias, no op)
+        if node.op == "call_method":
+            return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+        return self._gm.get_submodule(str(node.target))(*args, **kwargs)
+
+    def _segments(self, cuts: Sequence[int]) -> list[range]:
+        bounds = [0, *cuts, len(self.compute)]
+        return [range(a, b) for a, b in itertools.pairwise(bounds)]
+
+    def _defined_at(self, node: Node) -> int:
+        return self._index.get(node, -1)  # placeholders: before every segment
+
+    def _reads(self, segment: range) -> list[Node]:
+        """Values a segment reads that are defined before it (its inputs)."""
+        seen: dict[Node, None] = {}
+        for i in segment:
+            for used in self.compute[i].all_input_nodes:
+                if self._defined_at(used) < segment.start:
+                    seen[used] = None
+        return list(seen)
+
+    def _kept(self, segments: Sequence[range]) -> set[Node]:
+        """The values the forward sweep keeps: every segment's inputs and the outputs."""
+        kept = set(self.outputs)
+        for segment in segments:
+            kept.update(self._reads(segment))
+        return kept
+
+    # -- planning -----------------------------------------------------------------------
+
+    def profile(self, inputs: Sequence[torch.Tensor], wrt: Sequence[int]) -> Profile:
+        """One forward pass recording what each node's op would save (nothing is kept)."""
+        saved = [0] * len(self.compute)
+        produced = [0] * len(self.compute)
+        current = [0]
+        resident = {_storage(t) for t in (*inputs, *self._gm.parameters(), *self._gm.buffers())}
+        counted: set[int] = set()  # storages saved already (an address leaves when freed)
+
+        def pack(tensor: torch.Tensor) -> None:
+            key = _storage(tensor)
+            if key in resident or key in counted:
+                return  # weights, inputs, and a tensor two ops save take no more memory
+            counted.add(key)
+            storage = tensor.untyped_storage()
+            weakref.finalize(storage, counted.discard, key)
+            saved[current[0]] += storage.nbytes()
+
+        def unpack(_: None) -> torch.Tensor:
+            raise RuntimeError("the profiling pass keeps no tape")
+
+        env: dict[Node, Any] = {}
+        for j, (node, value) in enumerate(zip(self.placeholders, inputs, strict=True)):
+            grad = j in wrt and value.is_floating_point()
+            env[node] = value.detach().requires_grad_(True) if grad else value
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            for i, node in enumerate(self.compute):
+                current[0] = i
+                env[node] = self._run(node, env)
+                produced[i] = 0 if node.op == "get_attr" else _nbytes(env[node])  # resident
+                for used in node.all_input_nodes:
+                    if self._last_use.get(used, -1) <= i and used not in self.outputs:
+                        env.pop(used, None)
+        elements = sum(env[o].numel() for o in self.outputs)
+        return Profile(tuple(saved), tuple(produced), elements)
+
+    def _estimate(self, profile: Profile, cuts: Sequence[int], chunk: int, fixed: int) -> int:
+        """Peak bytes of a plan: the result and inputs (``fixed``), the values the forward
+        sweep keeps, a chunk of cotangents for the values crossing the current segment,
+        and the largest segment's recomputed tape with a chunk of cotangents flowing
+        through it (about two of its activations at a time)."""
+        segments = self._segments(cuts)
+        kept = sum(
+            profile.produced[self._index[n]] for n in self._kept(segments) if n in self._index
+        )
+        crossing = max(
+            sum(profile.produced[self._index[n]] for n in self._reads(s) if n in self._index)
+            for s in segments
+        )
+        largest = max(
+            sum(profile.saved[i] for i in s) + 2 * chunk * max(profile.produced[i] for i in s)
+            for s in segments
+            if len(s)
+        )
+        return fixed + kept + chunk * crossing + largest
+
+    def _greedy(self, profile: Profile, cap: int) -> tuple[int, ...]:
+        """Cut before a node whenever the segment's tape would pass ``cap`` bytes."""
+        cuts, used = [], 0
+        for i, saved in enumerate(profile.saved):
+            if used and used + saved > cap:
+                cuts.append(i)
+                used = 0
+            used += saved
+        return tuple(cuts)
+
+    def plan(
+        self,
+        inputs: Sequence[torch.Tensor],
+        wrt: Sequence[int],
+        *,
+        budget: int,
+        element_bytes: int,
+        profile: Profile | None = None,
+    ) -> SegmentPlan:
+        """The fewest segments (and the largest chunk of rows) whose estimated peak is
+        within ``budget``, from one profiling pass (``profile``, or one run now).
+
+        Raises:
+            ResourceExhausted: not even one row through single-node segments fits.
+        """
+        profile = profile or self.profile(inputs, wrt)
+        m = profile.output_elements
+        n = sum(inputs[j].numel() for j in wrt)
+        fixed = (m * n + m) * element_bytes + sum(_nbytes(t) for t in inputs)
+        target = int(budget * _HEADROOM)
+        finest = max(profile.saved, default=0)
+        chunk = max(1, m)
+        while True:
+            cap = max(1, sum(profile.saved))
+            while True:
+                cuts = self._greedy(profile, cap)
+                peak = self._estimate(profile, cuts, chunk, fixed)
+                if peak <= target:
+                    return SegmentPlan(cuts, chunk, peak)
+                if cap <= finest:
+                    break
+                cap = max(finest, cap // 2)
+            if chunk == 1:
+                break
+            chunk = max(1, chunk // 2)
+        raise ResourceExhausted(
+            f"the Jacobian needs at least {peak} bytes even in checkpointed reverse mode (one "
+            f"op per segment, one row at a time), above the memory budget of {budget} bytes "
+            f"(max_memory_bytes); raise the budget or differentiate fewer inputs (wrt)",
+            reason=Reason.BUDGET_TOO_SMALL,
+            field="options.max_memory_bytes",
+            bytes_needed=peak,
+            budget_bytes=budget,
+            mode="reverse",
+        )
+
+    # -- running ------------------------------------------------------------------------
+
+    def _forward(
+        self, inputs: Sequence[torch.Tensor], segments: Sequence[range]
+    ) -> dict[Node, Any]:
+        """Run every segment without a tape, keeping the values that cross a cut."""
+        kept = self._kept(segments)
+        env: dict[Node, Any] = dict(zip(self.placeholders, inputs, strict=True))
+        with torch.no_grad():
+            for i, node in enumerate(self.compute):
+                env[node] = self._run(node, env)
+                for used in node.all_input_nodes:
+                    if self._last_use.get(used, -1) <= i and used not in kept:
+                        env.pop(used, None)
+        return {n: env[n] for n in kept if n in env}
+
+    def _segment_function(
+        self, segment: range, reads: Sequence[Node], kept: dict[Node, Any], writes: Sequence[Node]
+    ) -> Any:
+        differentiable = [n for n in reads if n.op != "get_attr" and _differentiable(kept[n])]
+        constants = {n: kept[n] for n in reads if n not in differentiable}
+        needed = set(writes)
+        last = {  # a value is dropped after its last use here (what autograd saved stays)
+            n: max(
+                (self._index[u] for u in n.users if self._index.get(u, -1) in segment), default=-1
+            )
+            for n in [*reads, *(self.compute[i] for i in segment)]
+        }
+
+        def run(*values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            env: dict[Node, Any] = {**constants, **dict(zip(differentiable, values, strict=True))}
+            for i in segment:
+                node = self.compute[i]
+                env[node] = self._run(node, env)
+                for used in (*node.all_input_nodes, node):
+                    if last[used] <= i and used not in needed:
+                        env.pop(used, None)
+            return tuple(env[w] for w in writes)
+
+        return run, differentiable
+
+    def _rows(self, m: int, chunk: int) -> Iterator[tuple[int, int]]:
+        for start in range(0, m, chunk):
+            yield start, min(m, start + chunk)
+
+    def jacobian(
+        self, inputs: Sequence[torch.Tensor], wrt: Sequence[int], plan: SegmentPlan
+    ) -> tuple[tuple[torch.Tensor, ...], list[torch.Tensor], float]:
+        """(outputs, blocks [i][j] of shape output_i.shape + input_wrt[j].shape, seconds
+        spent recomputing segments)."""
+        segments = self._segments(plan.cuts)
+        kept = self._forward(inputs, segments)
+        recompute = 0.0
+        outputs = tuple(kept[o] for o in self.outputs)
+        sizes = [o.numel() for o in outputs]
+        m = sum(sizes)
+        rows: dict[int, list[torch.Tensor]] = {j: [] for j in wrt}
+        for start, stop in self._rows(m, plan.chunk):
+            cotangents = self._seed(outputs, start, stop)
+            for segment in reversed(segments):
+                writes = [self.compute[i] for i in segment if self.compute[i] in cotangents]
+                if not writes:
+                    continue
+                run, reads = self._segment_function(segment, self._reads(segment), kept, writes)
+                if not reads:  # it reads no input's descendant: no cotangent flows on
+                    for w in writes:
+                        cotangents.pop(w)
+                    continue
+                started = time.perf_counter()
+                _, pullback = vjp(run, *[kept[n] for n in reads])
+                recompute += time.perf_counter() - started
+                pulled = vmap(pullback)(tuple(cotangents.pop(w) for w in writes))
+                del pullback  # this segment's tape goes before the next one is recorded
+                for node, value in zip(reads, pulled, strict=True):
+                    cotangents[node] = cotangents[node] + value if node in cotangents else value
+            for j in wrt:
+                found = cotangents.get(self.placeholders[j])
+                if found is None:
+                    found = inputs[j].new_zeros((stop - start, *inputs[j].shape))
+                rows[j].append(found)
+        blocks = []
+        offsets = [0, *itertools.accumulate(sizes)]
+        for i, output in enumerate(outputs):
+            for j in wrt:
+                whole = torch.cat(rows[j])[offsets[i] : offsets[i + 1]]
+                blocks.append(whole.reshape(*output.shape, *inputs[j].shape))
+        return outputs, blocks, recompute
+
+    def _seed(self, outputs: Sequence[torch.Tensor], start: int, stop: int) -> dict[Node, Any]:
+        """Cotangents of the outputs for rows [start, stop) of the identity."""
+        seeds: dict[Node, Any] = {}
+        offset = 0
+        for node, value in zip(self.outputs, outputs, strict=True):
+            rows = torch.zeros(
+                (stop - start, value.numel()), dtype=value.dtype, device=value.device
+            )
+            for r in range(max(start, offset), min(stop, offset + value.numel())):
+                rows[r - start, r - offset] = 1
+            seed = rows.reshape(stop - start, *value.shape)
+            seeds[node] = seeds[node] + seed if node in seeds else seed
+            offset += value.numel()
+        return seeds
