@@ -15,6 +15,7 @@ import signal
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -62,21 +63,46 @@ def _check(result, model: torch.nn.Module, point: torch.Tensor) -> None:
     torch.testing.assert_close(result.jacobian, want, rtol=1e-10, atol=1e-12)
 
 
-def test_requests_are_answered_while_a_program_compiles(compiling):
+@dataclass(frozen=True)
+class Compiled:
+    """What the module's one compile looked like, seen from outside: the model, its first
+    (eager) answer and serving worker, the answers given while it compiled, the settled
+    answer and the worker that serves after it."""
+
+    model: torch.nn.Module
+    model_id: str
+    point: torch.Tensor
+    first: object
+    serving_pid: int
+    serving_filters: int
+    answered_while_compiling: int
+    settled: object
+    settled_point: torch.Tensor
+    promoted_pids: list[int]
+    promoted_filters: int
+
+
+@pytest.fixture(scope="module")
+def compiled(compiling) -> Compiled:
+    """One program compiled for the module's tests (a compile takes tens of seconds on two
+    cores): a TorchScript MLP in forward mode, while another model's requests and its own
+    go on being answered; every answer is checked as it comes. (Exported models and
+    reverse mode are compiled in tests/e2e/test_performance_features.py.)"""
     client, server = compiling
     model, other = MLP(6, 16, 5, F64), MLP(4, 8, 3, F64)
-    model_id = client.upload(torch.export.export(model, (torch.zeros(6, dtype=F64),)))
+    model_id = client.upload(torch.jit.script(model))
     other_id = client.upload(torch.export.export(other, (torch.zeros(4, dtype=F64),)))
     point = torch.randn(6, dtype=F64)
-    first = client.jacobian(model_id, point, mode="reverse")  # asks for a program
-    assert first.metrics.execution_path == "eager"
-    serving_pid = server.pool.pids(model_id)[0]
+    first = client.jacobian(model_id, point, mode="forward")  # asks for a program
+    _check(first, model, point)
+    (serving_pid,) = server.pool.pids(model_id)
+    serving_filters = _seccomp_filters(serving_pid)
     answered_while_compiling = 0
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        point = torch.randn(6, dtype=F64)
-        result = client.jacobian(model_id, point, mode="reverse")
-        _check(result, model, point)
+        settled_point = torch.randn(6, dtype=F64)
+        result = client.jacobian(model_id, settled_point, mode="forward")
+        _check(result, model, settled_point)
         x = torch.randn(4, dtype=F64)
         torch.testing.assert_close(
             client.jvp(other_id, x, torch.ones(4, dtype=F64)).jvp,
@@ -87,51 +113,59 @@ def test_requests_are_answered_while_a_program_compiles(compiling):
         assert result.metrics.compilation.startswith("requested")
         answered_while_compiling += 1
         time.sleep(PAUSE)
+    else:
+        raise AssertionError("compilation did not settle in 5 minutes")
+    promoted_pids = server.pool.pids(model_id)
+    return Compiled(
+        model=model,
+        model_id=model_id,
+        point=point,
+        first=first,
+        serving_pid=serving_pid,
+        serving_filters=serving_filters,
+        answered_while_compiling=answered_while_compiling,
+        settled=result,
+        settled_point=settled_point,
+        promoted_pids=promoted_pids,
+        promoted_filters=_seccomp_filters(promoted_pids[0]) if promoted_pids else -1,
+    )
+
+
+def test_requests_are_answered_while_a_program_compiles(compiling, compiled):
+    _, server = compiling
+    assert compiled.first.metrics.execution_path == "eager"
     # A compile takes seconds and a request milliseconds: had requests waited for the
     # compile (the old in-worker compiler held the model lock), only one or two would
     # have been answered before it settled.
-    assert answered_while_compiling >= 10, answered_while_compiling
+    assert compiled.answered_while_compiling >= 10, compiled.answered_while_compiling
+    result = compiled.settled
     assert result.metrics.compilation == "ready" or result.metrics.compilation.startswith("slower")
     expected_path = "compiled" if result.metrics.compilation == "ready" else "eager"
     assert result.metrics.execution_path == expected_path
     # the compile worker now serves the archive; the eager worker that asked is gone
-    assert server.pool.pids(model_id) != [serving_pid]
+    assert compiled.promoted_pids != [compiled.serving_pid]
     counts = _compilations(server.metrics_port)
     assert counts.get("count", 0) >= 1
     assert counts.get("ready", 0) + counts.get("slower", 0) >= 1
 
 
-def test_only_a_compile_worker_may_fork_and_it_stops_before_serving(compiling):
-    client, server = compiling
-    model = MLP(3, 4, 2, F64)
-    model_id = client.upload(torch.jit.script(model))
-    point = torch.randn(3, dtype=F64)
-    client.jacobian(model_id, point, mode="forward")
-    (serving,) = server.pool.pids(model_id)
-    assert _seccomp_filters(serving) == 1  # one filter, built without fork or exec
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        result = client.jacobian(model_id, point, mode="forward")
-        if result.metrics.compilation.startswith(SETTLED):
-            break
-        time.sleep(PAUSE)
-    (promoted,) = server.pool.pids(model_id)
-    assert promoted != serving
+def test_only_a_compile_worker_may_fork_and_it_stops_before_serving(compiled):
+    assert compiled.serving_filters == 1  # one filter, built without fork or exec
+    (promoted,) = compiled.promoted_pids
+    assert promoted != compiled.serving_pid
     # its own filter (fork allowed, to run the compiler), then the serving one stacked
-    assert _seccomp_filters(promoted) == 2
-    _check(result, model, point)
+    assert compiled.promoted_filters == 2
+    _check(compiled.settled, compiled.model, compiled.settled_point)
 
 
-def test_a_killed_compiled_worker_is_rebuilt_from_the_archives_cache(compiling):
+def test_a_killed_compiled_worker_is_rebuilt_from_the_archives_cache(compiling, compiled):
     client, server = compiling
-    model = MLP(5, 8, 4, F64)
-    model_id = client.upload(torch.export.export(model, (torch.zeros(5, dtype=F64),)))
-    point = torch.randn(5, dtype=F64)
+    model, model_id, point = compiled.model, compiled.model_id, compiled.point
 
     def until_settled() -> object:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            result = client.jacobian(model_id, point, mode="reverse")
+            result = client.jacobian(model_id, point, mode="forward")
             _check(result, model, point)
             if result.metrics.compilation.startswith(SETTLED):
                 return result

@@ -36,7 +36,10 @@ def compromised(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSer
     os.environ["PYTHON_JACSERVE_COMPROMISED"] = "1"
     try:
         folder = str(tmp_path_factory.mktemp("compromised-models"))
-        with running_server(folder, workers=2, compile="on") as running:
+        # Compiling, but never for ordinary traffic: only the attacker's forged request
+        # reaches a compile worker (a compile of the victim, asked for by its Jacobians,
+        # would hold the one-at-a-time compile queue for many seconds).
+        with running_server(folder, workers=2, compile="on", compile_after=1_000_000) as running:
             yield running
     finally:
         for key, value in saved.items():

@@ -68,7 +68,8 @@ def test_a_silent_call_outlives_many_client_pings(tmp_path):
         str(tmp_path), workers=1, min_client_ping_interval_ms=SERVER_PING_MS
     ) as running:
         with Client(running.target, timeout=120) as client:
-            slow_id = client.upload(archive_of(Slow(3_000_000), (X,), "torchscript"))
+            slow_id = client.upload(archive_of(Slow(1_500_000), (X,), "torchscript"))
+            client.get_model(slow_id)  # its worker is loaded: the call is all computing
         options = [
             ("grpc.keepalive_time_ms", CLIENT_PING_MS),
             ("grpc.keepalive_timeout_ms", 20_000),
@@ -77,8 +78,9 @@ def test_a_silent_call_outlives_many_client_pings(tmp_path):
         ]
         with grpc.insecure_channel(running.target, options=options) as channel:
             stub = pb_grpc.JacobianServiceStub(channel)
-            # 3 million interpreter steps: seconds of silence, dozens of pings (3 strikes
-            # would cut it)
+            # 1.5 million interpreter steps: several seconds of silence, pings all along
+            # (gRPC's client sends them about once a second whatever it is asked; 3 strikes,
+            # some 3-4 s in, would cut it: a shorter call would not tell)
             response = stub.Jvp(_jvp_request(slow_id), timeout=120)
         assert list(response.jvp[0].shape) == [3]
 

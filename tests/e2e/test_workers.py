@@ -145,7 +145,8 @@ def test_a_full_queue_is_resource_exhausted_and_drains(tmp_path):
         running_server(str(tmp_path), workers=1, max_queue=1) as running,
         Client(running.target, timeout=60) as client,
     ):
-        slow = client.upload(archive_of(Slow(1_000_000), (X,), "torchscript"))
+        slow = client.upload(archive_of(Slow(200_000), (X,), "torchscript"))  # seconds a call
+        client.get_model(slow)  # its worker is loaded: the first call computes at once
         outcomes: list[object] = []
 
         def call() -> None:
@@ -198,7 +199,8 @@ def test_a_callers_deadline_wins_over_the_servers_default(tmp_path):
         running_server(str(tmp_path), workers=1, request_timeout=0.5) as running,
         Client(running.target, timeout=120) as client,
     ):
-        slow = client.upload(archive_of(Slow(1_000_000), (X,), "torchscript"))
+        slow = client.upload(archive_of(Slow(300_000), (X,), "torchscript"))
+        client.get_model(slow)  # its worker is loaded: the call's time is all computing
         result = client.jvp(slow, X, X)  # runs for seconds, past --request-timeout
         torch.testing.assert_close(result.jvp, 2 * X)
         assert result.metrics.timing["total"] > 0.5
