@@ -47,14 +47,10 @@ def _architectures() -> dict[str, Callable[[], tuple[torch.nn.Module, torch.Tens
 
 
 ARCHITECTURES = _architectures()
-SLOW = ("resnet18", "mobilenet_v3_small")  # several seconds each on two cores
 
 
 @pytest.mark.parametrize("how", ["script", "trace"])
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in ARCHITECTURES],
-)
+@pytest.mark.parametrize("name", list(ARCHITECTURES))  # resnet18, mobilenet: ~1 s each
 def test_ordinary_model_jacobian_equals_jacrev(client: Client, name: str, how: str) -> None:
     model, x = ARCHITECTURES[name]()
     result = client.jacobian(_compile(model, x, how), x)

@@ -125,7 +125,12 @@ def compiling_server(tmp_path_factory):
     running.stop(grace=0)
 
 
-@pytest.mark.parametrize("fmt", ["torch_export", "torchscript"])
+# A TorchScript archive's switch to a compiled program is also seen, in forward mode, by
+# tests/e2e/test_compile_workers.py, and reverse mode here by torch_export: that case is a
+# second compile of tens of seconds, run with `pytest -m slow`.
+@pytest.mark.parametrize(
+    "fmt", ["torch_export", pytest.param("torchscript", marks=pytest.mark.slow)]
+)
 def test_the_server_switches_to_a_verified_compiled_program(compiling_server, fmt):
     model = MLP(6, 16, 5, F64)
     x = torch.randn(6, dtype=F64)
