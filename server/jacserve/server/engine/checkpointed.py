@@ -98,6 +98,15 @@ def _storage(tensor: torch.Tensor) -> int:
     return int(tensor.untyped_storage().data_ptr())
 
 
+def _attribute(gm: torch.fx.GraphModule, target: str) -> Any:
+    """A weight or constant of the graph, as a tensor that needs no derivative (an alias
+    of the same storage: no copy, no op)."""
+    value: Any = gm
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value.data if isinstance(value, torch.Tensor) else value
+
+
 def _differentiable(value: Any) -> bool:
     return isinstance(value, torch.Tensor) and value.is_floating_point()
 
@@ -126,8 +135,12 @@ class GraphSegments:
         self.outputs: list[Node] = list(flat) if isinstance(flat, tuple | list) else [flat]
         if not all(isinstance(o, Node) for o in self.outputs):
             raise ValueError("the graph returns something other than tensors")
-        self.compute = [n for n in nodes if n.op not in ("placeholder", "output")]
+        self._resident = {  # weights and constants: no derivative, no new memory
+            n: _attribute(gm, str(n.target)) for n in nodes if n.op == "get_attr"
+        }
+        self.compute = [n for n in nodes if n.op not in ("placeholder", "output", "get_attr")]
         self._index = {n: i for i, n in enumerate(self.compute)}
+        self._modules: dict[tuple[int, tuple[Node, ...]], torch.fx.GraphModule] = {}
         end = len(self.compute)
         self._last_use = {
             n: max((self._index.get(u, end) for u in n.users), default=-1)
@@ -151,13 +164,6 @@ class GraphSegments:
         kwargs = map_arg(node.kwargs, lambda n: env[n])
         if node.op == "call_function":
             return node.target(*args, **kwargs)  # type: ignore[operator]
-        if node.op == "get_attr":
-            value: Any = self._gm
-            for part in str(node.target).split("."):
-                value = getattr(value, part)
-            return (
-                value.data if isinstance(value, torch.Tensor) else value
-            )  # no weight grads (an alias, no op)
         if node.op == "call_method":
             return getattr(args[0], str(node.target))(*args[1:], **kwargs)
         return self._gm.get_submodule(str(node.target))(*args, **kwargs)
@@ -207,7 +213,7 @@ class GraphSegments:
         def unpack(_: None) -> torch.Tensor:
             raise RuntimeError("the profiling pass keeps no tape")
 
-        env: dict[Node, Any] = {}
+        env: dict[Node, Any] = dict(self._resident)
         for j, (node, value) in enumerate(zip(self.placeholders, inputs, strict=True)):
             grad = j in wrt and value.is_floating_point()
             env[node] = value.detach().requires_grad_(True) if grad else value
@@ -215,7 +221,7 @@ class GraphSegments:
             for i, node in enumerate(self.compute):
                 current[0] = i
                 env[node] = self._run(node, env)
-                produced[i] = 0 if node.op == "get_attr" else _nbytes(env[node])  # resident
+                produced[i] = _nbytes(env[node])
                 for used in node.all_input_nodes:
                     if self._last_use.get(used, -1) <= i and used not in self.outputs:
                         env.pop(used, None)
@@ -273,7 +279,7 @@ class GraphSegments:
         fixed = (m * n + m) * element_bytes + sum(_nbytes(t) for t in inputs)
         target = int(budget * _HEADROOM)
         finest = max(profile.saved, default=0)
-        chunk = max(1, m)
+        chunk, least = max(1, m), None
         while True:
             cap = max(1, sum(profile.saved))
             while True:
@@ -281,6 +287,7 @@ class GraphSegments:
                 peak = self._estimate(profile, cuts, chunk, fixed)
                 if peak <= target:
                     return SegmentPlan(cuts, chunk, peak)
+                least = peak if least is None else min(least, peak)
                 if cap <= finest:
                     break
                 cap = max(finest, cap // 2)
@@ -288,54 +295,67 @@ class GraphSegments:
                 break
             chunk = max(1, chunk // 2)
         raise ResourceExhausted(
-            f"the Jacobian needs at least {peak} bytes even in checkpointed reverse mode (one "
-            f"op per segment, one row at a time), above the memory budget of {budget} bytes "
+            f"the Jacobian needs at least {least} bytes even in checkpointed reverse mode "
+            f"(the best cut of its program, one row at a time), above the memory budget of "
+            f"{budget} bytes "
             f"(max_memory_bytes); raise the budget or differentiate fewer inputs (wrt)",
             reason=Reason.BUDGET_TOO_SMALL,
             field="options.max_memory_bytes",
-            bytes_needed=peak,
+            bytes_needed=least,
             budget_bytes=budget,
             mode="reverse",
         )
 
     # -- running ------------------------------------------------------------------------
 
+    def _module(self, segment: range, reads: Sequence[Node], writes: Sequence[Node]) -> Any:
+        """The segment as generated Python (``torch.fx``): ``reads`` in, ``writes`` out,
+        each value freed after its last use."""
+        key = (segment.start, tuple(writes))
+        if key not in self._modules:
+            graph = torch.fx.Graph()
+            env = {n: graph.placeholder(f"in_{k}") for k, n in enumerate(reads)}
+            for i in segment:
+                node = self.compute[i]
+                env[node] = graph.node_copy(node, lambda n: env[n])
+            graph.output(tuple(env[w] for w in writes))
+            self._modules[key] = torch.fx.GraphModule(self._gm, graph)
+        return self._modules[key]
+
     def _forward(
         self, inputs: Sequence[torch.Tensor], segments: Sequence[range]
     ) -> dict[Node, Any]:
         """Run every segment without a tape, keeping the values that cross a cut."""
         kept = self._kept(segments)
-        env: dict[Node, Any] = dict(zip(self.placeholders, inputs, strict=True))
+        env: dict[Node, Any] = {
+            **self._resident,
+            **dict(zip(self.placeholders, inputs, strict=True)),
+        }
         with torch.no_grad():
-            for i, node in enumerate(self.compute):
-                env[node] = self._run(node, env)
-                for used in node.all_input_nodes:
-                    if self._last_use.get(used, -1) <= i and used not in kept:
-                        env.pop(used, None)
+            for segment in segments:
+                reads = self._reads(segment)
+                writes = [self.compute[i] for i in segment if self.compute[i] in kept]
+                env.update(
+                    zip(
+                        writes,
+                        self._module(segment, reads, writes)(*[env[n] for n in reads]),
+                        strict=True,
+                    )
+                )
         return {n: env[n] for n in kept if n in env}
 
     def _segment_function(
         self, segment: range, reads: Sequence[Node], kept: dict[Node, Any], writes: Sequence[Node]
     ) -> Any:
-        differentiable = [n for n in reads if n.op != "get_attr" and _differentiable(kept[n])]
-        constants = {n: kept[n] for n in reads if n not in differentiable}
-        needed = set(writes)
-        last = {  # a value is dropped after its last use here (what autograd saved stays)
-            n: max(
-                (self._index[u] for u in n.users if self._index.get(u, -1) in segment), default=-1
-            )
-            for n in [*reads, *(self.compute[i] for i in segment)]
-        }
+        differentiable = [n for n in reads if n not in self._resident and _differentiable(kept[n])]
+        module = self._module(segment, reads, writes)
+        slots = {n: k for k, n in enumerate(reads)}
 
         def run(*values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            env: dict[Node, Any] = {**constants, **dict(zip(differentiable, values, strict=True))}
-            for i in segment:
-                node = self.compute[i]
-                env[node] = self._run(node, env)
-                for used in (*node.all_input_nodes, node):
-                    if last[used] <= i and used not in needed:
-                        env.pop(used, None)
-            return tuple(env[w] for w in writes)
+            args = [kept[n] for n in reads]
+            for node, value in zip(differentiable, values, strict=True):
+                args[slots[node]] = value
+            return tuple(module(*args))
 
         return run, differentiable
 
