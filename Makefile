@@ -47,6 +47,7 @@ bench:
 	$(PYTHON) bench/upload.py
 	$(PYTHON) bench/request_path.py
 	$(PYTHON) bench/global_sensitivity.py
+	$(PYTHON) bench/checkpointing.py
 
 ci:
 	CI=true bash .ci/run
