@@ -403,7 +403,7 @@ class GraphSegments:
         for i, output in enumerate(outputs):
             for j in wrt:
                 whole = torch.cat(rows[j])[offsets[i] : offsets[i + 1]]
-                blocks.append(whole.reshape(*output.shape, *inputs[j].shape))
+                blocks.append(whole.reshape((*output.shape, *inputs[j].shape)))
         return outputs, blocks, recompute
 
     def _seed(self, outputs: Sequence[torch.Tensor], start: int, stop: int) -> dict[Node, Any]:
