@@ -114,3 +114,40 @@ def test_without_a_graph_a_budget_too_small_is_refused_as_before():
     x = torch.randn(64, dtype=F64)
     with pytest.raises(ResourceExhausted, match="max_memory_bytes"):
         engine.jacobian(model, [x], mode="reverse", max_memory_bytes=2_000, memory_meter="tensors")
+
+
+class Noisy(torch.nn.Module):
+    """Random numbers drawn in the middle of the network (noise injection)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(16, 16) for _ in range(12))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for k, layer in enumerate(self.layers):
+            x = torch.tanh(layer(x))
+            if k % 4 == 1:
+                x = x * (1 + 0.5 * torch.rand_like(x))
+        return x.sum(0)
+
+
+def test_recomputed_segments_draw_the_random_numbers_the_forward_sweep_drew():
+    model = Noisy().double()
+    x = torch.randn(4, 16, dtype=F64)
+    gm = torch.export.export(model, (x,)).module()
+    graph = GraphSegments(gm, 1)
+    nodes = len(graph.compute)
+    torch.manual_seed(7)
+    expected = torch.func.jacrev(model)(x)  # the Jacobian at the noise seed 7 draws
+    for cuts in ((), tuple(range(5, nodes, 5))):
+        torch.manual_seed(7)
+        _, blocks, _ = graph.jacobian([x], (0,), SegmentPlan(cuts, 3, 0))
+        torch.testing.assert_close(blocks[0], expected, rtol=1e-12, atol=1e-12)
+    cache = DerivativeCache(1 << 24)
+    torch.manual_seed(7)
+    result = engine.jacobian(
+        gm, [x], mode="reverse", max_memory_bytes=20_000, cache=cache, graph=lambda _: gm
+    )
+    assert result.metrics.checkpoint_segments >= 2  # and its check against forward mode held
+    torch.testing.assert_close(result.values[0], expected, rtol=1e-12, atol=1e-12)

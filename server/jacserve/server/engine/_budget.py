@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from jacserve.server.engine.cache import DerivativeCache
-from jacserve.server.engine.checkpointed import GraphSegments, SegmentPlan
+from jacserve.server.engine.checkpointed import GraphSegments, SegmentPlan, replaying, rng_state
 from jacserve.server.engine.planner import ModePlan
 from jacserve.server.errors import ModelExecutionError
 
@@ -81,7 +81,8 @@ def _decide(
         segments = GraphSegments(module, len(inputs))
     except ValueError:
         return None
-    profile = segments.profile(inputs, wrt)
+    with replaying(rng_state()):  # the profiling pass draws no random numbers of the call's
+        profile = segments.profile(inputs, wrt)
     element = max(inputs[j].element_size() for j in wrt)
     n = sum(inputs[j].numel() for j in wrt)
     m = profile.output_elements
@@ -117,11 +118,13 @@ def checkpointed_run(
         ModelExecutionError: the checked direction disagrees with forward mode.
     """
     assert chosen.graph is not None and chosen.plan is not None
+    state = rng_state()  # the check draws the random numbers the Jacobian drew
     started = time.perf_counter()
     outputs, blocks, recompute = chosen.graph.jacobian(inputs, wrt, chosen.plan)
     seconds = time.perf_counter() - started
     if not verified:
-        _check(fn, inputs, wrt, outputs, blocks)
+        with replaying(state):
+            _check(fn, inputs, wrt, outputs, blocks)
     m = sum(o.numel() for o in outputs)
     plan = ModePlan("reverse", m, chosen.reason, 0.0, 0.0)
     return plan, outputs, blocks, seconds, recompute

@@ -33,6 +33,7 @@ keep nothing), with the fewest segments whose estimated peak is within the budge
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 import weakref
@@ -46,7 +47,7 @@ from torch.fx.node import Node, map_arg
 
 from jacserve.server.errors import Reason, ResourceExhausted
 
-__all__ = ["GraphSegments", "Profile", "SegmentPlan"]
+__all__ = ["GraphSegments", "Profile", "SegmentPlan", "replaying", "rng_state"]
 
 _HEADROOM = 0.85  # of the budget: allocator rounding and what the estimate misses
 
@@ -105,6 +106,29 @@ def _attribute(gm: torch.fx.GraphModule, target: str) -> Any:
     for part in target.split("."):
         value = getattr(value, part)
     return value.data if isinstance(value, torch.Tensor) else value
+
+
+def rng_state() -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The CPU and every CUDA device's random-number state."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
+    torch.set_rng_state(state[0])
+    if state[1]:
+        torch.cuda.set_rng_state_all(state[1])
+
+
+@contextlib.contextmanager
+def replaying(state: tuple[torch.Tensor, list[torch.Tensor]]) -> Iterator[None]:
+    """Run with the random-number state ``state``, then put the current one back."""
+    current = rng_state()
+    _set_rng_state(state)
+    try:
+        yield
+    finally:
+        _set_rng_state(current)
 
 
 def _differentiable(value: Any) -> bool:
@@ -323,9 +347,11 @@ class GraphSegments:
         return self._modules[key]
 
     def _forward(
-        self, inputs: Sequence[torch.Tensor], segments: Sequence[range]
+        self, inputs: Sequence[torch.Tensor], segments: Sequence[range], states: list[Any]
     ) -> dict[Node, Any]:
-        """Run every segment without a tape, keeping the values that cross a cut."""
+        """Run every segment without a tape, keeping the values that cross a cut and the
+        random-number state each segment started from (appended to ``states``), so that
+        recomputing a segment draws the same random numbers (dropout, noise)."""
         kept = self._kept(segments)
         env: dict[Node, Any] = {
             **self._resident,
@@ -333,6 +359,7 @@ class GraphSegments:
         }
         with torch.no_grad():
             for segment in segments:
+                states.append(rng_state())
                 reads = self._reads(segment)
                 writes = [self.compute[i] for i in segment if self.compute[i] in kept]
                 env.update(
@@ -369,7 +396,9 @@ class GraphSegments:
         """(outputs, blocks [i][j] of shape output_i.shape + input_wrt[j].shape, seconds
         spent recomputing segments)."""
         segments = self._segments(plan.cuts)
-        kept = self._forward(inputs, segments)
+        states: list[Any] = []
+        kept = self._forward(inputs, segments, states)
+        after = rng_state()
         recompute = 0.0
         outputs = tuple(kept[o] for o in self.outputs)
         sizes = [o.numel() for o in outputs]
@@ -387,7 +416,8 @@ class GraphSegments:
                         cotangents.pop(w)
                     continue
                 started = time.perf_counter()
-                _, pullback = vjp(run, *[kept[n] for n in reads])
+                with replaying(states[segments.index(segment)]):
+                    _, pullback = vjp(run, *[kept[n] for n in reads])
                 recompute += time.perf_counter() - started
                 pulled = vmap(pullback)(tuple(cotangents.pop(w) for w in writes))
                 del pullback  # this segment's tape goes before the next one is recorded
@@ -404,6 +434,7 @@ class GraphSegments:
             for j in wrt:
                 whole = torch.cat(rows[j])[offsets[i] : offsets[i + 1]]
                 blocks.append(whole.reshape((*output.shape, *inputs[j].shape)))
+        _set_rng_state(after)  # as if the model had run once
         return outputs, blocks, recompute
 
     def _seed(self, outputs: Sequence[torch.Tensor], start: int, stop: int) -> dict[Node, Any]:
