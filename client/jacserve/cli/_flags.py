@@ -240,6 +240,75 @@ def _add_global(commands: Any) -> None:
     _connection_flags(gsa)
 
 
+_COVARIANCE = (
+    "Covariance: --covariance FILE holds Σ [N, N] over the N varied input elements "
+    "(flattened and concatenated in --wrt order, as the summary lists them): .npy, .npz or "
+    ".pt with one array, or .json nested lists such as [[1e-4, 0, 0], [0, 4e-5, 0], [0, 0, "
+    "1e-6]]; it must be symmetric positive semi-definite (the server checks: exit 3). --std "
+    "S [S ...] is a diagonal Σ = diag(S²): one std for every element, or one per element. "
+    "The covariance is first order: J Σ Jᵀ, exact for a linear model."
+)
+_NOISE = (
+    "Fisher information F = Jᵀ Σ⁻¹ J for outputs observed with Gaussian noise Σ "
+    "(--noise-std S: Σ = S² I; --noise-covariance FILE: Σ [M, M] over the M output "
+    "elements), w.r.t. the model's parameters (every floating one, or --parameters NAME "
+    "...) or, with --wrt, the inputs named. Standard errors are √diag F⁻¹ (the Cramér–Rao "
+    "bound), NaN when F is singular (an eigenvalue at most 1e-12 × the largest: the data "
+    "cannot identify that direction; a warning names the parameters involved, exit 0)."
+)
+
+
+def _add_uncertainty(commands: Any) -> None:
+    propagate = _derivative_command(commands, "propagate",
+        "first-order uncertainty propagation: output mean, std and covariance J Σ Jᵀ", [
+        "jacserve propagate docs/examples/sir.pt --inputs docs/examples/params.json "
+        "--dtype float64 --std 0.015 0.005 0.001 --input-names beta,gamma,I0",
+        "jacserve propagate MODEL_ID --inputs x.npz --wrt x --covariance cov.npy -o out.json",
+    ], "the [M, M] output covariance (.npz, .pt, .json: also mean, std and the input "
+       "covariance)")  # fmt: skip
+    propagate.epilog = f"{propagate.epilog}\n{textwrap.fill(_COVARIANCE, 88)}\n"
+    sigma = propagate.add_mutually_exclusive_group(required=True)
+    sigma.add_argument("--covariance", metavar="FILE",
+                       help="Σ [N, N] over the varied input elements (.npy, .npz, .pt, .json)")  # fmt: skip
+    sigma.add_argument("--std", nargs="+", type=float, metavar="S",
+                       help="a diagonal Σ: one std for every varied element, or one per element")  # fmt: skip
+    propagate.add_argument("--wrt", metavar="INPUTS",
+                           help="comma-separated positions or names of the varied inputs "
+                           "(default: every floating input); the others stay fixed")  # fmt: skip
+    propagate.add_argument(
+        "--input-names", help="comma-separated labels of the varied input entries"
+    )
+    propagate.add_argument("--output-names", help="comma-separated labels of the output entries")
+    _connection_flags(propagate)
+
+    fisher = _derivative_command(commands, "fisher",
+        "Fisher information of the parameters: eigenvalues, standard errors, identifiability", [
+        "jacserve fisher model.pt --inputs design.npy --noise-std 0.1 --plot fisher.png",
+        "jacserve fisher model.pt --inputs t.npy --parameters r t0 -o fisher.json",
+        "jacserve fisher docs/examples/sir.pt --inputs docs/examples/params.json --dtype "
+        "float64 --wrt params --noise-std 0.005 --labels beta,gamma,I0",
+    ], "the [P, P] Fisher information (.npz, .pt, .json: also eigenvalues, eigenvectors and "
+       "standard errors)")  # fmt: skip
+    fisher.epilog = f"{fisher.epilog}\n{textwrap.fill(_NOISE, 88)}\n"
+    noise = fisher.add_mutually_exclusive_group()
+    noise.add_argument("--noise-std", type=float, default=1.0, metavar="S",
+                       help="independent noise of this std on every output element (default 1)")  # fmt: skip
+    noise.add_argument("--noise-covariance", metavar="FILE",
+                       help="Σ [M, M] over the output elements, symmetric positive definite")  # fmt: skip
+    about = fisher.add_mutually_exclusive_group()
+    about.add_argument("--parameters", nargs="+", metavar="NAME",
+                       help="the parameters (default: every floating-point one)")  # fmt: skip
+    about.add_argument("--wrt", metavar="INPUTS",
+                       help="comma-separated positions or names of inputs to take the "
+                       "information about, instead of parameters")  # fmt: skip
+    fisher.add_argument("--labels",
+                        help="comma-separated labels of the P parameter (or input) elements")  # fmt: skip
+    fisher.add_argument("--plot", metavar="PNG",
+                        help="the eigenvalue spectrum (log scale), each eigenvalue labelled by "
+                        "its eigenvector's dominant element")  # fmt: skip
+    _connection_flags(fisher)
+
+
 def add_client_commands(commands: Any) -> None:
     """Add the client subcommands to ``jacserve``'s subparsers."""
     _add_model_commands(commands)
@@ -247,3 +316,4 @@ def add_client_commands(commands: Any) -> None:
     _add_matrices(commands)
     _add_analyses(commands)
     _add_global(commands)
+    _add_uncertainty(commands)

@@ -1,5 +1,6 @@
 """Pictures of results: a signed Jacobian heatmap, a ranked bar chart of gradients, a
-spectrum, and a global sensitivity study (ranked total-index bounds, eigenvalue decay).
+spectrum, a global sensitivity study (ranked total-index bounds, eigenvalue decay), and
+the eigenvalue spectrum of a Fisher information.
 
 matplotlib is an optional extra (``pip install 'jacserve[plot]'``); it is imported on use,
 and ``check_plot`` tells a command before it calls the server whether it can draw.
@@ -20,6 +21,7 @@ __all__ = [
     "EigenvalueSeries",
     "check_plot",
     "plot_eigenvalue_decay",
+    "plot_fisher_spectrum",
     "plot_global_sensitivity",
     "plot_gradients",
     "plot_jacobian",
@@ -296,6 +298,64 @@ def plot_eigenvalue_decay(
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(6, 4))
     _eigenvalue_decay(axes, eigenvalues, scaled)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_fisher_spectrum(
+    eigenvalues: torch.Tensor,
+    dominant: Sequence[tuple[str, float]],
+    path: str | pathlib.Path,
+    *,
+    title: str = "Fisher information: eigenvalue spectrum",
+    relative: float = 1e-12,
+) -> None:
+    """Draw the eigenvalues of a Fisher information (largest first) on a log scale, each
+    labelled by the dominant element of its eigenvector (``dominant``: label and
+    weight). Eigenvalues at most ``relative`` × the largest (directions the data cannot
+    identify) are drawn as red crosses below a dashed line at that threshold.
+
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "fisher.png"
+    >>> plot_fisher_spectrum(torch.tensor([28.0, 1.5, 0.0]),
+    ...                      [("c", 0.9), ("a", 0.7), ("b", 0.8)], out)
+    >>> out.stat().st_size > 1000
+    True
+    """
+    plt = _pyplot()
+    values = eigenvalues.detach().double().cpu()
+    largest = max(float(values.max()), 1e-300) if values.numel() else 1.0
+    threshold = relative * largest
+    floor = threshold * 1e-2
+    ranks = list(range(1, values.numel() + 1))
+    shown = values.clamp_min(floor).tolist()
+    singular = [float(v) <= threshold for v in values.tolist()]
+    figure, axes = plt.subplots(figsize=(max(6.0, 1.5 + 0.55 * len(ranks)), 4.5))
+    axes.semilogy(ranks, shown, "-", color="#999999", linewidth=1)
+    for rank, value, zero in zip(ranks, shown, singular, strict=True):
+        axes.semilogy([rank], [value], "x" if zero else "o", color="#d73027" if zero else "#4575b4",
+                      markersize=9 if zero else 7)  # fmt: skip
+    for rank, value, (label, weight), zero in zip(ranks, shown, dominant, singular, strict=True):
+        text = f"{label} ({weight:+.2f})" + (" ≈ 0" if zero else "")
+        axes.annotate(text, (rank, value), textcoords="offset points", xytext=(4, 6),
+                      fontsize=8, rotation=30 if len(ranks) > 8 else 0)  # fmt: skip
+    from matplotlib.ticker import MaxNLocator
+
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlim(0.5, len(ranks) + 0.5 + 0.15 * len(ranks))
+    bottom, top = axes.get_ylim()
+    bottom = min(bottom, min(shown, default=1.0) / 3)
+    if any(singular):
+        axes.axhline(threshold, color="#d73027", linestyle="--", linewidth=1,
+                     label=f"{relative:g} × λ₁: below it, not identifiable")  # fmt: skip
+        axes.legend(fontsize=8, loc="lower left")
+        bottom = floor / 10
+    axes.set_ylim(bottom, top * 10)
+    axes.set_xlabel("rank k (label: the eigenvector's dominant element and its weight)")
+    axes.set_ylabel("eigenvalue λₖ of F")
+    axes.set_title(title)
+    axes.grid(alpha=0.3, which="major")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
