@@ -110,7 +110,7 @@ def measure(
 
 def report(rows: list[dict[str, object]]) -> str:
     lines = [
-        "| model | budget | tape | segments | row chunks | peak | compute ms | recompute ms "
+        "| model | budget | tape | segments | backward sweeps | peak | compute ms | recompute ms "
         "| / unbudgeted (target ≤ 1.5) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]

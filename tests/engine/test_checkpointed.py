@@ -3,7 +3,7 @@ and the planned cut keeps the measured peak under the budget.
 
 Graphs with skip connections (values read by segments far after the one that made them),
 several outputs, integer inputs and unused inputs; every cut from one segment to one node
-per segment, and chunks of rows from one to all.
+per segment, and chunks of rows from one to all, in one backward sweep or one per chunk.
 """
 
 from __future__ import annotations
@@ -65,8 +65,9 @@ def test_every_cut_and_chunk_gives_torch_funcs_jacobian(wrt):
     nodes = len(graph.compute)
     for step in (nodes, nodes // 3, 7, 1):
         cuts = tuple(range(step, nodes, step))
-        for chunk in (1, 2, 4):
-            outputs, blocks, _ = graph.jacobian(inputs, wrt, SegmentPlan(cuts, chunk, 0))
+        for chunk, one_sweep in ((1, False), (2, False), (4, False), (1, True), (3, True)):
+            plan = SegmentPlan(cuts, chunk, 0, one_sweep=one_sweep)
+            outputs, blocks, _ = graph.jacobian(inputs, wrt, plan)
             torch.testing.assert_close(outputs[0], model(*inputs)[0])
             for i in range(2):
                 for k in range(len(wrt)):

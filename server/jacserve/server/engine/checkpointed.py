@@ -8,12 +8,14 @@ FX graph (a torch.export program's, or TorchScript's converted) is cut into K co
 segments of its nodes. The forward sweep runs without a tape and keeps only the values
 that cross a cut. The backward sweep walks the segments from last to first: it recomputes
 one segment from the values it kept, takes that segment's VJP (``torch.func.vjp``) and
-applies it to a chunk of cotangent rows at once (``vmap``), adding the cotangents of the
-values the segment read. So only one segment's tape is alive at a time, and each segment
-is recomputed once per chunk of rows: one extra forward pass when all m rows fit one
-chunk. K and the chunk are chosen from the memory each node's tape and outputs measured
-in one profiling forward pass (saved-tensor hooks count what autograd would keep, and
-keep nothing), with the fewest segments whose estimated peak is within the budget.
+applies it to the cotangent rows in chunks (``vmap``), adding the cotangents of the
+values the segment read. So only one segment's tape is alive at a time. When every
+row's cotangents of the values crossing a cut fit, one sweep carries them all and each
+segment is recomputed once (about one extra forward pass); otherwise each chunk of rows
+has a sweep of its own, recomputing every segment again. K and the chunk are chosen
+from the memory each node's tape and outputs measured in one profiling forward pass
+(saved-tensor hooks count what autograd would keep, and keep nothing): one sweep with
+the fewest segments if any fits the budget, else the largest chunk of rows that does.
 
 >>> import torch
 >>> class Deep(torch.nn.Module):
@@ -55,11 +57,14 @@ _HEADROOM = 0.85  # of the budget: allocator rounding and what the estimate miss
 @dataclass(frozen=True)
 class SegmentPlan:
     """Where the graph is cut (indices of the compute nodes that start a segment), how
-    many cotangent rows each backward sweep carries, and the estimated peak bytes."""
+    many cotangent rows go through a segment's VJP at once, the estimated peak bytes, and
+    whether one backward sweep carries every row (each segment recomputed once) or each
+    chunk of rows has a sweep of its own (each segment recomputed once per chunk)."""
 
     cuts: tuple[int, ...]
     chunk: int
     estimated_peak_bytes: int
+    one_sweep: bool = False  # every row's cotangents held: each segment recomputed once
 
     @property
     def segments(self) -> int:
@@ -252,7 +257,9 @@ class GraphSegments:
         elements = sum(env[o].numel() for o in self.outputs)
         return Profile(tuple(saved), tuple(produced), elements)
 
-    def _estimate(self, profile: Profile, cuts: Sequence[int], chunk: int, fixed: int) -> int:
+    def _estimate(
+        self, profile: Profile, cuts: Sequence[int], chunk: int, fixed: int, rows: int = 0
+    ) -> int:
         """Peak bytes of a plan: the result and inputs (``fixed``), the values the forward
         sweep keeps, a chunk of cotangents for the values crossing the current segment,
         and the largest segment's recomputed tape with a chunk of cotangents flowing
@@ -270,6 +277,8 @@ class GraphSegments:
             for s in segments
             if len(s)
         )
+        if rows:  # one sweep: every row's cotangents of the crossing values, twice over
+            return fixed + kept + 2 * rows * crossing + largest
         return fixed + kept + chunk * crossing + largest
 
     def _greedy(self, profile: Profile, cap: int) -> tuple[int, ...]:
@@ -303,7 +312,20 @@ class GraphSegments:
         fixed = (m * n + m) * element_bytes + sum(_nbytes(t) for t in inputs)
         target = int(budget * _HEADROOM)
         finest = max(profile.saved, default=0)
-        chunk, least = max(1, m), None
+        least = None
+        seeds = m * m * element_bytes  # the identity's rows over the outputs
+        for chunk in self._halvings(m):  # one sweep, each segment recomputed once
+            cap = max(1, sum(profile.saved))
+            while True:
+                cuts = self._greedy(profile, cap)
+                peak = self._estimate(profile, cuts, chunk, fixed + seeds, rows=m)
+                if peak <= target:
+                    return SegmentPlan(cuts, chunk, peak, one_sweep=True)
+                least = peak if least is None else min(least, peak)
+                if cap <= finest:
+                    break
+                cap = max(finest, cap // 2)
+        chunk = max(1, m)
         while True:
             cap = max(1, sum(profile.saved))
             while True:
@@ -386,6 +408,15 @@ class GraphSegments:
 
         return run, differentiable
 
+    @staticmethod
+    def _halvings(m: int) -> list[int]:
+        """m, m/2, … 1 (rows per VJP call)."""
+        sizes, size = [], max(1, m)
+        while size > 1:
+            sizes.append(size)
+            size //= 2
+        return [*sizes, 1]
+
     def _rows(self, m: int, chunk: int) -> Iterator[tuple[int, int]]:
         for start in range(0, m, chunk):
             yield start, min(m, start + chunk)
@@ -404,7 +435,8 @@ class GraphSegments:
         sizes = [o.numel() for o in outputs]
         m = sum(sizes)
         rows: dict[int, list[torch.Tensor]] = {j: [] for j in wrt}
-        for start, stop in self._rows(m, plan.chunk):
+        sweeps = [(0, m)] if plan.one_sweep else list(self._rows(m, plan.chunk))
+        for start, stop in sweeps:
             cotangents = self._seed(outputs, start, stop)
             for segment in reversed(segments):
                 writes = [self.compute[i] for i in segment if self.compute[i] in cotangents]
@@ -419,10 +451,14 @@ class GraphSegments:
                 with replaying(states[segments.index(segment)]):
                     _, pullback = vjp(run, *[kept[n] for n in reads])
                 recompute += time.perf_counter() - started
-                pulled = vmap(pullback)(tuple(cotangents.pop(w) for w in writes))
-                del pullback  # this segment's tape goes before the next one is recorded
-                for node, value in zip(reads, pulled, strict=True):
-                    cotangents[node] = cotangents[node] + value if node in cotangents else value
+                flowing = tuple(cotangents.pop(w) for w in writes)
+                for a, b in self._rows(stop - start, plan.chunk):
+                    pulled = vmap(pullback)(tuple(f[a:b] for f in flowing))
+                    for node, value in zip(reads, pulled, strict=True):
+                        if node not in cotangents:
+                            cotangents[node] = value.new_zeros((stop - start, *value.shape[1:]))
+                        cotangents[node][a:b] += value
+                del pullback, flowing  # this segment's tape goes before the next is recorded
             for j in wrt:
                 found = cotangents.get(self.placeholders[j])
                 if found is None:

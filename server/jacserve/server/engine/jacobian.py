@@ -241,7 +241,7 @@ def _fit_budget(
     run.derivative_seconds = seconds
     run.recompute_seconds = recompute
     run.checkpoint_segments = found.plan.segments
-    run.chunks = -(-plan.passes // found.plan.chunk)
+    run.chunks = 1 if found.plan.one_sweep else -(-plan.passes // found.plan.chunk)  # sweeps
     run.chunk_size = found.plan.chunk
     run.estimated_peak_bytes = found.plan.estimated_peak_bytes
     n = sum(inputs[j].numel() for j in chosen)
