@@ -15,15 +15,10 @@ from jacserve.server.engine.spectral import top_singular
 from jacserve.server.errors import InvalidArgument
 from jacserve.server.worker import structure
 from jacserve.server.worker.phases import Phases, check_deadline
+from jacserve.server.worker.wire_modes import mode_from_wire
 from jacserve.v1 import jacobian_service_pb2 as pb
 
 __all__ = ["AnalysisHandlers"]
-
-_MODES = {
-    pb.DERIVATIVE_MODE_AUTO: "auto",
-    pb.DERIVATIVE_MODE_FORWARD: "forward",
-    pb.DERIVATIVE_MODE_REVERSE: "reverse",
-}
 
 
 def _tensor(t: torch.Tensor) -> pb.Tensor:
@@ -119,9 +114,7 @@ class AnalysisHandlers:
         )
         fn = structure.bind(model, fn, method, request, len(t["inputs"]))
         structure.check_inputs(model, method, fn, t["inputs"])
-        mode = _MODES.get(request.mode)
-        if mode is None:
-            raise InvalidArgument(f"mode: expected AUTO, FORWARD or REVERSE; got {request.mode}")
+        mode = mode_from_wire(request.mode)
         if request.probes < 0:
             raise InvalidArgument(f"probes must be >= 0 (0: 3); got {request.probes}")
         pattern = None

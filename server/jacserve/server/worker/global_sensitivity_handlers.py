@@ -16,16 +16,11 @@ from jacserve.server.engine.global_sensitivity import Law, global_sensitivity
 from jacserve.server.errors import InvalidArgument, Reason
 from jacserve.server.worker import structure
 from jacserve.server.worker.phases import Phases, check_deadline
+from jacserve.server.worker.wire_modes import mode_from_wire
 from jacserve.v1 import jacobian_service_pb2 as pb
 
 __all__ = ["GlobalSensitivityHandlers"]
 
-_MODES = {
-    pb.DERIVATIVE_MODE_UNSPECIFIED: "auto",
-    pb.DERIVATIVE_MODE_AUTO: "auto",
-    pb.DERIVATIVE_MODE_FORWARD: "forward",
-    pb.DERIVATIVE_MODE_REVERSE: "reverse",
-}
 _MAX_SAMPLES = 1 << 20
 _MAX_BOOTSTRAP = 10_000
 
@@ -83,9 +78,7 @@ class GlobalSensitivityHandlers:
                 f"got {request.bootstrap}",
                 field="bootstrap",
             )
-        mode = _MODES.get(request.mode)
-        if mode is None:
-            raise InvalidArgument(f"mode: expected AUTO, FORWARD or REVERSE; got {request.mode}")
+        mode = mode_from_wire(request.mode)
         phases = Phases()
         model, fn, method, t = self._prepare(
             phases, request.function, request.options, inputs=request.inputs

@@ -9,7 +9,7 @@ frontend to map to status codes. They run inside a worker process, never in the 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -18,22 +18,23 @@ import torch
 from jacserve.codec import (
     TensorCodecError,
     decode_tensor,
-    dtype_to_wire,
     encode_tensor,
     encode_tensors,
 )
 from jacserve.server import engine
 from jacserve.server.engine.compiled import CompiledPrograms
 from jacserve.server.errors import InvalidArgument, Reason, ResourceExhausted
-from jacserve.server.registry import ArchiveRegistry, LoadedModel, MethodInfo, ModelInfo
+from jacserve.server.registry import ArchiveRegistry, LoadedModel, MethodInfo
 from jacserve.server.worker import structure, verify
 from jacserve.server.worker.analysis import AnalysisHandlers
 from jacserve.server.worker.global_sensitivity_handlers import GlobalSensitivityHandlers
+from jacserve.server.worker.model_info import declared_input_types, model_info_to_wire
 from jacserve.server.worker.parameter_handlers import ParameterHandlers
 from jacserve.server.worker.phases import Phases, check_deadline
 from jacserve.server.worker.propagation_handlers import PropagationHandlers
 from jacserve.server.worker.second_order_handlers import SecondOrderHandlers
 from jacserve.server.worker.streaming_handlers import STREAM_BLOCK_BYTES, StreamingHandlers
+from jacserve.server.worker.wire_modes import MODE_TO_WIRE, mode_from_wire
 from jacserve.v1 import jacobian_service_pb2 as pb
 
 _Message = TypeVar("_Message")
@@ -41,23 +42,9 @@ __all__ = [
     "STREAM_BLOCK_BYTES",
     "DerivativeHandlers",
     "HandlerSettings",
-    "declared_input_types",
-    "model_info_to_wire",
 ]
 
 """Default tensor bytes per StreamJacobian message."""
-
-_MODE_FROM_WIRE = {
-    pb.DERIVATIVE_MODE_UNSPECIFIED: "auto",
-    pb.DERIVATIVE_MODE_AUTO: "auto",
-    pb.DERIVATIVE_MODE_FORWARD: "forward",
-    pb.DERIVATIVE_MODE_REVERSE: "reverse",
-}
-_MODE_TO_WIRE = {"forward": pb.DERIVATIVE_MODE_FORWARD, "reverse": pb.DERIVATIVE_MODE_REVERSE}
-_FORMAT_TO_WIRE = {
-    "torchscript": pb.MODEL_FORMAT_TORCHSCRIPT,
-    "torch_export": pb.MODEL_FORMAT_TORCH_EXPORT,
-}
 
 
 @dataclass(frozen=True)
@@ -69,63 +56,6 @@ class HandlerSettings:
     max_memory_bytes: int = 0
     device: str = "cpu"
     memory_meter: str = "rss"
-
-
-def model_info_to_wire(
-    info: ModelInfo, types: Mapping[str, Sequence[str]] | None = None
-) -> pb.ModelInfo:
-    """Convert registry metadata to its message; ``types`` gives each method's declared
-    input types (see :func:`declared_input_types`), else a tensor input of known dtype is
-    ``"Tensor"`` and any other input's type is left empty (unknown)."""
-    types = types or {}
-
-    def declared(method: MethodInfo, index: int, known_dtype: bool) -> str:
-        names = types.get(method.name, ())
-        if index < len(names):
-            return names[index]
-        return "Tensor" if known_dtype else ""
-
-    methods = [
-        pb.MethodInfo(
-            name=m.name,
-            inputs=[
-                pb.InputInfo(
-                    name=i.name,
-                    dtype=dtype_to_wire(i.dtype) if i.dtype is not None else pb.DTYPE_UNSPECIFIED,
-                    shape=list(i.shape or ()),
-                    has_shape=i.shape is not None,
-                    type=declared(m, index, i.dtype is not None),
-                )
-                for index, i in enumerate(m.inputs)
-            ],
-        )
-        for m in info.methods
-    ]
-    parameters = [
-        pb.ParameterInfo(name=p.name, shape=list(p.shape), dtype=dtype_to_wire(p.dtype))
-        for p in info.parameters
-    ]
-    return pb.ModelInfo(
-        model_id=info.model_id,
-        format=_FORMAT_TO_WIRE[info.format.value],
-        archive_size_bytes=info.archive_size_bytes,
-        methods=methods,
-        parameters=parameters,
-    )
-
-
-def declared_input_types(module: Any) -> dict[str, tuple[str, ...]]:
-    """The TorchScript type of each input (``self`` left out) of each method of a scripted
-    module, as its schema spells it: ``"Tensor"``, ``"Tuple[Tensor, Tensor]"`` …
-
-    TorchScript archives record these, never dtypes or shapes.
-    """
-    types = {}
-    for name in module._c._method_names():
-        if not name.startswith("__"):
-            arguments = getattr(module, name).schema.arguments[1:]
-            types[name] = tuple(a.type.annotation_str for a in arguments)
-    return types
 
 
 def _decode_field(
@@ -263,7 +193,7 @@ class DerivativeHandlers(
     ) -> pb.DerivativeMetrics:
         m = result.metrics
         return pb.DerivativeMetrics(
-            mode=_MODE_TO_WIRE[m.mode],
+            mode=MODE_TO_WIRE[m.mode],
             mode_reason=m.mode_reason,
             input_size=m.input_size,
             output_size=m.output_size,
@@ -351,9 +281,7 @@ class DerivativeHandlers(
         inputs = t["inputs"]
         fn = structure.bind(model, fn, method, request, len(inputs))
         structure.check_inputs(model, method, fn, inputs, batched=request.batched)
-        mode = _MODE_FROM_WIRE.get(request.mode)
-        if mode is None:
-            raise InvalidArgument(f"mode: expected AUTO, FORWARD or REVERSE; got {request.mode}")
+        mode = mode_from_wire(request.mode)
         options = request.options
         if options.max_memory_bytes < 0 or options.chunk_size < 0:
             raise InvalidArgument(

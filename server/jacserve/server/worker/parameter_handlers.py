@@ -1,7 +1,8 @@
 """Parameter Jacobians and Fisher information a worker answers
 (:class:`ParameterHandlers`, a part of the worker's handlers): ``ParameterJacobian`` and
-``FisherInformation`` (see NOTE: [Parameter Jacobians without functional_call] and NOTE:
-[Fisher information] in ``jacserve.server.engine.fisher``)."""
+``FisherInformation`` (see NOTE: [Parameter Jacobians without functional_call] in
+``jacserve.server.engine.parameter_jacobian`` and NOTE: [Fisher information] in
+``jacserve.server.engine.fisher``)."""
 
 from __future__ import annotations
 
@@ -13,21 +14,16 @@ import torch
 from jacserve.codec import TensorCodecError, decode_tensor, encode_tensor
 from jacserve.server import engine
 from jacserve.server.engine._function import resolve_wrt
-from jacserve.server.engine.fisher import check_noise, fisher_information, parameter_jacobian
+from jacserve.server.engine.fisher import check_noise, fisher_information
+from jacserve.server.engine.parameter_jacobian import parameter_jacobian
 from jacserve.server.errors import InvalidArgument, Reason, ResourceExhausted
 from jacserve.server.registry import LoadedModel
 from jacserve.server.worker import structure
 from jacserve.server.worker.phases import Phases, check_deadline
+from jacserve.server.worker.wire_modes import mode_from_wire
 from jacserve.v1 import jacobian_service_pb2 as pb
 
 __all__ = ["ParameterHandlers"]
-
-_MODES = {
-    pb.DERIVATIVE_MODE_UNSPECIFIED: "auto",
-    pb.DERIVATIVE_MODE_AUTO: "auto",
-    pb.DERIVATIVE_MODE_FORWARD: "forward",
-    pb.DERIVATIVE_MODE_REVERSE: "reverse",
-}
 
 
 def select_parameters(model: LoadedModel, names: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -84,9 +80,7 @@ class ParameterHandlers:
     def _ParameterJacobian(
         self, request: pb.ParameterJacobianRequest, deadline: float
     ) -> pb.ParameterJacobianResponse:
-        mode = _MODES.get(request.mode)
-        if mode is None:
-            raise InvalidArgument(f"mode: expected AUTO, FORWARD or REVERSE; got {request.mode}")
+        mode = mode_from_wire(request.mode)
         phases = Phases()
         model, fn, method, t = self._prepare(
             phases, request.function, request.options, inputs=request.inputs
