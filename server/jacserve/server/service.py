@@ -149,11 +149,11 @@ class JacobianServicer(DerivativeRpcs):
 
     def _refused(self, model_id: str, failure: LoadFailure, *, checked: bool) -> Exception:
         """Forget an archive that could not be loaded. One that never passed its check is
-        removed. One whose loader crashed or hung, or that the worker refused, is also
-        marked bad (an archive that had passed is kept in quarantine for its operator), so
-        it is never loaded again; a failure that is not the archive's (no worker could
-        start, its file or the shared store was briefly missing) quarantines nothing."""
-        if failure.crashed or isinstance(failure.error, InvalidArgument):
+        removed (and marked bad if its loader crashed or hung). One that had passed is
+        quarantined, kept for its operator, if its loader crashed or hung or the worker now
+        refuses it; a failure that is not the archive's (no worker could start, its file
+        or the shared store was briefly missing) quarantines nothing."""
+        if failure.crashed or (checked and isinstance(failure.error, InvalidArgument)):
             _LOG.error("quarantined model %s: %s", model_id, failure.error)
             self._catalog.quarantine(model_id, str(failure.error), keep_archive=checked)
             self._pool.forget(model_id, every_tenant=True)
