@@ -42,6 +42,17 @@ class Affine(nn.Module):
         return self.weight @ x + self.bias
 
 
+class MatrixPlusOffset(nn.Module):
+    """(x, c) ↦ A x + c with a fixed matrix A (a buffer): x varied, the offset c not."""
+
+    def __init__(self, a: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("a", a.clone())
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        return self.a @ x + c
+
+
 class SumOfSquares(nn.Module):
     """f(X) = Σ X², a 0-d output of a matrix input."""
 

@@ -8,22 +8,16 @@ file that cannot be used: exit 2 before any call; a request the server refuses: 
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import re
-import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from matplotlib import image as mpimg
 
 from jacserve.cli import main
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "docs" / "examples"
 F64 = torch.float64
 X = torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, 2.0], [0.5, 3.0]], dtype=F64)
 
@@ -54,25 +48,8 @@ class Product(torch.nn.Module):
 
 
 @pytest.fixture()
-def cli(server, capsys):
-    """``jacserve ARGS --target <test server>`` in this process: (exit code, out, err)."""
-
-    def run(*args: str) -> tuple[int, str, str]:
-        try:
-            code = main([*args, "--target", server.target])
-        except SystemExit as done:  # argparse's usage errors
-            code = done.code
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
-
-@pytest.fixture()
-def files(tmp_path: pathlib.Path) -> dict[str, str]:
-    """The SIR example, a regression and its design, the product model, noise files."""
-    for name in ("sir.pt", "params.json"):
-        shutil.copy(EXAMPLES / name, tmp_path / name)
+def extra_files(tmp_path: pathlib.Path) -> None:
+    """Beside the SIR example: a regression and its design, the product model, noise files."""
     torch.jit.save(torch.jit.script(Regression()), str(tmp_path / "regression.pt"))
     torch.jit.save(torch.jit.script(Product()), str(tmp_path / "product.pt"))
     np.save(tmp_path / "X.npy", X.numpy())
@@ -81,26 +58,6 @@ def files(tmp_path: pathlib.Path) -> dict[str, str]:
     np.save(tmp_path / "noise3.npy", np.eye(3))
     np.save(tmp_path / "not-spd.npy", np.diag([0.25, -1.0, 0.25, 4.0]))
     np.save(tmp_path / "vector.npy", np.ones(4))
-    return {p.name: str(p) for p in tmp_path.iterdir()}
-
-
-def _argv(case: str, files: dict[str, str], tmp_path: pathlib.Path) -> list[str]:
-    """The words of ``case``, file names (not numbers) as paths under ``tmp_path``."""
-    return [
-        files.get(word, str(tmp_path / word) if re.search(r"\.[a-z]", word) else word)
-        for word in case.split()
-    ]
-
-
-def _one_line(code: int, out: str, err: str, expected_code: int) -> None:
-    assert code == expected_code, (code, out, err)
-    assert "Traceback" not in err and err.endswith("\n") and err.count("\n") == 1, err
-
-
-def _not_blank_png(path: str | pathlib.Path) -> None:
-    pixels = mpimg.imread(path)
-    assert min(pixels.shape[:2]) >= 200, pixels.shape
-    assert float(pixels[..., :3].std()) > 0.05, "the image is blank"
 
 
 def _design(x: torch.Tensor) -> torch.Tensor:
@@ -108,7 +65,9 @@ def _design(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, torch.ones(x.shape[0], 1, dtype=F64)], dim=1)
 
 
-def test_linear_regression_gives_xtx_over_sigma2(cli, client, files, tmp_path):
+def test_linear_regression_gives_xtx_over_sigma2(
+    cli, client, files, tmp_path, assert_not_blank_png
+):
     out_json, plot = tmp_path / "fisher.json", tmp_path / "fisher.png"
     code, out, err = cli("fisher", files["regression.pt"], "--inputs", files["X.npy"],
                          "--noise-std", "0.5", "--plot", str(plot), "-o", str(out_json))  # fmt: skip
@@ -134,7 +93,7 @@ def test_linear_regression_gives_xtx_over_sigma2(cli, client, files, tmp_path):
     assert [name for name, _ in errors] == ["w[0]", "w[1]", "b"], out
     sdk = client.fisher_information(files["regression.pt"], X, noise_std=0.5)
     np.testing.assert_allclose(saved["standard_errors"], sdk.standard_errors.numpy(), rtol=1e-12)
-    _not_blank_png(plot)
+    assert_not_blank_png(plot)
 
 
 def test_parameters_noise_covariance_and_npy(cli, files, tmp_path):
@@ -156,7 +115,7 @@ def test_parameters_noise_covariance_and_npy(cli, files, tmp_path):
         np.testing.assert_allclose(saved["matrix"], (_design(X).T @ _design(X)).numpy())
 
 
-def test_an_unidentifiable_product_warns_and_exits_0(cli, files, tmp_path):
+def test_an_unidentifiable_product_warns_and_exits_0(cli, files, tmp_path, assert_not_blank_png):
     out_json, plot = tmp_path / "product.json", tmp_path / "product.png"
     code, out, err = cli("fisher", files["product.pt"], "--inputs", files["t.npy"],
                          "--plot", str(plot), "-o", str(out_json))  # fmt: skip
@@ -170,7 +129,7 @@ def test_an_unidentifiable_product_warns_and_exits_0(cli, files, tmp_path):
     null = np.asarray(saved["eigenvectors"])[:, 2]
     np.testing.assert_allclose(np.abs(null), np.array([2.0, 3.0, 0.0]) / 13**0.5, atol=1e-6)
     assert null[0] * null[1] < 0  # b·δa + a·δb = 0: (δa, δb) ∝ (a, −b)
-    _not_blank_png(plot)
+    assert_not_blank_png(plot)
 
 
 def test_wrt_an_input_of_the_sir_model(cli, client, files, tmp_path):
@@ -206,9 +165,9 @@ USAGE_ERRORS = [
 
 
 @pytest.mark.parametrize(("case", "expected"), USAGE_ERRORS, ids=[e for _, e in USAGE_ERRORS])
-def test_usage_and_file_errors_exit_2(cli, files, tmp_path, case, expected):
-    code, out, err = cli("fisher", *_argv(case, files, tmp_path))
-    _one_line(code, out, err, 2)
+def test_usage_and_file_errors_exit_2(cli, argv, tmp_path, assert_one_line, case, expected):
+    code, out, err = cli("fisher", *argv(case))
+    assert_one_line(code, out, err, 2)
     assert expected in err, err
     assert not out and not [p for p in tmp_path.iterdir() if p.suffix in (".docx", ".csv")]
 
@@ -222,18 +181,15 @@ REFUSED = [
 
 
 @pytest.mark.parametrize(("case", "expected"), REFUSED, ids=[e for _, e in REFUSED])
-def test_what_the_server_refuses_exits_3(cli, files, tmp_path, case, expected):
-    code, out, err = cli("fisher", *_argv(case, files, tmp_path))
-    _one_line(code, out, err, 3)
+def test_what_the_server_refuses_exits_3(cli, argv, assert_one_line, case, expected):
+    code, out, err = cli("fisher", *argv(case))
+    assert_one_line(code, out, err, 3)
     assert "the server refused" in err and expected in err, err
 
 
-def test_a_real_process_exits_as_documented(server, files):
+def test_a_real_process_exits_as_documented(process, files):
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "jacserve.cli", "fisher", *args, "--target", server.target],
-            capture_output=True, text=True, timeout=120, env=dict(os.environ),
-        )  # fmt: skip
+        return process("fisher", *args)
 
     singular = run(files["product.pt"], "--inputs", files["t.npy"])
     assert singular.returncode == 0 and "invertible: no" in singular.stdout, singular

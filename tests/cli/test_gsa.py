@@ -12,78 +12,36 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pathlib
 import re
-import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from matplotlib import image as mpimg
 
 from jacserve.cli import main
 from jacserve.client import Uniform
+from tests.models import MatrixPlusOffset
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "docs" / "examples"
 F64 = torch.float64
 SIR_LAWS = [{"uniform": {"low": [0.24, 0.08, 0.008], "high": [0.36, 0.12, 0.012]}}]
 DAYS = ",".join(f"day {10 * k}" for k in range(1, 9))
 A = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, 1.0]], dtype=F64)
 
 
-class Linear(torch.nn.Module):
-    """y = A x + c: the varied x, the fixed offset c."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("a", A.clone())
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return self.a @ x + c
-
-
 @pytest.fixture()
-def cli(server, capsys):
-    """``jacserve ARGS --target <test server>`` in this process: (exit code, out, err)."""
-
-    def run(*args: str) -> tuple[int, str, str]:
-        try:
-            code = main([*args, "--target", server.target])
-        except SystemExit as done:  # argparse's usage errors
-            code = done.code
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
-
-@pytest.fixture()
-def files(tmp_path: pathlib.Path) -> dict[str, str]:
-    """The SIR example, its law file, and a linear model of two inputs (x varied, c not)."""
-    for name in ("sir.pt", "params.json"):
-        shutil.copy(EXAMPLES / name, tmp_path / name)
+def extra_files(tmp_path: pathlib.Path) -> None:
+    """Beside the SIR example: its law file, and y = A x + c (x varied, c not) at x = 0."""
     (tmp_path / "laws.json").write_text(json.dumps(SIR_LAWS))
-    torch.jit.save(torch.jit.script(Linear()), str(tmp_path / "linear.pt"))
+    torch.jit.save(torch.jit.script(MatrixPlusOffset(A)), str(tmp_path / "linear.pt"))
     np.savez(tmp_path / "xc.npz", x=np.zeros(3), c=np.ones(2))
-    return {p.name: str(p) for p in tmp_path.iterdir()}
 
 
-def _not_blank_png(path: str | pathlib.Path) -> None:
-    pixels = mpimg.imread(path)
-    assert min(pixels.shape[:2]) >= 200, pixels.shape
-    assert float(pixels[..., :3].std()) > 0.05, "the image is blank"
-
-
-def _one_line(code: int, out: str, err: str, expected_code: int) -> None:
-    assert code == expected_code, (code, out, err)
-    assert "Traceback" not in err and err.endswith("\n") and err.count("\n") == 1, err
-
-
-def test_sir_study_matches_the_sdk_and_writes_every_file(cli, client, files, tmp_path):
+def test_sir_study_matches_the_sdk_and_writes_every_file(
+    cli, client, files, tmp_path, assert_not_blank_png
+):
     out_json, plot, decay = tmp_path / "gsa.json", tmp_path / "gsa.png", tmp_path / "decay.png"
     code, out, err = cli("gsa", files["sir.pt"], "--inputs", files["params.json"],
                          "--dtype", "float64", "--distribution", files["laws.json"],
@@ -116,10 +74,10 @@ def test_sir_study_matches_the_sdk_and_writes_every_file(cli, client, files, tmp
     assert best["bound"] == pytest.approx(float(sdk.total_index_bound[:, 0].max()))
     assert best["output"] == ranked[0][2]
     for picture in (plot, decay):
-        _not_blank_png(picture)
+        assert_not_blank_png(picture)
 
 
-def test_npy_is_the_bounds_and_npz_every_array(cli, files, tmp_path):
+def test_npy_is_the_bounds_and_npz_every_array(cli, files, tmp_path, assert_not_blank_png):
     base = ["gsa", files["sir.pt"], "--inputs", files["params.json"], "--distribution",
             files["laws.json"], "--samples", "64", "--bootstrap", "0"]  # fmt: skip
     code, out, err = cli(*base, "-o", str(tmp_path / "bounds.npy"), "--output-index", "2",
@@ -128,7 +86,7 @@ def test_npy_is_the_bounds_and_npz_every_array(cli, files, tmp_path):
     assert "(for output[2];" in out and "output[0]: mean" not in out
     bounds = np.load(tmp_path / "bounds.npy")
     assert bounds.shape == (8, 3) and bounds.dtype == np.float64 and (bounds > 0).all()
-    _not_blank_png(tmp_path / "day30.png")  # no bootstrap: no error bars, still a plot
+    assert_not_blank_png(tmp_path / "day30.png")  # no bootstrap: no error bars, still a plot
     code, _, err = cli(*base, "-o", str(tmp_path / "all.npz"))
     assert code == 0, err
     with np.load(tmp_path / "all.npz") as saved:
@@ -182,11 +140,11 @@ BAD_LAWS = [
 
 
 @pytest.mark.parametrize(("text", "expected"), BAD_LAWS, ids=[e for _, e in BAD_LAWS])
-def test_a_bad_law_file_exits_2_in_one_line(cli, files, tmp_path, text, expected):
+def test_a_bad_law_file_exits_2_in_one_line(cli, files, tmp_path, assert_one_line, text, expected):
     (tmp_path / "bad.json").write_text(text)
     code, out, err = cli("gsa", files["sir.pt"], "--inputs", files["params.json"],
                          "--distribution", str(tmp_path / "bad.json"))  # fmt: skip
-    _one_line(code, out, err, 2)
+    assert_one_line(code, out, err, 2)
     assert expected in err and "bad.json" in err, err
 
 
@@ -209,33 +167,28 @@ USAGE_ERRORS = [
 
 
 @pytest.mark.parametrize(("case", "expected"), USAGE_ERRORS, ids=[e for _, e in USAGE_ERRORS])
-def test_usage_and_file_errors_exit_2(cli, files, tmp_path, case, expected):
-    argv = [files.get(word, str(tmp_path / word) if "." in word else word) for word in case.split()]
-    code, out, err = cli("gsa", *argv)
-    _one_line(code, out, err, 2)
+def test_usage_and_file_errors_exit_2(cli, argv, tmp_path, assert_one_line, case, expected):
+    code, out, err = cli("gsa", *argv(case))
+    assert_one_line(code, out, err, 2)
     assert expected in err, err
     assert not [p for p in tmp_path.iterdir() if p.suffix in (".png", ".docx", ".csv")]
 
 
-def test_a_law_the_server_refuses_exits_3_with_its_message(cli, files):
+def test_a_law_the_server_refuses_exits_3_with_its_message(cli, files, assert_one_line):
     code, out, err = cli("gsa", files["sir.pt"], "--inputs", files["params.json"],
                          "--uniform", "0.3", "0.1")  # fmt: skip
-    _one_line(code, out, err, 3)
+    assert_one_line(code, out, err, 3)
     assert "the server refused" in err and "every high must exceed its low" in err, err
     (pathlib.Path(files["laws.json"])).write_text(json.dumps([{"normal": [0.3, -1.0]}]))
     code, out, err = cli("gsa", files["sir.pt"], "--inputs", files["params.json"],
                          "--distribution", files["laws.json"])  # fmt: skip
-    _one_line(code, out, err, 3)
+    assert_one_line(code, out, err, 3)
     assert "every std must be > 0" in err, err
 
 
-def test_a_real_process_exits_3_and_2_as_documented(server, files):
+def test_a_real_process_exits_3_and_2_as_documented(process, files):
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "jacserve.cli", "gsa", files["sir.pt"], "--inputs",
-             files["params.json"], *args, "--target", server.target],
-            capture_output=True, text=True, timeout=120, env=dict(os.environ),
-        )  # fmt: skip
+        return process("gsa", files["sir.pt"], "--inputs", files["params.json"], *args)
 
     refused = run("--uniform", "1", "1")
     assert refused.returncode == 3 and "every high must exceed its low" in refused.stderr

@@ -10,58 +10,26 @@ covariance A Σ Aᵀ is exact.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import re
-import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 from jacserve.cli import main
+from tests.models import MatrixPlusOffset
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "docs" / "examples"
 F64 = torch.float64
 A = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, 1.0]], dtype=F64)
 SIGMA = torch.tensor([[0.04, 0.01, 0.0], [0.01, 0.09, -0.02], [0.0, -0.02, 0.25]], dtype=F64)
 
 
-class Linear(torch.nn.Module):
-    """y = A x + c: the varied x, the fixed offset c."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("a", A.clone())
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return self.a @ x + c
-
-
 @pytest.fixture()
-def cli(server, capsys):
-    """``jacserve ARGS --target <test server>`` in this process: (exit code, out, err)."""
-
-    def run(*args: str) -> tuple[int, str, str]:
-        try:
-            code = main([*args, "--target", server.target])
-        except SystemExit as done:  # argparse's usage errors
-            code = done.code
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
-
-@pytest.fixture()
-def files(tmp_path: pathlib.Path) -> dict[str, str]:
-    """The SIR example, a linear model of two inputs (x varied, c not) and covariances."""
-    for name in ("sir.pt", "params.json"):
-        shutil.copy(EXAMPLES / name, tmp_path / name)
-    torch.jit.save(torch.jit.script(Linear()), str(tmp_path / "linear.pt"))
+def extra_files(tmp_path: pathlib.Path) -> None:
+    """Beside the SIR example: y = A x + c (x varied, c not) and covariances."""
+    torch.jit.save(torch.jit.script(MatrixPlusOffset(A)), str(tmp_path / "linear.pt"))
     np.savez(tmp_path / "xc.npz", x=np.array([1.0, -2.0, 0.5]), c=np.ones(2))
     np.save(tmp_path / "sigma.npy", SIGMA.numpy())
     (tmp_path / "sigma.json").write_text(json.dumps(SIGMA.tolist()))
@@ -71,20 +39,6 @@ def files(tmp_path: pathlib.Path) -> dict[str, str]:
     np.save(tmp_path / "indefinite.npy", np.diag([0.04, -0.09, 0.25]))
     np.save(tmp_path / "vector.npy", np.ones(3))
     np.save(tmp_path / "small.npy", np.eye(2))
-    return {p.name: str(p) for p in tmp_path.iterdir()}
-
-
-def _argv(case: str, files: dict[str, str], tmp_path: pathlib.Path) -> list[str]:
-    """The words of ``case``, file names (not numbers) as paths under ``tmp_path``."""
-    return [
-        files.get(word, str(tmp_path / word) if re.search(r"\.[a-z]", word) else word)
-        for word in case.split()
-    ]
-
-
-def _one_line(code: int, out: str, err: str, expected_code: int) -> None:
-    assert code == expected_code, (code, out, err)
-    assert "Traceback" not in err and err.endswith("\n") and err.count("\n") == 1, err
 
 
 @pytest.mark.parametrize("covariance", ["sigma.npy", "sigma.json"])
@@ -154,9 +108,9 @@ USAGE_ERRORS = [
 
 
 @pytest.mark.parametrize(("case", "expected"), USAGE_ERRORS, ids=[e for _, e in USAGE_ERRORS])
-def test_usage_and_file_errors_exit_2(cli, files, tmp_path, case, expected):
-    code, out, err = cli("propagate", *_argv(case, files, tmp_path))
-    _one_line(code, out, err, 2)
+def test_usage_and_file_errors_exit_2(cli, argv, tmp_path, assert_one_line, case, expected):
+    code, out, err = cli("propagate", *argv(case))
+    assert_one_line(code, out, err, 2)
     assert expected in err, err
     assert not out and not (tmp_path / "cov.csv").exists()
 
@@ -166,20 +120,17 @@ def test_usage_and_file_errors_exit_2(cli, files, tmp_path, case, expected):
     [("asymmetric.npy", "expected a symmetric matrix"),
      ("indefinite.npy", "expected a positive semi-definite matrix")],
 )  # fmt: skip
-def test_a_covariance_the_server_refuses_exits_3(cli, files, covariance, expected):
+def test_a_covariance_the_server_refuses_exits_3(cli, files, assert_one_line, covariance, expected):
     code, out, err = cli("propagate", files["linear.pt"], "--inputs", files["xc.npz"],
                          "--wrt", "0", "--covariance", files[covariance])  # fmt: skip
-    _one_line(code, out, err, 3)
+    assert_one_line(code, out, err, 3)
     assert "the server refused" in err and expected in err, err
 
 
-def test_a_real_process_exits_as_documented(server, files):
+def test_a_real_process_exits_as_documented(process, files):
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "jacserve.cli", "propagate", files["linear.pt"], "--inputs",
-             files["xc.npz"], "--wrt", "x", *args, "--target", server.target],
-            capture_output=True, text=True, timeout=120, env=dict(os.environ),
-        )  # fmt: skip
+        return process("propagate", files["linear.pt"], "--inputs", files["xc.npz"], "--wrt", "x",
+                       *args)  # fmt: skip
 
     done = run("--std", "0.1")
     assert done.returncode == 0 and "x[2]" in done.stdout, done
