@@ -92,7 +92,8 @@ def test_npy_is_the_bounds_and_npz_every_array(cli, files, tmp_path, assert_not_
     with np.load(tmp_path / "all.npz") as saved:
         assert {"dgsm", "dgsm_std_error", "output_mean", "output_variance", "eigenvalues",
                 "eigenvectors", "eigenvalue_lower", "eigenvalue_upper", "samples"} <= set(saved.files)  # fmt: skip
-        np.testing.assert_array_equal(saved["total_index_bound"], bounds)
+        # two calls: the server's thread count may differ, and with it the last digit
+        np.testing.assert_allclose(saved["total_index_bound"], bounds, rtol=1e-12)
         assert np.isnan(saved["eigenvalue_lower"]).all()  # --bootstrap 0: no intervals
 
 
