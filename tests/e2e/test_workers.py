@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import running_server
-from jacserve.client import Client, DeadlineExceeded, NotFound, ResourceExhausted
+from jacserve.client import Client, DeadlineExceeded, NotFound, ResourceExhausted, RetryPolicy
 from jacserve.server.app import RunningServer
 from jacserve.server.logs import JsonFormatter
 from tests import hostile
@@ -143,8 +143,8 @@ def test_sandbox_denies_files_and_network_but_allows_scratch_and_math(tmp_path):
 def test_a_full_queue_is_resource_exhausted_and_drains(tmp_path):
     with (
         running_server(str(tmp_path), workers=1, max_queue=1) as running,
-        Client(running.target, timeout=60) as client,
-    ):
+        Client(running.target, timeout=60, retry=RetryPolicy.off()) as client,  # (QUEUE_FULL
+    ):  # is retried by default: the refused call would wait its turn and succeed)
         slow = client.upload(archive_of(Slow(200_000), (X,), "torchscript"))  # seconds a call
         client.get_model(slow)  # its worker is loaded: the first call computes at once
         outcomes: list[object] = []
