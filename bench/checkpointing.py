@@ -7,7 +7,8 @@ Usage:
 
 Issue #15, item 4. A deep, narrow tanh network (torch.export archive, float64) whose
 reverse tape dominates, through the SDK against a **default** server in its own process
-(started with ``--memory-meter tensors`` beside it so that peaks are the tensors' own):
+for the times, and one started with ``--memory-meter tensors`` for the peaks (the
+tensors' own, where the default meter reads the process's RSS):
 its Jacobian unbudgeted (plain reverse, the whole tape kept) and with a budget of a
 third, a quarter and a sixth of the tape (plus the result's bytes). Reported: the server's compute time
 (metrics: forward + derivative), the segments and recomputation, the measured peak
@@ -21,7 +22,6 @@ import argparse
 import os
 import pathlib
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +33,7 @@ import torch
 from jacserve.client import Client, ResourceExhausted
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from request_path import _free_port
+from request_path import start_server
 
 warnings.filterwarnings("ignore")
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -52,14 +52,6 @@ class Deep(torch.nn.Module):
         for layer in self.layers:
             x = torch.tanh(layer(x))
         return self.head(x).sum(0)
-
-
-def start_server(folder: str, meter: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
-    command = [sys.executable, "-m", "jacserve.server", "--port", str(port), "--metrics-port",
-               str(_free_port()), "--model-dir", folder, "--log-level", "WARNING",
-               "--memory-meter", meter]  # fmt: skip
-    return subprocess.Popen(command), f"127.0.0.1:{port}"
 
 
 def tape_bytes(exported: torch.export.ExportedProgram, x: torch.Tensor) -> int:
@@ -132,22 +124,29 @@ def main() -> None:
     args = parser.parse_args()
     cases = [(128, 32, 16)] if args.quick else [(128, 64, 32), (256, 32, 16)]
     rows = []
-    with tempfile.TemporaryDirectory() as folder:
-        server, target = start_server(folder, "tensors")
-        try:
-            with grpc.insecure_channel(target) as channel:
-                grpc.channel_ready_future(channel).result(timeout=120)
-            for depth, width, batch in cases:
-                rows += measure(target, depth, width, batch, 2 if args.quick else 7)
-        finally:
-            server.terminate()
-            server.wait(30)
+    for flags, rounds in (((), 2 if args.quick else 7), (("--memory-meter", "tensors"), 1)):
+        measured = []
+        with tempfile.TemporaryDirectory() as folder:
+            server, target = start_server(folder, *flags)
+            try:
+                with grpc.insecure_channel(target) as channel:
+                    grpc.channel_ready_future(channel).result(timeout=120)
+                for depth, width, batch in cases:
+                    measured += measure(target, depth, width, batch, rounds)
+            finally:
+                server.terminate()
+                server.wait(30)
+        if not rows:
+            rows = measured  # the default server's times
+        else:
+            for row, peaks in zip(rows, measured, strict=True):
+                row["peak"] = peaks["peak"]
     stamp = time.strftime("%Y-%m-%d")
     text = (
         "## Reverse mode within a memory budget (`python bench/checkpointing.py`)\n\n"
         f"{os.cpu_count()} CPU cores, torch {torch.__version__}, Python "
         f"{sys.version.split()[0]}; {stamp}. SDK → a default server in its own process "
-        "(with `--memory-meter tensors`, so peaks count live tensors), `mode=reverse`, "
+        "(times), and one with `--memory-meter tensors` (peaks: live tensors), `mode=reverse`, "
         "torch.export archive, float64; compute = the server's forward + derivative time, "
         "median of interleaved rounds; every Jacobian checked against torch.func.jacrev.\n\n"
         f"{report(rows)}\n"

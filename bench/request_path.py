@@ -71,11 +71,13 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def start_server(folder: str) -> tuple[subprocess.Popen[bytes], str]:
-    """A default ``jacserve serve`` in its own process (only the ports and folder chosen)."""
+def start_server(folder: str, *flags: str) -> tuple[subprocess.Popen[bytes], str]:
+    """A default ``jacserve serve`` in its own process (only the ports and folder chosen,
+    and any ``flags`` given)."""
     port, metrics = _free_port(), _free_port()
     command = [sys.executable, "-m", "jacserve.server", "--port", str(port)]
     command += ["--metrics-port", str(metrics), "--model-dir", folder, "--log-level", "WARNING"]
+    command += list(flags)
     process = subprocess.Popen(command)
     return process, f"127.0.0.1:{port}"
 

@@ -118,12 +118,16 @@ class ModelAccess:
         return shared
 
     def _owners_of(self, model_id: str, *, fresh: bool = False) -> set[str]:
-        owners = self._owners.owners(model_id, fresh=fresh)
-        if not owners and (
+        return self._implied(model_id, self._owners.owners(model_id, fresh=fresh))
+
+    def _implied(self, model_id: str, granted: set[str]) -> set[str]:
+        """The owners ``granted``, or ``default`` for a stored archive with no grant (the
+        operator's: see the NOTE)."""
+        if not granted and (
             self._store.holds(model_id) or self._catalog.quarantined(model_id) is not None
         ):
-            return {DEFAULT_TENANT}  # no grant: the operator's (see the NOTE)
-        return owners
+            return {DEFAULT_TENANT}
+        return granted
 
     def may_use(self, model_id: str, tenant: str) -> bool:
         """Whether ``tenant`` owns ``model_id``, or every tenant may use it."""
@@ -148,10 +152,11 @@ class ModelAccess:
             ResourceExhausted: a new grant would take the tenant past its quota (reason
                 ``QUOTA_EXCEEDED``).
         """
-        owners = self._owners_of(model_id, fresh=True)
+        granted = self._owners.owners(model_id, fresh=True)
+        owners = self._implied(model_id, granted)
         if tenant in owners:
             return True
-        if owners == {DEFAULT_TENANT} and not self._owners.owners(model_id, fresh=True):
+        if owners and not granted:
             self._owners.grant(model_id, DEFAULT_TENANT, size_bytes)  # keep the operator's
         with self._tenant_locks.hold(tenant):
             if self._max_models is not None or self._max_bytes is not None:

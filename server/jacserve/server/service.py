@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ __all__ = ["REQUEST_ID_KEY", "SERVICE_NAME", "FrontendSettings", "JacobianServic
 
 _LOG = logging.getLogger("jacserve.server.rpc")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["JacobianService"].full_name
+_CALL = threading.local()  # the tenant of the call this thread serves (see _tenant)
 
 
 @dataclass(frozen=True)
@@ -112,8 +114,17 @@ class JacobianServicer(DerivativeRpcs):
     # -- models ---------------------------------------------------------------------------
 
     def _tenant(self, context: grpc.ServicerContext | None) -> str:
-        """The caller's tenant (``default`` without tokens or a caller)."""
-        return DEFAULT_TENANT if context is None else tenant_of(context, self._tokens)
+        """The caller's tenant (``default`` without tokens or a caller), worked out once
+        per call: the RPC's plumbing asks first, then model lookups ask again in the same
+        thread (a call runs in one thread of the server's pool)."""
+        if context is None:
+            return DEFAULT_TENANT
+        last = getattr(_CALL, "tenant", None)
+        if last is not None and last[0] is context:
+            return last[1]
+        tenant = tenant_of(context, self._tokens)
+        _CALL.tenant = (context, tenant)
+        return tenant
 
     def _deadline(self, context: grpc.ServicerContext | None) -> float:
         """The caller's deadline; ``--request-timeout`` only when the caller set none; never

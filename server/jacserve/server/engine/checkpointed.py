@@ -120,6 +120,7 @@ class GraphSegments(SegmentPlanning):
         self.compute = [n for n in nodes if n.op not in ("placeholder", "output", "get_attr")]
         self._index = {n: i for i, n in enumerate(self.compute)}
         self._modules: dict[tuple[int, tuple[Node, ...]], torch.fx.GraphModule] = {}
+        self._reads_of: dict[tuple[int, int], list[Node]] = {}
         end = len(self.compute)
         self._last_use = {
             n: max((self._index.get(u, end) for u in n.users), default=-1)
@@ -155,13 +156,17 @@ class GraphSegments(SegmentPlanning):
         return self._index.get(node, -1)  # placeholders: before every segment
 
     def _reads(self, segment: range) -> list[Node]:
-        """Values a segment reads that are defined before it (its inputs)."""
-        seen: dict[Node, None] = {}
-        for i in segment:
-            for used in self.compute[i].all_input_nodes:
-                if self._defined_at(used) < segment.start:
-                    seen[used] = None
-        return list(seen)
+        """Values a segment reads that are defined before it (its inputs), worked out once
+        per segment (planning tries many cuts, and every sweep walks every segment)."""
+        key = (segment.start, segment.stop)
+        if key not in self._reads_of:
+            seen: dict[Node, None] = {}
+            for i in segment:
+                for used in self.compute[i].all_input_nodes:
+                    if self._defined_at(used) < segment.start:
+                        seen[used] = None
+            self._reads_of[key] = list(seen)
+        return self._reads_of[key]
 
     def _kept(self, segments: Sequence[range]) -> set[Node]:
         """The values the forward sweep keeps: every segment's inputs and the outputs."""
@@ -249,7 +254,8 @@ class GraphSegments(SegmentPlanning):
         sweeps = [(0, m)] if plan.one_sweep else list(self._rows(m, plan.chunk))
         for start, stop in sweeps:
             cotangents = self._seed(outputs, start, stop)
-            for segment in reversed(segments):
+            for k in reversed(range(len(segments))):
+                segment = segments[k]
                 writes = [self.compute[i] for i in segment if self.compute[i] in cotangents]
                 if not writes:
                     continue
@@ -259,7 +265,7 @@ class GraphSegments(SegmentPlanning):
                         cotangents.pop(w)
                     continue
                 started = time.perf_counter()
-                with replaying(states[segments.index(segment)]):
+                with replaying(states[k]):
                     _, pullback = vjp(run, *[kept[n] for n in reads])
                 recompute += time.perf_counter() - started
                 flowing = tuple(cotangents.pop(w) for w in writes)

@@ -107,6 +107,7 @@ class Ownership:
         self._ttl = ttl_seconds
         self._lock = threading.Lock()
         self._cached: dict[str, tuple[float, frozenset[str]]] = {}  # id -> (read at, owners)
+        self._sizes: dict[str, int] = {}  # tenants/<tenant>/<id> -> the archive's bytes
 
     def owners(self, model_id: str, *, fresh: bool = False) -> set[str]:
         """The tenants (and ``*``) that own ``model_id``: read again when ``fresh`` or
@@ -155,9 +156,11 @@ class Ownership:
         """(archives, bytes) ``tenant`` owns, each archive counted in full."""
         models = total = 0
         for entry in self._objects.list(f"{TENANTS}{tenant}/"):
-            body = self._objects.get_bytes(entry.name, limit=32) or b"0"
+            if entry.name not in self._sizes:  # a grant's size never changes: read it once
+                body = self._objects.get_bytes(entry.name, limit=32) or b"0"
+                self._sizes[entry.name] = int(body) if body.isdigit() else 0
             models += 1
-            total += int(body) if body.isdigit() else 0
+            total += self._sizes[entry.name]
         return models, total
 
     def _forget(self, model_id: str) -> None:

@@ -64,7 +64,7 @@ class RunningWorker:
 
     serial: int
     slot: int
-    model_id: str
+    model_id: str  # the pool's routing key: the archive's id, with @tenant (worker_keys)
     process: WorkerProcess
     channel: Channel
     scratch: str
